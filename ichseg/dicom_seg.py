@@ -1,0 +1,126 @@
+"""DICOM SEG (highdicom, uncompressed BINARY) for hemorrhage masks, written atomically.
+
+One builder for the ground-truth SEGs of the synthetic studies and the application's output, so both carry
+the same coding: segmented property category "Morphologically abnormal structure", type "Hemorrhage"
+(SNOMED CT 50960005); subtypes are named in the segment label and the anatomic region, because subtype
+SNOMED codes found in third-party code contradict each other. Frames are kept for every source slice
+(``omit_empty_frames=False``): viewers have misplaced SEGs with omitted frames.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+
+from ichseg.subtypes import SUBTYPES
+
+#: Recommended display colour of hemorrhage (sRGB; stored as CIELab), shared by all segments.
+HEMORRHAGE_RGB = (220, 30, 30)
+
+ANATOMIC_REGION: dict[str, Code] = {
+    "intraparenchymal": codes.SCT.Brain,
+    "intraventricular": codes.SCT.BrainVentricle,
+    "subarachnoid": codes.SCT.SubarachnoidSpace,
+    "subdural": codes.SCT.DuraMater,
+    "epidural": codes.SCT.DuraMater,
+    "any": codes.SCT.Brain,
+}
+
+
+@dataclass
+class SegmentMask:
+    """One segment: a label for people, the anatomic region key and a (slices, rows, cols) boolean mask."""
+
+    label: str
+    region: str
+    mask: np.ndarray
+
+
+@dataclass
+class SegAuthor:
+    """Who made the masks: an algorithm (name + version) or a manual reference standard."""
+
+    name: str
+    version: str
+    automatic: bool
+    manufacturer: str
+
+
+def segment_description(number: int, segment: SegmentMask, author: SegAuthor) -> hd.seg.SegmentDescription:
+    """Coded description of one segment (numbers start at 1)."""
+    algorithm = None
+    if author.automatic:
+        algorithm = hd.AlgorithmIdentificationSequence(
+            name=author.name, version=author.version, family=codes.cid7162.ArtificialIntelligence
+        )
+    description = hd.seg.SegmentDescription(
+        segment_number=number,
+        segment_label=segment.label,
+        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+        segmented_property_type=codes.SCT.Hemorrhage,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC if author.automatic else hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+        algorithm_identification=algorithm,
+        anatomic_regions=[ANATOMIC_REGION[segment.region]],
+        tracking_uid=hd.UID(),
+        tracking_id=f"{segment.label} {number}",
+        display_color=hd.color.CIELabColor.from_rgb(*HEMORRHAGE_RGB),
+    )
+    return description
+
+
+def build_seg(
+    source_headers: Sequence[Dataset],
+    segments: Sequence[SegmentMask],
+    author: SegAuthor,
+    series_description: str,
+    series_number: int = 300,
+) -> hd.seg.Segmentation:
+    """A BINARY SEG over all source slices (ascending along the normal, same order as the masks)."""
+    pixel_array = np.stack([s.mask.astype(bool) for s in segments], axis=-1)
+    return hd.seg.Segmentation(
+        source_images=list(source_headers),
+        pixel_array=pixel_array,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[segment_description(i + 1, s, author) for i, s in enumerate(segments)],
+        series_instance_uid=hd.UID(),
+        series_number=series_number,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer=author.manufacturer,
+        manufacturer_model_name=author.name,
+        software_versions=author.version,
+        device_serial_number="0",
+        series_description=series_description,
+        omit_empty_frames=False,
+    )
+
+
+def subtype_segments(labels: np.ndarray) -> list[SegmentMask]:
+    """One segment per subtype present in a label volume (0 background, k+1 subtype k)."""
+    return [
+        SegmentMask(name.capitalize() + " hemorrhage", name, labels == index + 1)
+        for index, name in enumerate(SUBTYPES)
+        if np.any(labels == index + 1)
+    ]
+
+
+def write_atomically(dataset: Dataset, path: Path) -> None:
+    """Save next to the target and rename, so a reader never sees a half-written file."""
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        dataset.save_as(temporary, enforce_file_format=True)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

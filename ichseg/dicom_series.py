@@ -1,0 +1,203 @@
+"""Read a CT series into a HU volume sorted along the slice normal, refusing geometry we cannot trust.
+
+Used by the inference loader, the dataset converter and the evaluation, so that every stage sees slices in
+the same order and the same HU scale. Problems are raised as ``DicomInputError`` naming the file and the
+problem: a wrong SEG is worse than no SEG.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from ichseg.windowing import window_from_header
+
+AIR_HU = -1024.0
+MAX_HU = 3071.0
+TILT_TOLERANCE_DEGREES = 1.0
+SPACING_TOLERANCE = 0.1  # relative deviation of one gap from the median gap
+
+
+class DicomInputError(ValueError):
+    """An input the pipeline must not process; the message names the file or series and the problem."""
+
+
+@dataclass
+class CTSeries:
+    """One CT series as a HU volume, slices ascending along the normal of their orientation."""
+
+    hu: np.ndarray  # (slices, rows, columns) float32 Hounsfield units
+    headers: list[Dataset]  # one per slice, same order, pixel data removed
+    files: list[Path]
+    windows: list[tuple[float, float]]  # (centre, width) per slice, header or the brain-window fallback
+    pixel_spacing: tuple[float, float]  # (row spacing, column spacing) mm
+    slice_spacing: float  # mm between consecutive slice centres along the normal
+    orientation: np.ndarray = field(repr=False)  # ImageOrientationPatient (6,)
+    positions: np.ndarray = field(repr=False)  # ImagePositionPatient per slice (slices, 3)
+
+    @property
+    def series_uid(self) -> str:
+        return str(self.headers[0].SeriesInstanceUID)
+
+    @property
+    def voxel_volume_ml(self) -> float:
+        return self.pixel_spacing[0] * self.pixel_spacing[1] * self.slice_spacing / 1000.0
+
+
+def read_header(path: Path) -> Dataset:
+    """DICOM header of one file (no pixel data); DicomInputError naming the file if it is not DICOM."""
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True)
+    except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, AttributeError) as error:
+        raise DicomInputError(f"{path}: not a readable DICOM file ({error})") from error
+
+
+def group_series(folder: Path) -> dict[str, list[tuple[Path, Dataset]]]:
+    """All DICOM files under ``folder`` grouped by SeriesInstanceUID (headers only, recursive).
+
+    Files that are not DICOM at all (no DICM preamble) are skipped; a file that claims to be DICOM but
+    cannot be parsed is an error, because silently dropping a slice would leave a gap.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DicomInputError(f"{folder}: input folder does not exist")
+    series: dict[str, list[tuple[Path, Dataset]]] = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        if not _looks_like_dicom(path):
+            continue
+        header = read_header(path)
+        uid = str(header.get("SeriesInstanceUID", ""))
+        if not uid:
+            raise DicomInputError(f"{path}: DICOM file without SeriesInstanceUID")
+        series.setdefault(uid, []).append((path, header))
+    if not series:
+        raise DicomInputError(f"{folder}: no DICOM files found")
+    return series
+
+
+def _looks_like_dicom(path: Path) -> bool:
+    """Part-10 files carry 'DICM' at byte 128; DICOMDIR-less raw datasets are not supported."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def slice_normal(orientation: np.ndarray) -> np.ndarray:
+    """Unit normal of the slice plane: row direction × column direction."""
+    normal = np.cross(orientation[:3], orientation[3:])
+    return normal / np.linalg.norm(normal)
+
+
+def hu_slice(dataset: Dataset, path: Path) -> np.ndarray:
+    """Pixel data → HU (rescale slope/intercept); padding and out-of-field pixels become air."""
+    try:
+        stored = dataset.pixel_array
+    except Exception as error:  # pydicom raises many types for truncated or undecodable pixel data
+        raise DicomInputError(f"{path}: pixel data cannot be decoded ({error})") from error
+    if stored.ndim != 2:
+        raise DicomInputError(f"{path}: expected one monochrome frame, got pixel array of shape {stored.shape}")
+    padding = np.zeros(stored.shape, dtype=bool)
+    if "PixelPaddingValue" in dataset:
+        low = int(dataset.PixelPaddingValue)
+        high = int(dataset.get("PixelPaddingRangeLimit", low))
+        padding = (stored >= min(low, high)) & (stored <= max(low, high))
+    slope = float(dataset.get("RescaleSlope", 1.0) or 1.0)
+    intercept = float(dataset.get("RescaleIntercept", 0.0) or 0.0)
+    hu = stored.astype(np.float32) * slope + intercept
+    hu[padding] = AIR_HU
+    return np.clip(hu, AIR_HU, MAX_HU, out=hu)
+
+
+def _vector(header: Dataset, keyword: str, size: int, path: Path) -> np.ndarray:
+    value = header.get(keyword)
+    if value is None or len(value) != size:
+        raise DicomInputError(f"{path}: {keyword} missing or malformed")
+    return np.asarray([float(v) for v in value], dtype=np.float64)
+
+
+def check_geometry(files: Sequence[Path], headers: Sequence[Dataset]) -> tuple[list[int], float, np.ndarray]:
+    """Order of the slices along the normal, their spacing and orientation — or a DicomInputError.
+
+    Refuses: mixed matrix sizes, mixed orientation, gantry tilt, duplicate positions, missing slices and
+    uneven spacing; each message names the files involved.
+    """
+    if len(headers) < 3:
+        raise DicomInputError(f"series {headers[0].get('SeriesInstanceUID', '?')}: only {len(headers)} slice(s)")
+    shapes = {(int(h.Rows), int(h.Columns)) for h in headers}
+    if len(shapes) > 1:
+        raise DicomInputError(f"{files[0].parent}: mixed matrix sizes in one series: {sorted(shapes)}")
+    orientations = [_vector(h, "ImageOrientationPatient", 6, p) for p, h in zip(files, headers)]
+    for path, orientation in zip(files, orientations):
+        if not np.allclose(orientation, orientations[0], atol=1e-3):
+            raise DicomInputError(f"{path}: ImageOrientationPatient differs from {files[0]} (mixed orientation)")
+    normal = slice_normal(orientations[0])
+    positions = np.stack([_vector(h, "ImagePositionPatient", 3, p) for p, h in zip(files, headers)])
+    distances = positions @ normal
+    order = list(np.argsort(distances, kind="stable"))
+    gaps = np.diff(distances[order])
+    for index, gap in enumerate(gaps):
+        if gap < 1e-3:
+            raise DicomInputError(
+                f"{files[order[index]]} and {files[order[index + 1]]}: duplicate slice position {distances[order[index]]:.2f} mm"
+            )
+    spacing = float(np.median(gaps))
+    for index, gap in enumerate(gaps):
+        if abs(gap - spacing) > SPACING_TOLERANCE * spacing:
+            kind = "missing slice(s)" if gap > spacing else "uneven spacing"
+            raise DicomInputError(
+                f"{files[order[index]]} → {files[order[index + 1]]}: gap {gap:.2f} mm vs median {spacing:.2f} mm ({kind})"
+            )
+    steps = np.diff(positions[order], axis=0)
+    cosines = np.abs(steps @ normal) / np.linalg.norm(steps, axis=1)
+    tilt = float(np.degrees(np.arccos(np.clip(cosines.min(), -1.0, 1.0))))
+    if tilt > TILT_TOLERANCE_DEGREES:
+        raise DicomInputError(
+            f"{files[order[0]].parent}: slices are stacked {tilt:.1f}° off the slice normal (gantry tilt); "
+            "reconstruct without tilt before sending"
+        )
+    return order, spacing, orientations[0]
+
+
+def load_series(entries: Sequence[tuple[Path, Dataset]]) -> CTSeries:
+    """Headers of one series (any order) → CTSeries with pixel data read, HU converted, geometry checked."""
+    files = [Path(p) for p, _ in entries]
+    headers = [h for _, h in entries]
+    order, spacing, orientation = check_geometry(files, headers)
+    files = [files[i] for i in order]
+    slices, full_headers = [], []
+    for path in files:
+        try:
+            dataset = pydicom.dcmread(path)
+        except Exception as error:
+            raise DicomInputError(f"{path}: not a readable DICOM file ({error})") from error
+        slices.append(hu_slice(dataset, path))
+        del dataset.PixelData
+        full_headers.append(dataset)
+    pixel_spacing = _vector(full_headers[0], "PixelSpacing", 2, files[0])
+    return CTSeries(
+        hu=np.stack(slices),
+        headers=full_headers,
+        files=files,
+        windows=[window_from_header(h) for h in full_headers],
+        pixel_spacing=(float(pixel_spacing[0]), float(pixel_spacing[1])),
+        slice_spacing=spacing,
+        orientation=orientation,
+        positions=np.stack([_vector(h, "ImagePositionPatient", 3, p) for p, h in zip(files, full_headers)]),
+    )
+
+
+def load_single_series(folder: Path) -> CTSeries:
+    """The one series of a folder (training and evaluation data: one series per study folder)."""
+    series = group_series(folder)
+    if len(series) != 1:
+        raise DicomInputError(f"{folder}: expected one series, found {len(series)}")
+    return load_series(next(iter(series.values())))

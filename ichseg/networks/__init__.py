@@ -1,0 +1,5 @@
+"""Segmentation networks."""
+
+from ichseg.networks.transdeeplab import TransDeepLab
+
+__all__ = ["TransDeepLab"]

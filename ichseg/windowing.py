@@ -1,0 +1,35 @@
+"""Display windowing of HU slices to 0-255, the intensity scale both networks are trained on."""
+
+from __future__ import annotations
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+
+BRAIN_WINDOW: tuple[float, float] = (40.0, 80.0)  # (centre/level, width) used when the header has none
+
+
+def _first_value(value: object) -> float:
+    """WindowCenter/Width may be multi-valued (several presets); the first is the primary one."""
+    if isinstance(value, (MultiValue, list, tuple)):
+        value = value[0]
+    return float(value)  # type: ignore[arg-type]
+
+
+def window_from_header(dataset: Dataset) -> tuple[float, float]:
+    """(centre, width) from a slice's VOI LUT module, or the brain window 40/80 when absent or unusable."""
+    try:
+        centre = _first_value(dataset.WindowCenter)
+        width = _first_value(dataset.WindowWidth)
+    except (AttributeError, IndexError, TypeError, ValueError, KeyError):
+        return BRAIN_WINDOW
+    if not np.isfinite(centre) or not np.isfinite(width) or width <= 1:
+        return BRAIN_WINDOW
+    return centre, width
+
+
+def apply_window(hu: np.ndarray, centre: float, width: float) -> np.ndarray:
+    """Linear window (DICOM PS3.3 C.11.2.1.2.1 without the half-pixel offset) scaled to uint8 0-255."""
+    low = centre - width / 2.0
+    scaled = (hu.astype(np.float32) - low) * (255.0 / width)
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)

@@ -1,0 +1,147 @@
+"""Write a synthetic HU volume as a CT Image Storage series that passes dciodvfy.
+
+Variation a PACS shows: WindowCenter/Width present in most files, absent in some; signed or unsigned pixel
+data (signed series carry a PixelPaddingValue outside the circular field of view); file names that do not
+give the slice order; instance numbers ascending or descending.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+
+from synthetic.volume import MATRIX, SLICE_THICKNESS, Acquisition
+
+INTERCEPT = -1024.0
+PADDING_STORED = -2000  # signed series: stored value of pixels outside the reconstruction circle
+
+
+@dataclass
+class StudyIdentity:
+    """Patient/study/series identifiers of one synthetic study, deterministic from its seed."""
+
+    number: int
+    seed: int
+
+    def uid(self, *parts: object) -> str:
+        return generate_uid(entropy_srcs=["ich-map-synthetic", str(self.seed), str(self.number), *map(str, parts)])
+
+    @property
+    def study_uid(self) -> str:
+        return self.uid("study")
+
+    @property
+    def series_uid(self) -> str:
+        return self.uid("series")
+
+    @property
+    def frame_of_reference_uid(self) -> str:
+        return self.uid("frame-of-reference")
+
+    @property
+    def patient_id(self) -> str:
+        return f"SYN{self.seed:03d}{self.number:05d}"
+
+
+def _base_dataset(identity: StudyIdentity, acquisition: Acquisition, when: dt.datetime) -> Dataset:
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.SOPClassUID = CTImageStorage
+    ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = when.strftime("%Y%m%d")
+    ds.StudyTime = ds.SeriesTime = ds.AcquisitionTime = ds.ContentTime = when.strftime("%H%M%S")
+    ds.AccessionNumber = f"A{identity.number:07d}"
+    ds.Modality = "CT"
+    ds.Manufacturer = "ICH-MAP synthetic phantom"
+    ds.InstitutionName = "Synthetic data, not a patient"
+    ds.ReferringPhysicianName = ""
+    ds.StudyDescription = "CT HEAD WO CONTRAST"
+    ds.SeriesDescription = "Head 5mm Standard"
+    ds.ManufacturerModelName = "Phantom generator"
+    ds.PatientName = f"Synthetic^Head^{identity.number:05d}"
+    ds.PatientID = identity.patient_id
+    ds.PatientBirthDate = ""
+    ds.PatientSex = "O"
+    ds.BodyPartExamined = "HEAD"
+    ds.SliceThickness = f"{SLICE_THICKNESS:.1f}"
+    ds.KVP = "120"
+    ds.DataCollectionDiameter = "250"
+    ds.ReconstructionDiameter = f"{MATRIX * acquisition.pixel_spacing:.2f}"
+    ds.GantryDetectorTilt = "0"
+    ds.ConvolutionKernel = "STANDARD"
+    ds.PatientPosition = "HFS"
+    ds.StudyInstanceUID = identity.study_uid
+    ds.SeriesInstanceUID = identity.series_uid
+    ds.StudyID = str(identity.number)
+    ds.SeriesNumber = 2
+    ds.AcquisitionNumber = 1
+    ds.FrameOfReferenceUID = identity.frame_of_reference_uid
+    ds.PositionReferenceIndicator = ""
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows = ds.Columns = MATRIX
+    ds.PixelSpacing = [f"{acquisition.pixel_spacing:.6f}"] * 2
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.RescaleIntercept = f"{INTERCEPT:.0f}"
+    ds.RescaleSlope = "1"
+    ds.RescaleType = "HU"
+    return ds
+
+
+def write_ct_series(
+    hu: np.ndarray, acquisition: Acquisition, identity: StudyIdentity, folder: Path, rng: np.random.Generator
+) -> list[Path]:
+    """Write one file per slice into ``folder`` (random names); returns the paths in ascending-z order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    when = dt.datetime(2026, 1, 1, 8) + dt.timedelta(minutes=int(rng.integers(0, 60 * 24 * 300)))
+    signed = bool(rng.random() < 0.3)
+    descending = bool(rng.random() < 0.3)
+    window_missing = rng.random(hu.shape[0]) < 0.15
+    window = (f"{rng.uniform(35, 45):.0f}", f"{rng.choice([80, 90, 100]):d}")
+    x0, y0 = acquisition.first_pixel_xy
+    field_of_view = _outside_circle()
+    paths = []
+    for index, slice_hu in enumerate(hu):
+        ds = _base_dataset(identity, acquisition, when)
+        ds.SOPInstanceUID = identity.uid("instance", index)
+        ds.InstanceNumber = (hu.shape[0] - index) if descending else (index + 1)
+        z = acquisition.slice_z(index)
+        ds.ImagePositionPatient = [f"{x0:.4f}", f"{y0:.4f}", f"{z:.4f}"]
+        ds.SliceLocation = f"{z:.4f}"
+        if not window_missing[index]:
+            ds.WindowCenter, ds.WindowWidth = window
+        stored = np.clip(np.rint(slice_hu - INTERCEPT), 0, 4095)
+        if signed:
+            ds.PixelRepresentation = 1
+            stored = stored.astype(np.int16)
+            stored[field_of_view] = PADDING_STORED
+            ds.PixelPaddingValue = PADDING_STORED
+        else:
+            ds.PixelRepresentation = 0
+            stored = stored.astype(np.uint16)
+            stored[field_of_view] = 0
+        ds.PixelData = stored.tobytes()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+        path = folder / f"{rng.integers(0, 2**63):016x}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def _outside_circle() -> np.ndarray:
+    """Pixels outside the reconstruction circle inscribed in the matrix."""
+    centre = (MATRIX - 1) / 2.0
+    rows, cols = np.ogrid[:MATRIX, :MATRIX]
+    return (rows - centre) ** 2 + (cols - centre) ** 2 > (MATRIX / 2.0) ** 2

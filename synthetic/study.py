@@ -1,0 +1,64 @@
+"""Make one synthetic study on disk: CT series, label volume, BHX-style boxes and a ground-truth SEG."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ichseg.boxes import lesion_boxes
+from ichseg.dicom_seg import SegAuthor, SegmentMask, build_seg, subtype_segments, write_atomically
+from ichseg.dicom_series import load_single_series
+from ichseg.subtypes import SUBTYPES
+from synthetic.ct_writer import StudyIdentity, write_ct_series
+from synthetic.volume import SyntheticHead
+
+SPLITS = ("train",) * 14 + ("val",) * 3 + ("test",) * 3  # study number modulo 20 → split (70/15/15)
+BOX_COLUMNS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "labelName", "x", "y", "width", "height")
+GROUND_TRUTH_AUTHOR = SegAuthor("Synthetic phantom ground truth", "1", automatic=False, manufacturer="ICH-MAP")
+
+
+def split_of(number: int) -> str:
+    """Study-level split, fixed by the study number so that adding studies never moves old ones."""
+    return SPLITS[number % len(SPLITS)]
+
+
+@dataclass
+class StudyRecord:
+    """What the manifest and the box CSV need to know about one generated study."""
+
+    study_id: str
+    split: str
+    slices: int
+    subtypes: list[str]
+    hemorrhage_ml: float
+    box_rows: list[tuple[str, ...]]
+
+
+def make_study(number: int, seed: int, root: Path) -> StudyRecord:
+    """Render study ``number`` of the set ``seed`` into ``root/<study_id>/`` and return its record."""
+    rng = np.random.default_rng([seed, number])
+    head = SyntheticHead.sample(rng)
+    hu, labels = head.render(rng)
+    identity = StudyIdentity(number, seed)
+    study_id = f"study_{seed:03d}_{number:05d}"
+    folder = root / study_id
+    write_ct_series(hu, head.acquisition, identity, folder / "ct", rng)
+
+    series = load_single_series(folder / "ct")  # read back: the ground truth is aligned to what readers see
+    np.savez_compressed(folder / "labels.npz", labels=labels, sop_instance_uids=[h.SOPInstanceUID for h in series.headers])
+    segments = subtype_segments(labels) or [SegmentMask("Intracranial hemorrhage", "any", labels > 0)]
+    seg = build_seg(series.headers, segments, GROUND_TRUTH_AUTHOR, "Ground truth (synthetic)")
+    write_atomically(seg, folder / "ground_truth_seg.dcm")
+
+    rows = []
+    for header, label_slice in zip(series.headers, labels):
+        for subtype, (x0, y0, x1, y1) in lesion_boxes(label_slice):
+            rows.append((
+                identity.study_uid, identity.series_uid, str(header.SOPInstanceUID), SUBTYPES[subtype].capitalize(),
+                f"{x0:.1f}", f"{y0:.1f}", f"{x1 - x0:.1f}", f"{y1 - y0:.1f}",
+            ))
+    present = sorted({SUBTYPES[v - 1] for v in np.unique(labels) if v})
+    return StudyRecord(study_id, split_of(number), len(series.headers), present,
+                       float((labels > 0).sum() * series.voxel_volume_ml), rows)
