@@ -13,6 +13,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
+
+
+#: Tissue codes of the phantom's tissue map (lesion codes are added by the renderer).
+TISSUES: dict[str, int] = {
+    name: code
+    for code, name in enumerate((
+        "air", "skin", "fat", "cortical bone", "diploe", "skull base", "sinus air", "grey matter", "white matter",
+        "csf", "falx", "oedema", "blood",
+    ))
+}
 
 
 @dataclass
@@ -30,7 +41,17 @@ class PlaneWaves:
         return cls(directions * (2 * np.pi / lengths)[:, None], rng.uniform(0, 2 * np.pi, size=count))
 
     def __call__(self, u: np.ndarray, v: np.ndarray, w: np.ndarray) -> np.ndarray:
-        """Field value, normalised to unit variance."""
+        """Field value, normalised to unit variance.
+
+        On a full slice grid the field is evaluated every 4th pixel and interpolated: wavelengths are ≥ 10 mm
+        (≥ 20 pixels), and this is where the generator spends most of its time.
+        """
+        if u.ndim == 2 and u.shape[0] % 4 == 0 and u.shape[1] % 4 == 0 and u.shape[0] >= 64:
+            coarse = self._evaluate(u[::4, ::4], v[::4, ::4], w[::4, ::4])
+            return ndimage.zoom(coarse, 4, order=1, grid_mode=True, mode="nearest")
+        return self._evaluate(u, v, w)
+
+    def _evaluate(self, u: np.ndarray, v: np.ndarray, w: np.ndarray) -> np.ndarray:
         total = np.zeros(np.broadcast(u, v, w).shape, dtype=np.float32)
         for (ku, kv, kw), phase in zip(self.vectors, self.phases):
             total += np.cos(ku * u + kv * v + kw * w + phase, dtype=np.float32)
@@ -125,23 +146,33 @@ class HeadAnatomy:
         suprasellar = ((u / 10.0) ** 2 + ((v + 12.0) / 7.0) ** 2 < 1.0) & (band > 0.3)
         return (ring | suprasellar) & (band > 0)
 
+    def tissue_hu(self) -> np.ndarray:
+        """Mean HU of each tissue code of this head (index = code)."""
+        table = np.zeros(len(TISSUES), dtype=np.float32)
+        for name, value in {
+            "air": -1000.0, "skin": 40.0, "fat": -95.0, "cortical bone": self.cortical_hu, "diploe": self.diploe_hu,
+            "skull base": self.diploe_hu + 300.0, "sinus air": -950.0, "grey matter": self.grey_hu,
+            "white matter": self.white_hu, "csf": self.csf_hu, "falx": 65.0,
+        }.items():
+            table[TISSUES[name]] = value
+        return table
+
     def slice_fields(self, u: np.ndarray, v: np.ndarray, w: np.ndarray) -> dict[str, np.ndarray]:
-        """HU of healthy tissue and the masks lesions need (cavity, brain, CSF spaces, ventricles, depth)."""
+        """Tissue codes and HU of healthy tissue, plus the masks lesions need (cavity, brain, CSF, depth)."""
         depth = self.outer_depth(u, v, w)
         scalp = self.scalp_thickness
         skull = self.skull_thickness_at(u, v, w)
         inner_depth = depth - scalp - skull  # depth below the inner table
-        hu = np.full(u.shape, -1000.0, dtype=np.float32)
+        tissue = np.full(u.shape, TISSUES["air"], dtype=np.uint8)
 
         in_scalp = (depth >= 0) & (depth < scalp)
-        hu[in_scalp] = -95.0
-        hu[in_scalp & (depth < 1.5)] = 40.0
-        hu[in_scalp & (depth > scalp - 1.0)] = 35.0
+        tissue[in_scalp] = TISSUES["fat"]
+        tissue[in_scalp & ((depth < 1.5) | (depth > scalp - 1.0))] = TISSUES["skin"]  # skin and galea
 
         in_skull = (depth >= scalp) & (inner_depth < 0)
         into_bone = (depth - scalp) / skull
         table = (into_bone < 0.28) | (into_bone > 0.72)
-        hu[in_skull] = np.where(table[in_skull], self.cortical_hu, self.diploe_hu)
+        tissue[in_skull] = np.where(table[in_skull], TISSUES["cortical bone"], TISSUES["diploe"])
 
         cavity = inner_depth >= 0
         # Skull base: below it the anterior fossa floor (orbital roofs, sphenoid) rises towards the back and the
@@ -151,8 +182,8 @@ class HeadAnatomy:
         floor |= (drop > 6.0) & ((u / (12.0 + 0.6 * drop)) ** 2 + ((v + 20.0) / (22.0 + 0.5 * drop)) ** 2 < 1.0)
         base_bone = cavity & floor
         sinus = base_bone & ((u / 14.0) ** 2 + ((v + 0.7 * self.semi_axes[1]) / 14.0) ** 2 < 1.0) & (drop < 25.0)
-        hu[base_bone] = self.diploe_hu + 300.0
-        hu[sinus] = -950.0
+        tissue[base_bone] = TISSUES["skull base"]
+        tissue[sinus] = TISSUES["sinus air"]
         cavity &= ~floor
 
         csf_layer = cavity & (inner_depth < self.extra_axial_csf)
@@ -168,14 +199,16 @@ class HeadAnatomy:
 
         grey = cavity & ((cortex_depth < self.cortex_thickness) | (np.abs(sulcal) < self.sulcal_width + 0.25) & (cortex_depth < 24.0))
         deep_grey = cavity & (((np.abs(u) - 20.0) / 9.0) ** 2 + ((v + 2.0) / 14.0) ** 2 + ((w - self.ventricle_height + 12) / 10.0) ** 2 < 1.0)
-        texture = self.texture_waves(u, v, w)
-        hu[cavity] = self.white_hu + 1.5 * texture[cavity]
-        grey_or_deep = grey | deep_grey
-        hu[grey_or_deep] = self.grey_hu + 1.5 * texture[grey_or_deep]
-        hu[csf] = self.csf_hu + 1.0 * texture[csf]
-        hu[falx] = 65.0
+        tissue[cavity] = TISSUES["white matter"]
+        tissue[grey | deep_grey] = TISSUES["grey matter"]
+        tissue[csf] = TISSUES["csf"]
+        tissue[falx] = TISSUES["falx"]
+        hu = self.tissue_hu()[tissue]
+        textured = cavity & ~falx  # slow density variation of brain and CSF (±1.5 HU)
+        hu[textured] += 1.5 * self.texture_waves(u, v, w)[textured]
         return {
             "hu": hu,
+            "tissue": tissue,
             "cavity": cavity,
             "brain": cavity & ~csf & ~falx,
             "csf_spaces": (sulci | cisterns | fissure | csf_layer) & ~falx,

@@ -28,6 +28,7 @@ class Lesion:
     size: float  # main radius (mm)
     thickness: float  # maximal thickness (extra-axial) or secondary radius (mm)
     waves: PlaneWaves  # irregularity of the outline
+    oedema_hu: float = 20.0  # perihematomal oedema density (intraparenchymal only)
 
     @property
     def name(self) -> str:
@@ -102,7 +103,7 @@ def sample_lesion(anatomy: HeadAnatomy, rng: np.random.Generator, subtype: int) 
             reach = rng.uniform(0.35, 0.6)
             centre = np.array([a * reach * np.cos(angle), b * reach * np.sin(angle), rng.uniform(base + 30, anatomy.vertex - 35)])
         radius = rng.uniform(6, 22)
-        return Lesion(subtype, rng.uniform(60, 90), centre, radius, radius * rng.uniform(0.6, 1.3), waves)
+        return Lesion(subtype, rng.uniform(60, 90), centre, radius, radius * rng.uniform(0.6, 1.3), waves, rng.uniform(15, 25))
     centre = np.array([rng.choice([-1, 1]) * 10.0, rng.uniform(15, 30), anatomy.ventricle_height - 3.0])
     return Lesion(subtype, rng.uniform(50, 80), centre, rng.uniform(25, 45), rng.uniform(-5, 20), waves)
 

@@ -40,14 +40,16 @@ def make_study(number: int, seed: int, root: Path) -> StudyRecord:
     """Render study ``number`` of the set ``seed`` into ``root/<study_id>/`` and return its record."""
     rng = np.random.default_rng([seed, number])
     head = SyntheticHead.sample(rng)
-    hu, labels = head.render(rng)
+    hu, labels, tissues = head.render(rng)
     identity = StudyIdentity(number, seed)
     study_id = f"study_{seed:03d}_{number:05d}"
     folder = root / study_id
     write_ct_series(hu, head.acquisition, identity, folder / "ct", rng)
 
     series = load_single_series(folder / "ct")  # read back: the ground truth is aligned to what readers see
-    np.savez_compressed(folder / "labels.npz", labels=labels, sop_instance_uids=[h.SOPInstanceUID for h in series.headers])
+    np.savez_compressed(
+        folder / "labels.npz", labels=labels, tissues=tissues, sop_instance_uids=[str(h.SOPInstanceUID) for h in series.headers]
+    )
     segments = subtype_segments(labels) or [SegmentMask("Intracranial hemorrhage", "any", labels > 0)]
     seg = build_seg(series.headers, segments, GROUND_TRUTH_AUTHOR, "Ground truth (synthetic)")
     write_atomically(seg, folder / "ground_truth_seg.dcm")

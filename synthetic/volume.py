@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from synthetic.anatomy import HeadAnatomy
+from synthetic.anatomy import TISSUES, HeadAnatomy
 from synthetic.hemorrhage import Lesion, sample_lesions
 
 MATRIX = 512
@@ -79,14 +79,15 @@ class SyntheticHead:
         lesions = sample_lesions(anatomy, rng)
         return cls(anatomy, lesions, Acquisition.sample(rng, anatomy))
 
-    def render(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """(HU volume float32, label volume uint8), both (slices, 512, 512), slices ascending in z."""
+    def render(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(HU float32, subtype labels uint8, tissue codes uint8), each (slices, 512, 512), ascending in z."""
         acq = self.acquisition
         x0, y0 = acq.first_pixel_xy
         axis = np.arange(MATRIX, dtype=np.float32) * np.float32(acq.pixel_spacing)
         y, x = np.meshgrid(y0 + axis, x0 + axis, indexing="ij")
         hu = np.empty((acq.slice_count, MATRIX, MATRIX), dtype=np.float32)
         labels = np.zeros(hu.shape, dtype=np.uint8)
+        tissues = np.zeros(hu.shape, dtype=np.uint8)
         rot = acq.rotation.astype(np.float32)
         for index in range(acq.slice_count):
             z = acq.slice_z(index)
@@ -95,16 +96,18 @@ class SyntheticHead:
             v = rot[1, 0] * px + rot[1, 1] * py + rot[1, 2] * pz
             w = rot[2, 0] * px + rot[2, 1] * py + rot[2, 2] * pz
             fields = self.anatomy.slice_fields(u, v, w)
-            slice_hu = fields["hu"]
+            slice_hu, tissue = fields["hu"], fields["tissue"]
             for lesion in self.lesions:
                 oedema = lesion.oedema(fields, u, v, w)
-                slice_hu[oedema] = np.minimum(slice_hu[oedema], rng.uniform(15, 25))
+                slice_hu[oedema] = np.minimum(slice_hu[oedema], lesion.oedema_hu)
+                tissue[oedema] = TISSUES["oedema"]
             for lesion in self.lesions:
                 blood = lesion.region(fields, u, v, w)
                 slice_hu[blood] = lesion.blood_hu + 2.0 * self.anatomy.texture_waves(u[blood], v[blood], w[blood])
+                tissue[blood] = TISSUES["blood"]
                 labels[index][blood] = lesion.subtype + 1
-            hu[index] = slice_hu
+            hu[index], tissues[index] = slice_hu, tissue
         hu = ndimage.gaussian_filter(hu, sigma=(0, acq.blur_sigma, acq.blur_sigma))
         noise = ndimage.gaussian_filter(rng.normal(size=hu.shape).astype(np.float32), sigma=(0, 0.6, 0.6))
         hu += noise * np.float32(acq.noise_sigma / noise.std())  # mildly correlated noise of the sampled sigma
-        return hu, labels
+        return hu, labels, tissues

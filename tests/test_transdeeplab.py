@@ -51,6 +51,8 @@ def test_parameter_count(model: TransDeepLab) -> None:
 def test_rejects_other_input_size(model: TransDeepLab) -> None:
     with pytest.raises(AssertionError):
         model(torch.randn(1, 3, 256, 256))
+    with pytest.raises(ValueError):
+        TransDeepLab(img_size=256)
 
 
 def test_backward_reaches_patch_embedding(model: TransDeepLab) -> None:
@@ -90,29 +92,43 @@ def _to_microsoft_key(key: str) -> str:
     return re.sub(r"layers\.(\d+)\.downsample", lambda m: f"layers.{int(m.group(1)) - 1}.downsample", key)
 
 
-def _save_swin_tiny(tmp_path: Path, layout: str) -> tuple[Path, dict[str, torch.Tensor]]:
-    """An untrained Swin-T state dict saved in timm's or Microsoft's layout (no weights are downloaded)."""
+@pytest.fixture(scope="module")
+def swin_tiny() -> torch.nn.Module:
+    """An untrained timm Swin-T (no weights are downloaded), the source of the checkpoints below."""
     torch.manual_seed(1)
-    state = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False).state_dict()
+    return timm.create_model("swin_tiny_patch4_window7_224", pretrained=False).eval()
+
+
+def _save(state: dict[str, torch.Tensor], tmp_path: Path, layout: str) -> Path:
+    """state saved as timm does (.pth or .safetensors) or as Microsoft's original Swin release does."""
     if layout == "timm-safetensors":
         path = tmp_path / "model.safetensors"
         save_file(state, str(path))
-        return path, state
+        return path
     path = tmp_path / "swin_tiny.pth"
     if layout == "microsoft":  # PatchMerging belongs to the end of the previous stage, wrapped in {"model": ...}
         torch.save({"model": {_to_microsoft_key(k): v for k, v in state.items()}}, path)
     else:
         torch.save(state, path)
-    return path, state
+    return path
 
 
 @pytest.mark.parametrize("layout", ["timm-pth", "timm-safetensors", "microsoft"])
-def test_load_encoder_checkpoint(tmp_path: Path, layout: str) -> None:
-    path, state = _save_swin_tiny(tmp_path, layout)
+def test_load_encoder_checkpoint(swin_tiny: torch.nn.Module, tmp_path: Path, layout: str) -> None:
+    state = swin_tiny.state_dict()
     net = TransDeepLab(in_chans=1)
-    missing = net.load_encoder_checkpoint(path)
+    missing = net.load_encoder_checkpoint(_save(state, tmp_path, layout))
     assert missing == ["low_level_norm.weight", "low_level_norm.bias"]
     encoder = net.encoder.state_dict()
     for key in ("layers.1.downsample.reduction.weight", "layers.2.blocks.5.attn.relative_position_bias_table"):
         assert torch.equal(encoder[key], state[key])
     assert encoder["patch_embed.proj.weight"].shape == (96, 1, 4, 4)  # adapted from 3 input channels
+
+
+def test_encoder_matches_timm_swin_tiny(swin_tiny: torch.nn.Module, tmp_path: Path) -> None:
+    """Once loaded, the encoder's high-level map is exactly timm Swin-T's stage-2 output."""
+    net = TransDeepLab().eval()
+    net.load_encoder_checkpoint(_save(swin_tiny.state_dict(), tmp_path, "timm-pth"))
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(net.encoder(x)[1], swin_tiny.layers[:3](swin_tiny.patch_embed(x)))

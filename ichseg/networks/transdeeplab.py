@@ -212,8 +212,9 @@ class TransDeepLab(nn.Module):
 
     def __init__(self, num_classes: int = 2, img_size: int = 224, in_chans: int = 3) -> None:
         super().__init__()
-        if img_size % (16 * WINDOW_SIZE * 2):
-            raise ValueError(f"img_size must be a multiple of 224 so every Swin window tiles its map, got {img_size}")
+        # The H/16 map must tile into 7x7 windows and exceed one, or the local and global pyramid levels coincide.
+        if img_size % (16 * WINDOW_SIZE) or img_size < 32 * WINDOW_SIZE:
+            raise ValueError(f"img_size must be a multiple of 112 and at least 224, got {img_size}")
         self.num_classes = num_classes
         self.img_size = img_size
         self.in_chans = in_chans

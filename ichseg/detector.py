@@ -1,0 +1,87 @@
+"""Stage 1: YOLOv5 hemorrhage boxes on windowed 512×512 slices.
+
+``detector_input`` and ``to_bgr`` are the only way slices become detector input: the dataset converter
+writes its training PNGs with them and ``HemorrhageDetector`` feeds ultralytics with them, so training and
+serving see identical pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ichseg.boxes import Box
+from ichseg.dicom_series import CTSeries
+from ichseg.model_manifest import ModelError, ModelManifest, weights_path
+from ichseg.runtime import default_device
+from ichseg.subtypes import SUBTYPES
+from ichseg.windowing import apply_window
+
+INPUT_SIZE = 512
+TASK = "detection"
+
+
+@dataclass(frozen=True)
+class Detection:
+    subtype: int  # index into SUBTYPES
+    confidence: float
+    box: Box  # (x0, y0, x1, y1) pixel-edge coordinates in the 512×512 slice
+
+
+def resize_to_input(windowed: np.ndarray) -> np.ndarray:
+    """One windowed slice at 512×512 (unchanged when it already is; area-averaged when larger)."""
+    if windowed.shape == (INPUT_SIZE, INPUT_SIZE):
+        return windowed
+    shrink = max(windowed.shape) > INPUT_SIZE
+    return cv2.resize(windowed, (INPUT_SIZE, INPUT_SIZE), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def detector_input(series: CTSeries) -> np.ndarray:
+    """(N, 512, 512) uint8: each slice windowed with its own header window (paper), resized to 512."""
+    return np.stack([resize_to_input(apply_window(hu, *window)) for hu, window in zip(series.hu, series.windows)])
+
+
+def to_bgr(windowed: np.ndarray) -> np.ndarray:
+    """Grey slice → (H, W, 3): what cv2.imread gives ultralytics for a grey training PNG."""
+    return np.repeat(windowed[:, :, None], 3, axis=2)
+
+
+class HemorrhageDetector:
+    """YOLO weights of a model folder (manifest checked), predicting per slice at 512 with NMS IoU 0.6."""
+
+    def __init__(self, model_dir: Path, confidence: float = 0.25, iou: float = 0.6, device: str | None = None):
+        self.manifest = ModelManifest.load(model_dir)
+        self.manifest.require(TASK, INPUT_SIZE, list(SUBTYPES))
+        path = weights_path(model_dir)
+        from ichseg.ultralytics_offline import YOLO  # here, so that importing the preprocessing stays light
+
+        try:
+            self.model = YOLO(str(path), task="detect")
+        except Exception as error:  # torch/pickle raise many types for a corrupt or foreign file
+            raise ModelError(f"{path}: not loadable as ultralytics YOLO weights ({error})") from error
+        if list(self.model.names.values()) != list(SUBTYPES):
+            raise ModelError(f"{path}: weights predict classes {list(self.model.names.values())}, expected {list(SUBTYPES)}")
+        self.confidence = confidence
+        self.iou = iou
+        self.device = default_device(device)
+
+    def detect(self, windowed: np.ndarray, batch_size: int = 16) -> list[list[Detection]]:
+        """(N, 512, 512) uint8 windowed slices → the detections of each slice, in slice order."""
+        if windowed.ndim != 3 or windowed.shape[1:] != (INPUT_SIZE, INPUT_SIZE) or windowed.dtype != np.uint8:
+            raise ValueError(f"expected (N, {INPUT_SIZE}, {INPUT_SIZE}) uint8 slices, got {windowed.shape} {windowed.dtype}")
+        detections: list[list[Detection]] = []
+        for start in range(0, len(windowed), batch_size):
+            results = self.model.predict(
+                [to_bgr(s) for s in windowed[start:start + batch_size]], imgsz=INPUT_SIZE, conf=self.confidence,
+                iou=self.iou, half=False, device=str(self.device), verbose=False,
+            )
+            for result in results:
+                boxes = result.boxes
+                detections.append([
+                    Detection(int(c), float(p), tuple(float(v) for v in xyxy))  # type: ignore[arg-type]
+                    for c, p, xyxy in zip(boxes.cls.tolist(), boxes.conf.tolist(), boxes.xyxy.tolist())
+                ])
+        return detections

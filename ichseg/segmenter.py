@@ -1,0 +1,93 @@
+"""Stage 2 at inference: segment hemorrhage inside each slice's merged box and paste the mask back.
+
+Training and inference share ``ichseg.crops``, so the network sees the crops it was trained on. The same wrapper
+runs the single-stage baselines (manifest mode ``whole-slice``): they segment every slice through the whole-slice
+box, whatever boxes the caller passes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from monai.networks.nets import UNet
+from torch import nn
+
+from ichseg.boxes import Box
+from ichseg.crops import CROP_SIZE, crop_to_input, paste_probability
+from ichseg.model_manifest import ModelError, ModelManifest, weights_path
+from ichseg.networks import TransDeepLab
+from ichseg.runtime import default_device
+
+CLASSES = ["background", "hemorrhage"]
+ARCHITECTURES = {
+    "transdeeplab": "TransDeepLab (Swin-T, 2-level Swin SPP)",
+    "monai-unet": "MONAI UNet 2D (channels 16-256, 4 strided levels, 2 residual units)",
+}
+
+
+def build_network(network: str) -> nn.Module:
+    """A randomly initialised 3-channel, 2-class, 224×224 segmentation network by its manifest name."""
+    if network == "transdeeplab":
+        return TransDeepLab(num_classes=len(CLASSES), img_size=CROP_SIZE, in_chans=3)
+    if network == "monai-unet":
+        return UNet(
+            spatial_dims=2, in_channels=3, out_channels=len(CLASSES), channels=(16, 32, 64, 128, 256),
+            strides=(2, 2, 2, 2), num_res_units=2,
+        )
+    raise ValueError(f"unknown network {network!r}; expected one of {sorted(ARCHITECTURES)}")
+
+
+def whole_slice_box(shape: tuple[int, int]) -> Box:
+    """The box covering a whole (rows, columns) slice."""
+    return (0.0, 0.0, float(shape[1]), float(shape[0]))
+
+
+class HemorrhageSegmenter:
+    """A segmentation model folder (manifest.json + float16 model.pt) ready to segment windowed slices."""
+
+    def __init__(self, model_dir: Path, device: str | None = None) -> None:
+        self.model_dir = Path(model_dir)
+        self.manifest = ModelManifest.load(self.model_dir)
+        self.manifest.require("segmentation", CROP_SIZE, CLASSES)
+        network = self.manifest.training.get("network")
+        self.mode = self.manifest.training.get("mode")
+        if network not in ARCHITECTURES or self.mode not in ("crops", "whole-slice"):
+            raise ModelError(f"{self.model_dir}: manifest training.network {network!r} / mode {self.mode!r} unsupported")
+        self.device = default_device(device)
+        self.network = build_network(network)
+        path = weights_path(self.model_dir)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            self.network.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+        except (RuntimeError, OSError, ValueError) as error:
+            raise ModelError(f"{path}: weights do not load into {network} ({error})") from error
+        self.network.to(self.device).eval()
+
+    @property
+    def whole_slice(self) -> bool:
+        return self.mode == "whole-slice"
+
+    @torch.inference_mode()
+    def segment(self, windowed: np.ndarray, boxes: Sequence[Box | None] | None = None, batch_size: int = 8) -> np.ndarray:
+        """(N, H, W) uint8 windowed slices + one merged box or None per slice → (N, H, W) bool masks.
+
+        Slices whose box is None are not run and stay empty. A whole-slice model ignores ``boxes`` and runs
+        every slice.
+        """
+        count, height, width = windowed.shape
+        if self.whole_slice:
+            boxes = [whole_slice_box((height, width))] * count
+        elif boxes is None or len(boxes) != count:
+            raise ValueError(f"a crop segmenter needs one box or None per slice ({count} slices)")
+        masks = np.zeros(windowed.shape, dtype=bool)
+        todo = [index for index, box in enumerate(boxes) if box is not None]
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start:start + batch_size]
+            inputs = torch.stack([crop_to_input(windowed[i], boxes[i]) for i in batch]).to(self.device)
+            foreground = torch.softmax(self.network(inputs).float(), dim=1)[:, 1].cpu()
+            for index, probability in zip(batch, foreground):
+                masks[index] = paste_probability(probability, boxes[index], (height, width))
+        return masks

@@ -1,0 +1,135 @@
+"""The transforms shared by training and inference: windowing, series geometry, boxes, crop and paste-back."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from scipy import ndimage
+
+from ichseg.boxes import box_of_mask, lesion_boxes, merge_boxes
+from ichseg.crops import CROP_SIZE, crop_mask_to_target, crop_to_input, paste_probability
+from ichseg.dicom_series import DicomInputError, load_single_series
+from ichseg.windowing import BRAIN_WINDOW, apply_window, window_from_header
+
+
+def test_window_from_header_and_fallback() -> None:
+    ds = pydicom.Dataset()
+    assert window_from_header(ds) == BRAIN_WINDOW
+    ds.WindowCenter, ds.WindowWidth = ["40", "300"], ["80", "1500"]  # multi-valued: the first is primary
+    assert window_from_header(ds) == (40.0, 80.0)
+    ds.WindowWidth = "0"
+    assert window_from_header(ds) == BRAIN_WINDOW
+
+
+def test_apply_window_maps_level_and_edges() -> None:
+    hu = np.array([-1000.0, 0.0, 40.0, 80.0, 1000.0])
+    assert apply_window(hu, 40, 80).tolist() == [0, 0, 128, 255, 255]
+
+
+def test_windows_come_from_headers_with_fallback(positive_study: Path, negative_study: Path) -> None:
+    for study in (positive_study, negative_study):
+        series = load_single_series(study / "ct")
+        for header, window in zip(series.headers, series.windows):
+            if "WindowCenter" in header:
+                assert window == (float(header.WindowCenter), float(header.WindowWidth))
+            else:
+                assert window == BRAIN_WINDOW
+
+
+def test_padding_and_rescale_give_air_outside_field_of_view(positive_study: Path, negative_study: Path) -> None:
+    for study in (positive_study, negative_study):
+        series = load_single_series(study / "ct")
+        assert series.hu.min() >= -1024.0
+        assert series.hu[:, 0, 0].max() == -1024.0  # corner is outside the reconstruction circle
+
+
+def test_merge_boxes_is_smallest_enclosing_box() -> None:
+    assert merge_boxes([]) is None
+    assert merge_boxes([(10, 20, 30, 40), (5, 25, 12, 60)]) == (5, 20, 30, 60)
+
+
+def test_lesion_boxes_one_per_component() -> None:
+    label = np.zeros((64, 64), dtype=np.uint8)
+    label[10:20, 5:15] = 4
+    label[40:42, 40:50] = 4
+    label[30:35, 30:33] = 1
+    boxes = sorted(lesion_boxes(label))
+    assert boxes == [(0, (30.0, 30.0, 33.0, 35.0)), (3, (5.0, 10.0, 15.0, 20.0)), (3, (40.0, 40.0, 50.0, 42.0))]
+
+
+#: Bound on crop → 224×224 → paste-back of a ground-truth mask: the two masks differ only on the lesion's
+#: boundary (within 1 pixel of it), and Dice ≥ 0.9 for lesions of at least 50 pixels.
+def test_crop_paste_back_is_identity_up_to_resampling(positive_study: Path) -> None:
+    labels = np.load(positive_study / "labels.npz")["labels"] > 0
+    checked = 0
+    for mask in labels:
+        if mask.sum() < 50:
+            continue
+        box = merge_boxes(box for _, box in lesion_boxes(mask.astype(np.uint8)))
+        target = crop_mask_to_target(mask, box)
+        assert target.shape == (CROP_SIZE, CROP_SIZE)
+        pasted = paste_probability(target.float(), box, mask.shape)
+        difference = pasted ^ mask
+        boundary = ndimage.binary_dilation(mask) & ~ndimage.binary_erosion(mask)
+        assert not (difference & ~boundary).any()
+        dice = 2 * (pasted & mask).sum() / (pasted.sum() + mask.sum())
+        assert dice >= 0.9
+        checked += 1
+    assert checked >= 3
+
+
+def test_crop_to_input_shape_and_range() -> None:
+    windowed = (np.arange(512 * 512) % 256).astype(np.uint8).reshape(512, 512)
+    crop = crop_to_input(windowed, (100.0, 120.0, 180.0, 150.0))
+    assert crop.shape == (3, CROP_SIZE, CROP_SIZE)
+    assert 0.0 <= float(crop.min()) and float(crop.max()) <= 1.0
+    assert bool((crop[0] == crop[1]).all() and (crop[1] == crop[2]).all())
+    mask = np.zeros((512, 512), bool)
+    mask[130:140, 110:170] = True
+    assert box_of_mask(mask) == (110.0, 130.0, 170.0, 140.0)
+
+
+def _copy_series(study: Path, destination: Path) -> list[Path]:
+    destination.mkdir()
+    for path in (study / "ct").glob("*.dcm"):
+        shutil.copy(path, destination / path.name)
+    return sorted(destination.glob("*.dcm"), key=lambda p: float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]))
+
+
+def test_missing_slice_is_refused_naming_files(negative_study: Path, tmp_path: Path) -> None:
+    files = _copy_series(negative_study, tmp_path / "ct")
+    files[10].unlink()
+    with pytest.raises(DicomInputError, match="missing slice") as error:
+        load_single_series(tmp_path / "ct")
+    assert files[9].name in str(error.value)
+
+
+def test_duplicate_position_is_refused(negative_study: Path, tmp_path: Path) -> None:
+    files = _copy_series(negative_study, tmp_path / "ct")
+    ds = pydicom.dcmread(files[5])
+    ds.ImagePositionPatient = pydicom.dcmread(files[6]).ImagePositionPatient
+    ds.save_as(files[5])
+    with pytest.raises(DicomInputError, match="duplicate slice position"):
+        load_single_series(tmp_path / "ct")
+
+
+def test_gantry_tilt_is_refused(negative_study: Path, tmp_path: Path) -> None:
+    files = _copy_series(negative_study, tmp_path / "ct")
+    for index, path in enumerate(files):
+        ds = pydicom.dcmread(path)
+        x, y, z = (float(v) for v in ds.ImagePositionPatient)
+        ds.ImagePositionPatient = [x, y + index * 5.0 * np.tan(np.radians(15)), z]
+        ds.save_as(path)
+    with pytest.raises(DicomInputError, match="tilt"):
+        load_single_series(tmp_path / "ct")
+
+
+def test_truncated_file_is_refused_naming_it(negative_study: Path, tmp_path: Path) -> None:
+    files = _copy_series(negative_study, tmp_path / "ct")
+    files[3].write_bytes(files[3].read_bytes()[:5000])
+    with pytest.raises(DicomInputError, match=files[3].name):
+        load_single_series(tmp_path / "ct")

@@ -1,0 +1,1 @@
+"""Training entry points and dataset converters (not needed by the deployed app)."""

@@ -1,0 +1,233 @@
+"""BHX-style box CSV + DICOM study folders → ultralytics detection dataset for the stage-1 detector.
+
+Writes under ``--out``: ``images/<split>/*.png`` (grey 512×512 slices made by ``ichseg.detector.detector_input``,
+the function inference uses), ``labels/<split>/*.txt`` (``class cx cy w h`` normalised, one line per box),
+``slices.csv`` (which slice each image is) and ``data.yaml`` (absolute ``path:``, no ``download:`` key).
+
+Boxes are matched to slices by SOPInstanceUID. The CSV may give a box as ``x, y, width, height`` columns
+(the synthetic generator) or as BHX's ``data`` column holding ``{'x': .., 'y': .., 'width': .., 'height': ..}``
+(BHX's own ``width``/``height`` columns are then ignored: ``data`` wins). Splits are per study: from
+``studies.csv`` when given, else a seeded 80:10:10 split of the study folders (the paper's ratio).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import csv
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import yaml
+from tqdm import tqdm
+
+from ichseg.boxes import LabelledBox
+from ichseg.detector import detector_input
+from ichseg.dicom_series import DicomInputError, group_series, load_series
+from ichseg.subtypes import SUBTYPES, subtype_index
+
+SPLITS = ("train", "val", "test")
+DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
+GEOMETRY_KEYS = ("x", "y", "width", "height")
+
+
+@dataclass
+class Summary:
+    """What the conversion kept and lost, printed at the end so that silent label loss is visible."""
+
+    images: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
+    positives: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
+    boxes: int = 0
+    skipped_series: list[str] = field(default_factory=list)
+    unmatched_boxes: int = 0  # CSV boxes whose slice was not written (missing, unreadable or ignored series)
+    empty_boxes: int = 0  # boxes with no area inside the slice
+
+
+def box_geometry(row: dict[str, str]) -> tuple[float, float, float, float]:
+    """``(x, y, width, height)`` of one CSV row, from BHX's ``data`` dict or from separate columns."""
+    data = (row.get("data") or "").strip()
+    if data:
+        values = ast.literal_eval(data)  # a Python-literal dict, not JSON (single quotes)
+        return tuple(float(values[k]) for k in GEOMETRY_KEYS)  # type: ignore[return-value]
+    return tuple(float(row[k]) for k in GEOMETRY_KEYS)  # type: ignore[return-value]
+
+
+def read_boxes(path: Path, ignore_labels: tuple[str, ...] = ()) -> tuple[dict[str, list[LabelledBox]], set[str]]:
+    """Boxes per SOPInstanceUID, and the SOPs carrying an ignored label (those slices are left out entirely).
+
+    An unknown ``labelName`` is an error unless ignored: dropping its box would teach "no hemorrhage here".
+    """
+    ignored = {name.lower() for name in ignore_labels}
+    boxes: dict[str, list[LabelledBox]] = defaultdict(list)
+    excluded: set[str] = set()
+    with path.open(newline="") as handle:
+        for number, row in enumerate(csv.DictReader(handle), start=2):
+            sop = row["SOPInstanceUID"].strip()
+            if row["labelName"].strip().lower() in ignored:
+                excluded.add(sop)
+                continue
+            try:
+                x, y, width, height = box_geometry(row)
+                boxes[sop].append(LabelledBox(subtype_index(row["labelName"]), (x, y, x + width, y + height)))
+            except (ValueError, KeyError, SyntaxError, TypeError) as error:
+                raise ValueError(f"{path}:{number}: unusable box row ({error})") from error
+    return dict(boxes), excluded
+
+
+def assign_splits(dicom_root: Path, studies_csv: Path | None, seed: int) -> dict[str, str]:
+    """study folder name → split, from ``studies.csv`` (study_id, split) or a seeded 80:10:10 shuffle."""
+    if studies_csv is not None:
+        with studies_csv.open(newline="") as handle:
+            splits = {row["study_id"]: row["split"] for row in csv.DictReader(handle)}
+        unknown = set(splits.values()) - set(SPLITS)
+        if unknown:
+            raise ValueError(f"{studies_csv}: unknown split(s) {sorted(unknown)}; expected {SPLITS}")
+        return splits
+    studies = sorted(p.name for p in dicom_root.iterdir() if p.is_dir())
+    np.random.default_rng(seed).shuffle(studies)
+    ends = np.rint(np.cumsum(DEFAULT_FRACTIONS) * len(studies)).astype(int)
+    return {study: SPLITS[int(np.searchsorted(ends, index, side="right"))] for index, study in enumerate(studies)}
+
+
+def yolo_lines(boxes: list[LabelledBox], rows: int, columns: int) -> list[str]:
+    """Boxes in source-matrix pixels → ``class cx cy w h`` normalised, clipped to the slice; empty boxes dropped."""
+    lines = []
+    for subtype, (x0, y0, x1, y1) in boxes:
+        x0, x1 = np.clip([x0, x1], 0, columns) / columns
+        y0, y1 = np.clip([y0, y1], 0, rows) / rows
+        if x1 > x0 and y1 > y0:
+            lines.append(f"{subtype} {(x0 + x1) / 2:.6f} {(y0 + y1) / 2:.6f} {x1 - x0:.6f} {y1 - y0:.6f}")
+    return lines
+
+
+def select_negatives(negatives: dict[str, list[str]], positives: dict[str, int], ratio: float | None, seed: int) -> set[str]:
+    """A seeded random ``ratio`` × positives of each split's negative slices (all of them when ratio is None)."""
+    rng = np.random.default_rng(seed)
+    chosen: set[str] = set()
+    for split, sops in negatives.items():
+        count = len(sops) if ratio is None else min(len(sops), round(ratio * positives.get(split, 0)))
+        chosen.update(rng.choice(sorted(sops), size=count, replace=False).tolist())
+    return chosen
+
+
+def safe_name(text: str) -> str:
+    """File-name-safe form of a study folder name (CQ500 folders contain spaces)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
+
+
+def write_data_yaml(out: Path) -> Path:
+    """ultralytics data YAML: absolute path (runs from any working directory), no download key (offline)."""
+    path = out / "data.yaml"
+    data = {"path": str(out.resolve()), **{split: f"images/{split}" for split in SPLITS},
+            "names": dict(enumerate(SUBTYPES))}
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def convert(
+    boxes_csv: Path, dicom_root: Path, out: Path, studies_csv: Path | None = None,
+    negatives_per_positive: float | None = None, seed: int = 0, ignore_labels: tuple[str, ...] = (),
+) -> Summary:
+    """Write the dataset under ``out``; returns what was written and what was lost."""
+    boxes, excluded = read_boxes(boxes_csv, ignore_labels)
+    splits = assign_splits(dicom_root, studies_csv, seed)
+    summary = Summary()
+
+    # Pass 1, headers only: which slices exist, so that negatives can be sampled per split before decoding pixels.
+    series_of: list[tuple[str, str, list]] = []  # (study, split, header entries of one CT series)
+    negatives: dict[str, list[str]] = defaultdict(list)
+    positives: dict[str, int] = defaultdict(int)
+    for study, split in tqdm(sorted(splits.items()), desc="headers", unit="study"):
+        try:
+            grouped = group_series(dicom_root / study)
+        except DicomInputError as error:
+            summary.skipped_series.append(str(error))
+            continue
+        for entries in grouped.values():
+            if str(entries[0][1].get("Modality", "")) != "CT":
+                continue  # e.g. the ground-truth SEG beside a synthetic series
+            series_of.append((study, split, entries))
+            for _, header in entries:
+                sop = str(header.SOPInstanceUID)
+                if sop in excluded:
+                    continue
+                if sop in boxes:
+                    positives[split] += 1
+                else:
+                    negatives[split].append(sop)
+    keep = (select_negatives(negatives, positives, negatives_per_positive, seed) | set(boxes)) - excluded
+
+    # Pass 2: decode, window and write the kept slices.
+    for split in SPLITS:
+        (out / "images" / split).mkdir(parents=True, exist_ok=True)
+        (out / "labels" / split).mkdir(parents=True, exist_ok=True)
+    written: set[str] = set()
+    index_rows = []
+    for study, split, entries in tqdm(series_of, desc="series", unit="series"):
+        if not any(str(h.SOPInstanceUID) in keep for _, h in entries):
+            continue
+        try:
+            series = load_series(entries)
+        except DicomInputError as error:
+            summary.skipped_series.append(str(error))
+            continue
+        images = detector_input(series)
+        rows, columns = series.hu.shape[1:]
+        for header, image in zip(series.headers, images):
+            sop = str(header.SOPInstanceUID)
+            if sop not in keep:
+                continue
+            slice_boxes = boxes.get(sop, [])
+            lines = yolo_lines(slice_boxes, rows, columns)
+            summary.empty_boxes += len(slice_boxes) - len(lines)
+            name = f"{safe_name(study)}_{sop}"
+            cv2.imwrite(str(out / "images" / split / f"{name}.png"), image)
+            (out / "labels" / split / f"{name}.txt").write_text("".join(line + "\n" for line in lines))
+            written.add(sop)
+            summary.images[split] += 1
+            summary.positives[split] += bool(lines)
+            summary.boxes += len(lines)
+            index_rows.append((f"images/{split}/{name}.png", split, study, series.series_uid, sop, len(lines)))
+    summary.unmatched_boxes = sum(len(v) for sop, v in boxes.items() if sop not in written)
+
+    with (out / "slices.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(("image", "split", "study_id", "series_uid", "sop_instance_uid", "boxes"))
+        writer.writerows(index_rows)
+    write_data_yaml(out)
+    return summary
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m training.detector_dataset", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--boxes", type=Path, required=True, help="box CSV (BHX layout or synthetic boxes.csv)")
+    parser.add_argument("--dicom-root", type=Path, required=True, help="folder with one sub-folder per study")
+    parser.add_argument("--studies-csv", type=Path, default=None, help="study_id,split CSV (default: seeded 80:10:10)")
+    parser.add_argument("--out", type=Path, required=True, help="dataset folder to write")
+    parser.add_argument("--negatives-per-positive", type=float, default=None,
+                        help="keep this many hemorrhage-free slices per hemorrhage slice in each split (default: all)")
+    parser.add_argument("--ignore-label", action="append", default=[],
+                        help="labelName whose slices are left out entirely (repeatable), e.g. BHX's Chronic")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the negative sampling and the default split")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    summary = convert(args.boxes, args.dicom_root, args.out, args.studies_csv, args.negatives_per_positive,
+                      args.seed, tuple(args.ignore_label))
+    for split in SPLITS:
+        print(f"{split}: {summary.images[split]} images, {summary.positives[split]} with hemorrhage")
+    print(f"{summary.boxes} boxes written; {summary.unmatched_boxes} CSV boxes without a written slice; "
+          f"{summary.empty_boxes} boxes outside their slice")
+    for problem in summary.skipped_series:
+        print(f"skipped: {problem}")
+    print(f"data YAML: {(args.out / 'data.yaml').resolve()}")
+
+
+if __name__ == "__main__":
+    main()

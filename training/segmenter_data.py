@@ -1,0 +1,191 @@
+"""Stage-2 training data from synthetic study folders, preprocessed exactly as inference preprocesses.
+
+Each slice is windowed with its own header window (``ichseg.windowing``) and cropped/resized with
+``ichseg.crops``, the functions the app uses on detector boxes. Two modes:
+
+* ``crops`` (the paper): every slice with hemorrhage, cropped to the merge of its per-lesion
+  ``masks_to_boxes`` boxes — the merged box inference builds from the detector's boxes of a slice;
+* ``whole-slice`` (single-stage baseline): the whole slice resized to 224, hemorrhage slices plus a random
+  share of negative slices, so that the model also learns to leave normal slices empty.
+
+The cache holds uint8 arrays only (a region around each box in crop mode, the 224 slice in whole-slice mode),
+so each epoch re-crops cheaply and the CPU stays free for the network. Training augmentation: random 90°
+rotation and random flip (the paper), and in crop mode a box jitter in which every box edge moves
+independently by up to ``jitter`` (10%) of the box side outwards or half that inwards, imitating detector boxes
+that are a little loose, tight or shifted.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from ichseg.boxes import Box, lesion_boxes, merge_boxes, pixel_bounds
+from ichseg.crops import CROP_SIZE, crop_mask_to_target, crop_to_input
+from ichseg.dicom_series import CTSeries, load_single_series
+from ichseg.windowing import apply_window
+
+MODES = ("crops", "whole-slice")
+JITTER = 0.10  # largest outward move of one box edge, as a fraction of the box side
+MIN_JITTER_SIDE = 16.0  # px: tiny lesions still get a few pixels of jitter, as detector boxes are never exact
+NEGATIVE_FRACTION = 0.2  # whole-slice mode: share of hemorrhage-free training slices kept
+
+
+@dataclass
+class Study:
+    """One study read for training or evaluation: windowed slices, labels and the series geometry."""
+
+    study_id: str
+    windowed: np.ndarray  # (N, H, W) uint8, each slice with its own header window
+    labels: np.ndarray  # (N, H, W) uint8, 0 background, k+1 subtype k
+    series: CTSeries
+
+
+@dataclass
+class SliceSample:
+    """A cached uint8 region of one slice with its mask and the box to crop inside it."""
+
+    image: np.ndarray  # uint8 (h, w)
+    mask: np.ndarray  # bool (h, w)
+    box: Box  # in region coordinates
+
+
+def study_ids(data: Path, split: str) -> list[str]:
+    """Study ids of one split from ``studies.csv``, in file order."""
+    with (Path(data) / "studies.csv").open(newline="") as handle:
+        return [row["study_id"] for row in csv.DictReader(handle) if row["split"] == split]
+
+
+def window_series(series: CTSeries) -> np.ndarray:
+    """(N, H, W) uint8: every slice windowed with its own header window, as at inference."""
+    return np.stack([apply_window(hu, centre, width) for hu, (centre, width) in zip(series.hu, series.windows)])
+
+
+def load_study(folder: Path) -> Study:
+    """Read a generated study folder; its labels follow load_single_series' slice order."""
+    series = load_single_series(Path(folder) / "ct")
+    labels = np.load(Path(folder) / "labels.npz")["labels"]
+    if labels.shape != series.hu.shape:
+        raise ValueError(f"{folder}: labels {labels.shape} do not match the series {series.hu.shape}")
+    return Study(Path(folder).name, window_series(series), labels, series)
+
+
+def ground_truth_box(label_slice: np.ndarray) -> Box | None:
+    """The merged box of all lesions of a slice — what inference builds from the detector's boxes."""
+    return merge_boxes(labelled.box for labelled in lesion_boxes(label_slice))
+
+
+def jitter_reach(box: Box, jitter: float) -> Box:
+    """The box grown by the largest outward jitter (plus a pixel): every jittered box lies inside it."""
+    x0, y0, x1, y1 = box
+    dx = jitter * max(x1 - x0, MIN_JITTER_SIDE) + 1.0
+    dy = jitter * max(y1 - y0, MIN_JITTER_SIDE) + 1.0
+    return (x0 - dx, y0 - dy, x1 + dx, y1 + dy)
+
+
+def jitter_box(box: Box, rng: np.random.Generator, jitter: float) -> Box:
+    """Each edge moved independently: outwards by up to ``jitter`` of the side, inwards by up to half that."""
+    x0, y0, x1, y1 = box
+    sx = jitter * max(x1 - x0, MIN_JITTER_SIDE)
+    sy = jitter * max(y1 - y0, MIN_JITTER_SIDE)
+    left, top, right, bottom = rng.uniform(-0.5, 1.0, size=4)
+    return (x0 - left * sx, y0 - top * sy, x1 + right * sx, y1 + bottom * sy)
+
+
+def crop_samples(study: Study, jitter: float) -> list[SliceSample]:
+    """Crop mode: one sample per hemorrhage slice, caching only the region the jittered boxes can reach."""
+    samples = []
+    height, width = study.labels.shape[1:]
+    for windowed, label_slice in zip(study.windowed, study.labels):
+        box = ground_truth_box(label_slice)
+        if box is None:
+            continue
+        row0, row1, col0, col1 = pixel_bounds(jitter_reach(box, jitter), height, width)
+        x0, y0, x1, y1 = box
+        samples.append(SliceSample(
+            image=windowed[row0:row1, col0:col1].copy(),
+            mask=label_slice[row0:row1, col0:col1] > 0,
+            box=(x0 - col0, y0 - row0, x1 - col0, y1 - row0),
+        ))
+    return samples
+
+
+def whole_slice_samples(study: Study, negative_fraction: float, rng: np.random.Generator) -> list[SliceSample]:
+    """Whole-slice mode: hemorrhage slices and a random ``negative_fraction`` of the others, resized to 224."""
+    samples = []
+    height, width = study.labels.shape[1:]
+    whole: Box = (0.0, 0.0, float(width), float(height))
+    for windowed, label_slice in zip(study.windowed, study.labels):
+        if not label_slice.any() and rng.random() >= negative_fraction:
+            continue
+        image = torch.round(crop_to_input(windowed, whole)[0] * 255.0).to(torch.uint8).numpy()
+        mask = crop_mask_to_target(label_slice, whole).numpy().astype(bool)
+        samples.append(SliceSample(image, mask, (0.0, 0.0, float(CROP_SIZE), float(CROP_SIZE))))
+    return samples
+
+
+def load_samples(
+    data: Path, split: str, mode: str, *, jitter: float = JITTER, negative_fraction: float = NEGATIVE_FRACTION,
+    seed: int = 0, limit: int | None = None,
+) -> list[SliceSample]:
+    """All samples of a split (``limit`` studies at most), read once and cached in memory as uint8."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    samples: list[SliceSample] = []
+    ids = study_ids(data, split)[:limit]
+    for number, study_id in enumerate(tqdm(ids, desc=f"loading {split}", unit="study")):
+        study = load_study(Path(data) / study_id)
+        if mode == "crops":
+            samples += crop_samples(study, jitter)
+        else:
+            samples += whole_slice_samples(study, negative_fraction, np.random.default_rng([seed, number]))
+    return samples
+
+
+def rotate_flip(image: torch.Tensor, target: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The paper's augmentation: a random multiple of 90° rotation, then a flip along a random axis half the time."""
+    turns = int(rng.integers(4))
+    image, target = torch.rot90(image, turns, (-2, -1)), torch.rot90(target, turns, (-2, -1))
+    if rng.random() < 0.5:
+        axis = -1 - int(rng.integers(2))
+        image, target = torch.flip(image, (axis,)), torch.flip(target, (axis,))
+    return image.contiguous(), target.contiguous()
+
+
+class SegmentationDataset(Dataset):
+    """(input [3,224,224] float 0-1, target [224,224] long) pairs; augmented when ``augment``.
+
+    The random draws of sample ``i`` in epoch ``e`` depend only on (seed, e, i), so a run resumed at an epoch
+    boundary sees the same augmentations as an uninterrupted one.
+    """
+
+    def __init__(self, samples: list[SliceSample], augment: bool, jitter: float = 0.0, seed: int = 0) -> None:
+        self.samples = samples
+        self.augment = augment
+        self.jitter = jitter
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        sample = self.samples[index]
+        box = sample.box
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        if self.augment and self.jitter > 0:
+            box = jitter_box(box, rng, self.jitter)
+        image = crop_to_input(sample.image, box)
+        target = crop_mask_to_target(sample.mask, box)
+        if self.augment:
+            image, target = rotate_flip(image, target, rng)
+        return image, target
