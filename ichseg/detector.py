@@ -62,8 +62,9 @@ class HemorrhageDetector:
             self.model = YOLO(str(path), task="detect")
         except Exception as error:  # torch/pickle raise many types for a corrupt or foreign file
             raise ModelError(f"{path}: not loadable as ultralytics YOLO weights ({error})") from error
-        if list(self.model.names.values()) != list(SUBTYPES):
-            raise ModelError(f"{path}: weights predict classes {list(self.model.names.values())}, expected {list(SUBTYPES)}")
+        classes = list(self.model.names.values())
+        if classes != list(SUBTYPES):
+            raise ModelError(f"{path}: weights predict classes {classes}, expected {list(SUBTYPES)}")
         self.confidence = confidence
         self.iou = iou
         self.device = default_device(device)
@@ -71,12 +72,12 @@ class HemorrhageDetector:
     def detect(self, windowed: np.ndarray, batch_size: int = 16) -> list[list[Detection]]:
         """(N, 512, 512) uint8 windowed slices → the detections of each slice, in slice order."""
         if windowed.ndim != 3 or windowed.shape[1:] != (INPUT_SIZE, INPUT_SIZE) or windowed.dtype != np.uint8:
-            raise ValueError(f"expected (N, {INPUT_SIZE}, {INPUT_SIZE}) uint8 slices, got {windowed.shape} {windowed.dtype}")
+            raise ValueError(f"expected (N, {INPUT_SIZE}, {INPUT_SIZE}) uint8, got {windowed.shape} {windowed.dtype}")
         detections: list[list[Detection]] = []
         for start in range(0, len(windowed), batch_size):
             results = self.model.predict(
                 [to_bgr(s) for s in windowed[start:start + batch_size]], imgsz=INPUT_SIZE, conf=self.confidence,
-                iou=self.iou, half=False, device=str(self.device), verbose=False,
+                iou=self.iou, device=str(self.device), verbose=False,  # FP32: ultralytics' default
             )
             for result in results:
                 boxes = result.boxes

@@ -1,8 +1,9 @@
 """BHX-style box CSV + DICOM study folders → ultralytics detection dataset for the stage-1 detector.
 
-Writes under ``--out``: ``images/<split>/*.png`` (grey 512×512 slices made by ``ichseg.detector.detector_input``,
-the function inference uses), ``labels/<split>/*.txt`` (``class cx cy w h`` normalised, one line per box),
-``slices.csv`` (which slice each image is) and ``data.yaml`` (absolute ``path:``, no ``download:`` key).
+Writes under ``--out`` (replacing its ``images/`` and ``labels/``): ``images/<split>/*.png`` (grey 512×512
+slices made by ``ichseg.detector.detector_input``, the function inference uses), ``labels/<split>/*.txt``
+(``class cx cy w h`` normalised, one line per box), ``slices.csv`` (which slice each image is) and
+``data.yaml`` (absolute ``path:``, no ``download:`` key).
 
 Boxes are matched to slices by SOPInstanceUID. The CSV may give a box as ``x, y, width, height`` columns
 (the synthetic generator) or as BHX's ``data`` column holding ``{'x': .., 'y': .., 'width': .., 'height': ..}``
@@ -16,6 +17,7 @@ import argparse
 import ast
 import csv
 import re
+import shutil
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +45,8 @@ class Summary:
     positives: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
     boxes: int = 0
     skipped_series: list[str] = field(default_factory=list)
-    unmatched_boxes: int = 0  # CSV boxes whose slice was not written (missing, unreadable or ignored series)
+    unmatched_boxes: int = 0  # CSV boxes on no slice of the listed studies (other studies, or missing files)
+    lost_boxes: int = 0  # CSV boxes on a slice of a listed study that was not written (unreadable series)
     empty_boxes: int = 0  # boxes with no area inside the slice
 
 
@@ -104,7 +107,9 @@ def yolo_lines(boxes: list[LabelledBox], rows: int, columns: int) -> list[str]:
     return lines
 
 
-def select_negatives(negatives: dict[str, list[str]], positives: dict[str, int], ratio: float | None, seed: int) -> set[str]:
+def select_negatives(
+    negatives: dict[str, list[str]], positives: dict[str, int], ratio: float | None, seed: int
+) -> set[str]:
     """A seeded random ``ratio`` × positives of each split's negative slices (all of them when ratio is None)."""
     rng = np.random.default_rng(seed)
     chosen: set[str] = set()
@@ -141,6 +146,7 @@ def convert(
     series_of: list[tuple[str, str, list]] = []  # (study, split, header entries of one CT series)
     negatives: dict[str, list[str]] = defaultdict(list)
     positives: dict[str, int] = defaultdict(int)
+    seen: set[str] = set()
     for study, split in tqdm(sorted(splits.items()), desc="headers", unit="study"):
         try:
             grouped = group_series(dicom_root / study)
@@ -153,6 +159,7 @@ def convert(
             series_of.append((study, split, entries))
             for _, header in entries:
                 sop = str(header.SOPInstanceUID)
+                seen.add(sop)
                 if sop in excluded:
                     continue
                 if sop in boxes:
@@ -161,7 +168,9 @@ def convert(
                     negatives[split].append(sop)
     keep = (select_negatives(negatives, positives, negatives_per_positive, seed) | set(boxes)) - excluded
 
-    # Pass 2: decode, window and write the kept slices.
+    # Pass 2: decode, window and write the kept slices, into emptied folders (a rerun must not mix datasets).
+    for folder in ("images", "labels"):
+        shutil.rmtree(out / folder, ignore_errors=True)
     for split in SPLITS:
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
         (out / "labels" / split).mkdir(parents=True, exist_ok=True)
@@ -192,7 +201,8 @@ def convert(
             summary.positives[split] += bool(lines)
             summary.boxes += len(lines)
             index_rows.append((f"images/{split}/{name}.png", split, study, series.series_uid, sop, len(lines)))
-    summary.unmatched_boxes = sum(len(v) for sop, v in boxes.items() if sop not in written)
+    summary.unmatched_boxes = sum(len(v) for sop, v in boxes.items() if sop not in seen)
+    summary.lost_boxes = sum(len(v) for sop, v in boxes.items() if sop in seen and sop not in written)
 
     with (out / "slices.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
@@ -222,8 +232,8 @@ def main(argv: list[str] | None = None) -> None:
                       args.seed, tuple(args.ignore_label))
     for split in SPLITS:
         print(f"{split}: {summary.images[split]} images, {summary.positives[split]} with hemorrhage")
-    print(f"{summary.boxes} boxes written; {summary.unmatched_boxes} CSV boxes without a written slice; "
-          f"{summary.empty_boxes} boxes outside their slice")
+    print(f"{summary.boxes} boxes written; CSV boxes on slices of unlisted studies: {summary.unmatched_boxes}, "
+          f"on unreadable series: {summary.lost_boxes}, outside their slice: {summary.empty_boxes}")
     for problem in summary.skipped_series:
         print(f"skipped: {problem}")
     print(f"data YAML: {(args.out / 'data.yaml').resolve()}")

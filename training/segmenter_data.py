@@ -148,6 +148,13 @@ def load_samples(
     return samples
 
 
+def evenly_spaced(samples: list[SliceSample], count: int | None) -> list[SliceSample]:
+    """At most ``count`` samples spread evenly over the list (so over all studies), in order."""
+    if count is None or count >= len(samples):
+        return samples
+    return [samples[i] for i in np.linspace(0, len(samples) - 1, count).round().astype(int)]
+
+
 def rotate_flip(image: torch.Tensor, target: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """The paper's augmentation: a random multiple of 90° rotation, then a flip along a random axis half the time."""
     turns = int(rng.integers(4))

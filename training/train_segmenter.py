@@ -29,7 +29,7 @@ from ichseg.model_manifest import WEIGHTS_NAME, ModelManifest
 from ichseg.networks import TransDeepLab
 from ichseg.runtime import configure_threads, default_device
 from ichseg.segmenter import ARCHITECTURES, CLASSES, build_network
-from training.segmenter_data import JITTER, MODES, SegmentationDataset, load_samples
+from training.segmenter_data import JITTER, MODES, SegmentationDataset, evenly_spaced, load_samples
 
 CHECKPOINT_NAME = "checkpoint.pt"
 MOMENTUM = 0.9
@@ -54,6 +54,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--init-encoder", type=Path, default=None,
                         help="local ImageNet Swin-T checkpoint for the TransDeepLab encoder (never downloaded)")
     parser.add_argument("--limit-studies", type=int, default=None, help="use at most this many studies per split")
+    parser.add_argument("--max-slices", type=int, default=None,
+                        help="train on at most this many slices, spread evenly over the studies")
+    parser.add_argument("--val-slices", type=int, default=96,
+                        help="validate on at most this many slices, spread evenly (validation costs CPU time)")
     parser.add_argument("--device", default=None, help="torch device (default: CUDA if present, else CPU)")
     return parser.parse_args(argv)
 
@@ -86,6 +90,11 @@ def half_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().half().cpu() if v.is_floating_point() else v.cpu() for k, v in model.state_dict().items()}
 
 
+def _finite(value: float | None) -> float | None:
+    """NaN (no validation slices) → None, so that the manifest stays strict JSON."""
+    return None if value is None or math.isnan(value) else round(value, 4)
+
+
 def manifest_for(args: argparse.Namespace, state: dict) -> ModelManifest:
     """The manifest of the exported (best) weights, with how they were made."""
     stage = "segmenter" if args.mode == "crops" else "single-stage"
@@ -104,7 +113,7 @@ def manifest_for(args: argparse.Namespace, state: dict) -> ModelManifest:
             "best_epoch": state["best_epoch"],
             "steps": state["steps"],
             "seconds": round(state["seconds"]),
-            "val_dice": state["best_dice"],
+            "val_dice": _finite(state["best_dice"]),
             "data": f"{args.data} (train split {state['train_samples']} slices, val {state['val_samples']})",
             "loss": LOSS,
             "optimizer": f"SGD lr {args.lr} momentum {MOMENTUM} weight decay {WEIGHT_DECAY}, "
@@ -124,6 +133,7 @@ def main(argv: list[str] | None = None) -> None:
 
     train_samples = load_samples(args.data, "train", args.mode, seed=args.seed, limit=args.limit_studies)
     val_samples = load_samples(args.data, "val", args.mode, negative_fraction=0.0, limit=args.limit_studies)
+    train_samples, val_samples = evenly_spaced(train_samples, args.max_slices), evenly_spaced(val_samples, args.val_slices)
     if not train_samples:
         raise SystemExit(f"{args.data}: no training slices for mode {args.mode}")
     train_set = SegmentationDataset(train_samples, augment=True, jitter=JITTER if args.mode == "crops" else 0.0,
@@ -182,13 +192,13 @@ def main(argv: list[str] | None = None) -> None:
         manifest_for(args, state).save(args.out)
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "state": state, "args": vars(args)}, checkpoint_path)
-        print(f"epoch {epoch}: loss {state['history'][-1]['loss']:.4f}, val Dice {dice:.4f}"
+        tqdm.write(f"epoch {epoch}: loss {state['history'][-1]['loss']:.4f}, val Dice {dice:.4f}"
               f"{' (best)' if improved else ''}, {time.perf_counter() - epoch_started:.0f} s")
         if state["seconds"] + (time.perf_counter() - epoch_started) > budget:
             print(f"stopping: the next epoch would exceed --max-minutes {args.max_minutes}")
             break
     size = (args.out / WEIGHTS_NAME).stat().st_size / 2**20
-    print(f"best val Dice {state['best_dice']:.4f} at epoch {state['best_epoch']}; "
+    print(f"best val Dice {_finite(state['best_dice'])} at epoch {state['best_epoch']}; "
           f"{args.out / WEIGHTS_NAME} {size:.1f} MiB, {state['seconds'] / 60:.1f} min")
 
 

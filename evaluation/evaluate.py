@@ -1,0 +1,321 @@
+"""Evaluate on the held-out test split, in the structure of the paper's Tables 1/2 → JSON + Markdown.
+
+    python -m evaluation.evaluate --data data/synthetic --detector models/detector --segmenter models/segmenter \
+        --single-stage models/single-stage --baseline models/baseline-unet --out results/
+
+Rows (a row whose models are missing is skipped):
+* GT boxes + TransDeepLab (oracle): the crop segmenter on the merged ground-truth box of each slice;
+* YOLO + TransDeepLab (product): the crop segmenter on the merged detector boxes (confidence ≥ --confidence);
+* single-stage TransDeepLab and the MONAI baseline: whole-slice models on every slice.
+
+Metrics, all on the full-resolution pasted masks against the full ground-truth masks (any subtype = hemorrhage):
+* slice Dice / IoU: mean over the slices whose ground truth has hemorrhage (the paper's per-slice Dice and IoU;
+  a slice the pipeline leaves empty scores 0), computed with ``monai.metrics.compute_dice`` / ``compute_iou``;
+* pooled Dice: 2·Σ|P∩G| / (Σ|P| + Σ|G|) over every voxel of every test study;
+* study sensitivity / specificity: a study is called positive when any voxel is predicted;
+* FP slices: slices without hemorrhage in the ground truth that get any predicted voxel;
+* volume error: mean over studies of |predicted − true| hemorrhage volume in mL (CTSeries.voxel_volume_ml);
+* s/slice: wall time of the row's models over all slices of the study (the product includes the detector).
+Detector mAP@0.5 and mAP@0.5:0.95 are computed on the same test studies from detections at confidence 0.001 and
+NMS IoU 0.6, matched to the per-lesion ground-truth boxes as ultralytics' validator does and averaged with
+ultralytics' ``ap_per_class``; the figures in the detector's manifest (from its training run) are shown beside.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.metrics import compute_dice, compute_iou
+from torchvision.ops import box_iou
+from tqdm import tqdm
+
+from ichseg.boxes import Box, lesion_boxes, merge_boxes
+from ichseg.model_manifest import MANIFEST_NAME, ModelManifest
+from ichseg.runtime import configure_threads
+from ichseg.segmenter import HemorrhageSegmenter
+from training.segmenter_data import Study, ground_truth_box, load_study, study_ids
+
+MAP_CONFIDENCE = 0.001  # mAP integrates precision over all confidences, as ultralytics' validator does
+IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
+ROWS = {  # key: (label, paper Dice, paper IoU) — the paper's figures are on real CT, for orientation only
+    "oracle": ("GT boxes + TransDeepLab (oracle)", 0.769, 0.657),
+    "product": ("YOLO + TransDeepLab (product)", 0.605, 0.478),
+    "single-stage": ("single-stage TransDeepLab (whole slice)", 0.566, 0.446),
+    "baseline": ("MONAI baseline (whole slice)", 0.458, None),  # the paper's U-Net (Dice only)
+}
+
+
+def slice_dice_iou(predicted: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-slice Dice and IoU of (N, H, W) binary masks; NaN where the ground-truth slice is empty."""
+    p = torch.from_numpy(np.ascontiguousarray(predicted, dtype=bool))[:, None].float()
+    g = torch.from_numpy(np.ascontiguousarray(truth, dtype=bool))[:, None].float()
+    dice = compute_dice(p, g, include_background=True, ignore_empty=True)[:, 0]
+    iou = compute_iou(p, g, include_background=True, ignore_empty=True)[:, 0]
+    return dice.numpy(), iou.numpy()
+
+
+def pooled_dice(intersection: int, predicted: int, truth: int) -> float:
+    """Dice of all voxels pooled; 1 when both are empty (nothing to find, nothing found)."""
+    total = predicted + truth
+    return 2.0 * intersection / total if total else 1.0
+
+
+def sensitivity_specificity(truth: list[bool], predicted: list[bool]) -> tuple[float, float]:
+    """Study-level sensitivity and specificity; NaN when the test set has no positive (negative) study."""
+    t, p = np.asarray(truth, dtype=bool), np.asarray(predicted, dtype=bool)
+    sensitivity = (t & p).sum() / t.sum() if t.any() else math.nan
+    specificity = (~t & ~p).sum() / (~t).sum() if (~t).any() else math.nan
+    return float(sensitivity), float(specificity)
+
+
+@dataclass
+class Scores:
+    """Running totals of one row over the test studies."""
+
+    slice_dice: list[float] = field(default_factory=list)
+    slice_iou: list[float] = field(default_factory=list)
+    intersection: int = 0
+    predicted: int = 0
+    truth: int = 0
+    study_truth: list[bool] = field(default_factory=list)
+    study_predicted: list[bool] = field(default_factory=list)
+    fp_slices: int = 0
+    negative_slices: int = 0
+    volume_errors: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    slices: int = 0
+
+    def add(self, predicted: np.ndarray, truth: np.ndarray, voxel_ml: float, seconds: float) -> None:
+        dice, iou = slice_dice_iou(predicted, truth)
+        positive = truth.any(axis=(1, 2))
+        self.slice_dice += dice[positive].tolist()
+        self.slice_iou += iou[positive].tolist()
+        self.intersection += int((predicted & truth).sum())
+        self.predicted += int(predicted.sum())
+        self.truth += int(truth.sum())
+        self.study_truth.append(bool(positive.any()))
+        self.study_predicted.append(bool(predicted.any()))
+        self.fp_slices += int(predicted[~positive].any(axis=(1, 2)).sum())
+        self.negative_slices += int((~positive).sum())
+        self.volume_errors.append(abs(int(predicted.sum()) - int(truth.sum())) * voxel_ml)
+        self.seconds += seconds
+        self.slices += len(truth)
+
+    def summary(self) -> dict[str, float | int]:
+        sensitivity, specificity = sensitivity_specificity(self.study_truth, self.study_predicted)
+        return {
+            "slice_dice": float(np.mean(self.slice_dice)) if self.slice_dice else math.nan,
+            "slice_iou": float(np.mean(self.slice_iou)) if self.slice_iou else math.nan,
+            "positive_slices": len(self.slice_dice),
+            "pooled_dice": pooled_dice(self.intersection, self.predicted, self.truth),
+            "study_sensitivity": sensitivity,
+            "study_specificity": specificity,
+            "fp_slices": self.fp_slices,
+            "negative_slices": self.negative_slices,
+            "volume_error_ml": float(np.mean(self.volume_errors)) if self.volume_errors else math.nan,
+            "seconds_per_slice": self.seconds / self.slices if self.slices else math.nan,
+        }
+
+
+def match_detections(pred_boxes: np.ndarray, pred_classes: np.ndarray, true_boxes: np.ndarray,
+                     true_classes: np.ndarray) -> np.ndarray:
+    """(n_pred, 10) bool: detection is a true positive at IoU 0.5…0.95 (ultralytics' greedy one-to-one matching)."""
+    correct = np.zeros((len(pred_boxes), len(IOU_THRESHOLDS)), dtype=bool)
+    if not len(pred_boxes) or not len(true_boxes):
+        return correct
+    iou = box_iou(torch.as_tensor(true_boxes, dtype=torch.float64), torch.as_tensor(pred_boxes, dtype=torch.float64))
+    iou = iou.numpy() * (true_classes[:, None] == pred_classes[None, :])
+    for level, threshold in enumerate(IOU_THRESHOLDS):
+        matches = np.argwhere(iou >= threshold)  # (true index, predicted index)
+        if len(matches) > 1:
+            matches = matches[iou[matches[:, 0], matches[:, 1]].argsort()[::-1]]
+            matches = matches[np.unique(matches[:, 1], return_index=True)[1]]
+            matches = matches[np.unique(matches[:, 0], return_index=True)[1]]
+        correct[matches[:, 1], level] = True
+    return correct
+
+
+@dataclass
+class DetectionRecords:
+    """Every test detection and ground-truth box, for mAP over the whole test set."""
+
+    correct: list[np.ndarray] = field(default_factory=list)
+    confidence: list[float] = field(default_factory=list)
+    pred_classes: list[int] = field(default_factory=list)
+    true_classes: list[int] = field(default_factory=list)
+
+    def add_slice(self, detections: list, label_slice: np.ndarray) -> None:
+        truth = lesion_boxes(label_slice)
+        true_boxes = np.asarray([t.box for t in truth], dtype=np.float64).reshape(-1, 4)
+        true_classes = np.asarray([t.subtype for t in truth], dtype=np.int64)
+        pred_boxes = np.asarray([d.box for d in detections], dtype=np.float64).reshape(-1, 4)
+        pred_classes = np.asarray([d.subtype for d in detections], dtype=np.int64)
+        self.correct.append(match_detections(pred_boxes, pred_classes, true_boxes, true_classes))
+        self.confidence += [d.confidence for d in detections]
+        self.pred_classes += pred_classes.tolist()
+        self.true_classes += true_classes.tolist()
+
+    def mean_ap(self) -> tuple[float, float]:
+        """(mAP@0.5, mAP@0.5:0.95) over the subtypes present in the ground truth."""
+        if not self.true_classes:
+            return math.nan, math.nan
+        import ichseg.ultralytics_offline  # noqa: F401  (ultralytics' network switches, before its first import)
+        from ultralytics.utils.metrics import ap_per_class
+
+        ap = ap_per_class(np.concatenate(self.correct), np.asarray(self.confidence), np.asarray(self.pred_classes),
+                          np.asarray(self.true_classes))[5]
+        return float(ap[:, 0].mean()), float(ap.mean())
+
+
+def optional_model(folder: Path | None, role: str) -> Path | None:
+    """The folder when it holds a manifest, else None with a note that its rows are skipped."""
+    if folder is not None and (folder / MANIFEST_NAME).is_file():
+        return folder
+    print(f"skipping {role}: no model at {folder}")
+    return None
+
+
+def timed(function, *args) -> tuple[object, float]:
+    started = time.perf_counter()
+    result = function(*args)
+    return result, time.perf_counter() - started
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    """Run every available row over the test studies and return the results as a JSON-ready dict."""
+    segmenter_dir = optional_model(args.segmenter, "oracle and product rows")
+    detector_dir = optional_model(args.detector, "product row and detector mAP") if segmenter_dir else None
+    segmenters: dict[str, HemorrhageSegmenter] = {}
+    if segmenter_dir:
+        segmenters["oracle"] = HemorrhageSegmenter(segmenter_dir)
+        if segmenters["oracle"].whole_slice:
+            raise SystemExit(f"{segmenter_dir}: --segmenter must be a crop model (manifest mode 'crops')")
+    for key, folder in (("single-stage", args.single_stage), ("baseline", args.baseline)):
+        if optional_model(folder, f"{key} row"):
+            segmenters[key] = HemorrhageSegmenter(folder)
+    detector = None
+    if detector_dir:
+        from ichseg.detector import HemorrhageDetector
+
+        detector = HemorrhageDetector(detector_dir, confidence=MAP_CONFIDENCE)
+        segmenters["product"] = segmenters["oracle"]
+    if not segmenters:
+        raise SystemExit("no segmentation model found: nothing to evaluate")
+
+    ids = study_ids(args.data, "test")[: args.limit]
+    scores = {key: Scores() for key in ROWS if key in segmenters}
+    records = DetectionRecords()
+    for study_id in tqdm(ids, desc="test studies", unit="study"):
+        study: Study = load_study(args.data / study_id)
+        truth = study.labels > 0
+        voxel_ml = study.series.voxel_volume_ml
+        boxes: dict[str, list[Box | None]] = {"oracle": [ground_truth_box(s) for s in study.labels]}
+        detector_seconds = 0.0
+        if detector:
+            detections, detector_seconds = timed(detector.detect, study.windowed)
+            for found, label_slice in zip(detections, study.labels):
+                records.add_slice(found, label_slice)
+            boxes["product"] = [merge_boxes(d.box for d in found if d.confidence >= args.confidence)
+                                for found in detections]
+        for key in scores:
+            masks, seconds = timed(segmenters[key].segment, study.windowed, boxes.get(key))
+            scores[key].add(masks, truth, voxel_ml, seconds + (detector_seconds if key == "product" else 0.0))
+
+    results: dict = {
+        "data": str(args.data),
+        "test_studies": len(ids),
+        "models": {key: str(segmenters[key].model_dir) for key in scores},
+        "rows": {key: {"label": ROWS[key][0], **s.summary()} for key, s in scores.items()},
+    }
+    if detector:
+        map50, map50_95 = records.mean_ap()
+        results["detector"] = {
+            "model": str(detector_dir),
+            "product_confidence": args.confidence,
+            "test_mAP50": map50,
+            "test_mAP50_95": map50_95,
+            "manifest_mAP50": detector.manifest.training.get("mAP50"),
+            "manifest_mAP50_95": detector.manifest.training.get("mAP50_95"),
+        }
+    return results
+
+
+def _cell(value: float | int | None, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return str(value) if isinstance(value, int) else f"{value:.{digits}f}"
+
+
+def markdown(results: dict) -> str:
+    """The results as a Markdown table in the structure of the paper's Tables 1/2."""
+    lines = [
+        f"# ICH segmentation — held-out test split ({results['test_studies']} studies, {results['data']})",
+        "",
+        "| method | slice Dice | slice IoU | pooled Dice | study sens. | study spec. | FP slices | "
+        "volume error (mL) | s/slice | paper Dice / IoU (real CT) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key, row in results["rows"].items():
+        _, paper_dice, paper_iou = ROWS[key]
+        lines.append(
+            f"| {row['label']} | {_cell(row['slice_dice'])} | {_cell(row['slice_iou'])} | {_cell(row['pooled_dice'])} "
+            f"| {_cell(row['study_sensitivity'], 2)} | {_cell(row['study_specificity'], 2)} "
+            f"| {row['fp_slices']} / {row['negative_slices']} | {_cell(row['volume_error_ml'], 2)} "
+            f"| {_cell(row['seconds_per_slice'], 3)} | {_cell(paper_dice)} / {_cell(paper_iou)} |"
+        )
+    positives = next(iter(results["rows"].values()))["positive_slices"]
+    lines += ["", f"Slice Dice/IoU: mean over the {positives} test slices whose ground truth has hemorrhage."]
+    if "detector" in results:
+        d = results["detector"]
+        lines += [
+            "",
+            f"Detector ({d['model']}): test mAP@0.5 {_cell(d['test_mAP50'])}, mAP@0.5:0.95 {_cell(d['test_mAP50_95'])} "
+            f"(these studies, confidence {MAP_CONFIDENCE}, NMS IoU 0.6); manifest figures {_cell(d['manifest_mAP50'])} / "
+            f"{_cell(d['manifest_mAP50_95'])}; paper 0.974 / 0.794. Product boxes: confidence ≥ {d['product_confidence']}.",
+        ]
+    lines += ["", "Definitions: see `evaluation/evaluate.py`. Synthetic phantoms: not comparable with the paper's figures."]
+    return "\n".join(lines) + "\n"
+
+
+def _json_ready(value: object) -> object:
+    """NaN → null (strict JSON)."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    return value
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m evaluation.evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, required=True, help="synthetic data folder with studies.csv")
+    parser.add_argument("--detector", type=Path, default=Path("models/detector"))
+    parser.add_argument("--segmenter", type=Path, default=Path("models/segmenter"), help="crop (two-stage) model")
+    parser.add_argument("--single-stage", type=Path, default=None, help="whole-slice TransDeepLab model")
+    parser.add_argument("--baseline", type=Path, default=None, help="whole-slice MONAI baseline model")
+    parser.add_argument("--confidence", type=float, default=0.25, help="detector confidence for the product row")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate the first N test studies only")
+    parser.add_argument("--out", type=Path, default=Path("results"))
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    configure_threads()
+    results = evaluate(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "evaluation.json").write_text(json.dumps(_json_ready(results), indent=2) + "\n")
+    table = markdown(results)
+    (args.out / "evaluation.md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

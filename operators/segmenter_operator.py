@@ -1,0 +1,48 @@
+"""Stage 2: TransDeepLab inside each slice's merged box (``ichseg.segmenter``), mask pasted on the source grid.
+
+The weights load in ``start()``, before any DICOM is read, so a missing model fails fast with a ModelError.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from ichseg.boxes import Box
+from ichseg.segmenter import HemorrhageSegmenter
+from monai.deploy.core import Fragment, Operator, OperatorSpec
+from operators.stage import StageClock
+from operators.windowing_operator import WindowedSeries
+
+logger = logging.getLogger("ichseg.app")
+
+
+class SegmenterOperator(Operator):
+    """``windowed`` + ``boxes`` → ``mask`` ((N, rows, columns) bool on the source grid)."""
+
+    def __init__(self, fragment: Fragment, *args: Any, model_dir: Path, device: str | None, clock: StageClock, **kwargs: Any):
+        self.model_dir = Path(model_dir)
+        self.device = device
+        self.clock = clock
+        self.segmenter: HemorrhageSegmenter | None = None
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec) -> None:
+        spec.input("windowed")
+        spec.input("boxes")
+        spec.output("mask")
+
+    def start(self) -> None:
+        with self.clock.stage("load segmenter model"):
+            self.segmenter = HemorrhageSegmenter(self.model_dir, self.device)
+            manifest = self.segmenter.manifest
+            logger.info("segmenter %s %s on %s", manifest.name, manifest.version, self.segmenter.device)
+
+    def compute(self, op_input, op_output, context) -> None:
+        windowed: WindowedSeries = op_input.receive("windowed")
+        boxes: list[Box | None] = op_input.receive("boxes")
+        with self.clock.stage("TransDeepLab segmentation"):
+            mask = self.segmenter.segment(windowed.source, boxes)
+            logger.info("%d hemorrhage voxels on %d slices", int(mask.sum()), int(mask.any(axis=(1, 2)).sum()))
+        op_output.emit(mask, "mask")

@@ -1,0 +1,173 @@
+"""Stage 1 on real files: dataset converter, BHX CSV layout, offline ultralytics, tiny training, inference."""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from ichseg.boxes import lesion_boxes
+from ichseg.detector import INPUT_SIZE, Detection, HemorrhageDetector, detector_input, to_bgr
+from ichseg.dicom_series import load_single_series
+from ichseg.model_manifest import ModelError, ModelManifest
+from ichseg.subtypes import SUBTYPES
+from training.detector_dataset import convert, read_boxes
+
+
+@pytest.fixture(scope="module")
+def ultralytics_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ultralytics' config folder, a fresh temporary one unless another test module imported ultralytics first."""
+    if "ultralytics" not in sys.modules:
+        os.environ["YOLO_CONFIG_DIR"] = str(tmp_path_factory.mktemp("yolo-config"))
+    import ichseg.ultralytics_offline  # noqa: F401  (switches ultralytics offline)
+    from ultralytics.utils import USER_CONFIG_DIR
+
+    return Path(USER_CONFIG_DIR)
+
+
+def study_folder(root: Path, names: dict[str, Path], boxes_from: list[Path]) -> tuple[Path, Path, Path]:
+    """A dicom root with study folders linked under new names, their combined boxes.csv and a studies.csv."""
+    root.mkdir()
+    (root / "studies").mkdir()
+    for name, target in names.items():
+        (root / "studies" / name).symlink_to(target, target_is_directory=True)
+    rows = [row for path in boxes_from for row in csv.DictReader(path.open(newline=""))]
+    with (root / "boxes.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return root / "studies", root / "boxes.csv", root / "studies.csv"
+
+
+def write_splits(path: Path, splits: dict[str, str]) -> None:
+    path.write_text("study_id,split\n" + "".join(f"{study},{split}\n" for study, split in splits.items()))
+
+
+def keep_first(dataset: Path, count: int) -> None:
+    """Cut every split of a converted dataset to its first ``count`` slices (a test-sized training run)."""
+    for split in (dataset / "images").iterdir():
+        for image in sorted(split.glob("*.png"))[count:]:
+            image.unlink()
+            (dataset / "labels" / split.name / f"{image.stem}.txt").unlink()
+
+
+def read_label(path: Path) -> list[tuple[int, tuple[float, float, float, float]]]:
+    """YOLO label lines back to (class, pixel-edge box) in the 512 slice."""
+    boxes = []
+    for line in path.read_text().splitlines():
+        c, cx, cy, w, h = (float(v) for v in line.split())
+        boxes.append((int(c), tuple(v * INPUT_SIZE for v in (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2))))
+    return boxes
+
+
+def box_array(boxes: list) -> np.ndarray:
+    return np.reshape([box for _, box in boxes], (-1, 4))
+
+
+def test_converter_labels_equal_mask_boxes(tmp_path: Path, positive_study: Path, negative_study: Path) -> None:
+    """Every positive slice's label file holds exactly the mask boxes; images are what the detector is fed."""
+    dicom_root, boxes_csv, studies_csv = study_folder(
+        tmp_path / "in", {"pos": positive_study, "neg": negative_study},
+        [positive_study.parent / "boxes.csv", negative_study.parent / "boxes.csv"],
+    )
+    write_splits(studies_csv, {"pos": "train", "neg": "val"})
+    out = tmp_path / "dataset"
+    summary = convert(boxes_csv, dicom_root, out, studies_csv)
+    series = load_single_series(positive_study / "ct")
+    labels = np.load(positive_study / "labels.npz")
+    windowed = detector_input(series)
+    positives = [i for i, label in enumerate(labels["labels"]) if label.any()]
+    assert positives and summary.positives["train"] == len(positives)
+    assert summary.images["train"] == len(series.headers) and summary.images["test"] == 0
+    assert summary.images["val"] > 0 and summary.positives["val"] == 0
+    assert summary.unmatched_boxes == summary.lost_boxes == summary.empty_boxes == 0
+    for index, (header, label_slice) in enumerate(zip(series.headers, labels["labels"])):
+        assert str(header.SOPInstanceUID) == str(labels["sop_instance_uids"][index])
+        got = sorted(read_label(out / "labels" / "train" / f"pos_{header.SOPInstanceUID}.txt"))
+        want = sorted((b.subtype, b.box) for b in lesion_boxes(label_slice))
+        assert [c for c, _ in got] == [c for c, _ in want]
+        np.testing.assert_allclose(box_array(got), box_array(want), atol=0.01)
+        image = cv2.imread(str(out / "images" / "train" / f"pos_{header.SOPInstanceUID}.png"), cv2.IMREAD_COLOR)
+        np.testing.assert_array_equal(image, to_bgr(windowed[index]))  # ultralytics' loader = detect()'s input
+    data = yaml.safe_load((out / "data.yaml").read_text())
+    assert Path(data["path"]).is_absolute() and "download" not in data
+    assert data["names"] == dict(enumerate(SUBTYPES)) and data["test"] == "images/test"
+
+    sampled = convert(boxes_csv, dicom_root, tmp_path / "sampled", studies_csv, negatives_per_positive=0.2)
+    negatives = sampled.images["train"] - sampled.positives["train"]
+    assert negatives == round(0.2 * len(positives)) and sampled.images["val"] == 0
+
+
+def test_bhx_data_column_layout(tmp_path: Path) -> None:
+    """BHX rows: geometry in ``data`` (its width/height columns are the image size), capitalised labels."""
+    path = tmp_path / "bhx.csv"
+    path.write_text(
+        "Origin,SOPInstanceUID,SeriesInstanceUID,StudyInstanceUID,data,height,labelName,width\n"
+        "Initial,1.2.3,1.2,1,\"{'x': 183.5, 'y': 185.25, 'width': 27.5, 'height': 29.0}\",512,Intraparenchymal,512\n"
+        "Initial,1.2.3,1.2,1,\"{'x': 10, 'y': 20, 'width': 5, 'height': 6}\",512,Subdural,512\n"
+        "Initial,1.2.4,1.2,1,\"{'x': 10, 'y': 20, 'width': 5, 'height': 6}\",512,Chronic,512\n"
+    )
+    boxes, excluded = read_boxes(path, ignore_labels=("Chronic",))
+    assert excluded == {"1.2.4"}
+    assert boxes["1.2.3"][0] == (SUBTYPES.index("intraparenchymal"), (183.5, 185.25, 211.0, 214.25))
+    assert boxes["1.2.3"][1] == (SUBTYPES.index("subdural"), (10.0, 20.0, 15.0, 26.0))
+    with pytest.raises(ValueError, match="bhx.csv:4"):
+        read_boxes(path)  # an unknown subtype must not silently become background
+
+
+def test_ultralytics_is_offline(ultralytics_config: Path, tmp_path: Path) -> None:
+    """The fonts check_font would download are local, and nothing is allowed to go online or pip-install."""
+    from ichseg.ultralytics_offline import install_fonts
+    from ultralytics.utils import AUTOINSTALL, ONLINE, SETTINGS
+    from ultralytics.utils.checks import check_font
+
+    assert not ONLINE and not AUTOINSTALL and not SETTINGS["sync"] and SETTINGS["api_key"] == ""
+    for name in ("Arial.ttf", "Arial.Unicode.ttf"):
+        assert Path(check_font(name)) == ultralytics_config / name
+    install_fonts(tmp_path / "fresh")
+    assert sorted(p.name for p in (tmp_path / "fresh").iterdir()) == ["Arial.Unicode.ttf", "Arial.ttf"]
+
+
+def test_tiny_training_gives_a_loadable_detector(
+    ultralytics_config: Path, tmp_path: Path, positive_study: Path
+) -> None:
+    """One epoch of yolov5n at 512 offline → model.pt + manifest that HemorrhageDetector loads and runs."""
+    from training.train_detector import main
+
+    dicom_root, boxes_csv, studies_csv = study_folder(
+        tmp_path / "in", {s: positive_study for s in ("a", "b", "c")}, [positive_study.parent / "boxes.csv"]
+    )
+    write_splits(studies_csv, {"a": "train", "b": "val", "c": "test"})
+    convert(boxes_csv, dicom_root, tmp_path / "dataset", studies_csv, negatives_per_positive=0.0)
+    keep_first(tmp_path / "dataset", 4)
+    model_dir = tmp_path / "model"
+    main([
+        "--data", str(tmp_path / "dataset" / "data.yaml"), "--model", "yolov5n.yaml", "--epochs", "1", "--batch", "4",
+        "--workers", "0", "--no-plots", "--project", str(tmp_path / "runs"), "--out", str(model_dir), "--device", "cpu",
+    ])
+    manifest = ModelManifest.load(model_dir)
+    assert manifest.architecture == "yolov5n.yaml" and manifest.input_size == INPUT_SIZE
+    assert manifest.classes == list(SUBTYPES) and manifest.task == "detection"
+    assert 0.0 <= manifest.training["mAP50_95"] <= manifest.training["mAP50"] <= 1.0
+    assert (tmp_path / "runs" / "train" / "weights" / "best.pt").is_file()
+
+    detector = HemorrhageDetector(model_dir, confidence=0.001)
+    windowed = detector_input(load_single_series(positive_study / "ct"))[:3]
+    blank = detector.detect(np.zeros((2, INPUT_SIZE, INPUT_SIZE), dtype=np.uint8))
+    slices = detector.detect(windowed, batch_size=2)
+    assert len(blank) == 2 and all(isinstance(d, list) for d in blank) and len(slices) == 3
+    for detection in (d for per_slice in slices for d in per_slice):
+        assert isinstance(detection, Detection) and 0 <= detection.subtype < len(SUBTYPES)
+        x0, y0, x1, y1 = detection.box
+        assert 0 <= x0 <= x1 <= INPUT_SIZE and 0 <= y0 <= y1 <= INPUT_SIZE and 0 < detection.confidence <= 1
+
+    manifest.classes = list(reversed(SUBTYPES))
+    manifest.save(model_dir)
+    with pytest.raises(ModelError, match="classes"):
+        HemorrhageDetector(model_dir)

@@ -1,0 +1,241 @@
+"""Stage-2 data, training, inference wrapper and evaluation metrics, on real generated studies (CPU, < 2 min)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from evaluation.evaluate import (
+    DetectionRecords, Scores, match_detections, pooled_dice, sensitivity_specificity, slice_dice_iou,
+)
+from evaluation.evaluate import main as evaluate_main
+from ichseg.boxes import pixel_bounds
+from ichseg.crops import crop_to_input, paste_probability
+from ichseg.model_manifest import WEIGHTS_NAME, ModelManifest
+from ichseg.segmenter import ARCHITECTURES, CLASSES, HemorrhageSegmenter, build_network
+from training.segmenter_data import (
+    JITTER, SegmentationDataset, Study, crop_samples, ground_truth_box, jitter_box, jitter_reach, load_study,
+    whole_slice_samples,
+)
+from training.train_segmenter import CHECKPOINT_NAME, half_state
+from training.train_segmenter import main as train_main
+
+
+@pytest.fixture(scope="module")
+def study(positive_study: Path) -> Study:
+    return load_study(positive_study)
+
+
+def data_folder(root: Path, study_folder: Path, splits: tuple[str, ...]) -> Path:
+    """A data folder listing the one generated study under several names (one per split), via symlinks."""
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / "studies.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["study_id", "split", "slices", "subtypes", "hemorrhage_ml"])
+        for split in splits:
+            (root / f"{split}_study").symlink_to(study_folder)
+            writer.writerow([f"{split}_study", split, 0, "", 0])
+    return root
+
+
+def constant_model(folder: Path, mode: str) -> Path:
+    """A real model folder whose MONAI UNet says 'hemorrhage' everywhere: zeroed last layers, foreground bias."""
+    network = build_network("monai-unet")
+    with torch.no_grad():
+        network.model[2][0].conv.weight.zero_()  # constant map → instance norm gives exactly 0
+        network.model[2][1].conv.unit0.conv.weight.zero_()
+        network.model[2][1].conv.unit0.conv.bias.copy_(torch.tensor([-100.0, 100.0]))
+    folder.mkdir(parents=True)
+    torch.save(half_state(network), folder / WEIGHTS_NAME)
+    ModelManifest("constant", "0", ARCHITECTURES["monai-unet"], 224, CLASSES, "segmentation",
+                  {"mode": mode, "network": "monai-unet"}).save(folder)
+    return folder
+
+
+def test_crop_targets_paste_back_to_ground_truth(study: Study) -> None:
+    """Un-augmented crop samples equal the inference crop of the full slice, and their targets paste back onto the GT."""
+    positive = [i for i, s in enumerate(study.labels) if s.any()]
+    samples = crop_samples(study, JITTER)
+    assert len(samples) == len(positive) > 0
+    dataset = SegmentationDataset(samples, augment=False)
+    checked = 0
+    for index, (image, target) in zip(positive, dataset):
+        truth = study.labels[index] > 0
+        box = ground_truth_box(study.labels[index])
+        torch.testing.assert_close(image, crop_to_input(study.windowed[index], box))
+        if truth.sum() < 50:
+            continue
+        pasted = paste_probability(target.float(), box, truth.shape)
+        assert 2 * (pasted & truth).sum() / (pasted.sum() + truth.sum()) >= 0.9
+        checked += 1
+    assert checked > 0
+
+
+def test_augmentation_shapes_and_jitter_bounds(study: Study) -> None:
+    samples = crop_samples(study, JITTER)
+    image, target = SegmentationDataset(samples, augment=True, jitter=JITTER, seed=3)[0]
+    assert image.shape == (3, 224, 224) and image.dtype == torch.float32 and 0 <= image.min() <= image.max() <= 1
+    assert target.shape == (224, 224) and target.dtype == torch.long and target.any()
+    box = (100.0, 120.0, 140.0, 150.0)
+    reach = jitter_reach(box, JITTER)
+    for seed in range(50):
+        x0, y0, x1, y1 = jitter_box(box, np.random.default_rng(seed), JITTER)
+        assert reach[0] < x0 < 102 and reach[1] < y0 < 122 and 138 < x1 < reach[2] and 148 < y1 < reach[3]
+
+
+def test_whole_slice_samples_include_negatives(study: Study) -> None:
+    samples = whole_slice_samples(study, 1.0, np.random.default_rng(0))
+    assert len(samples) == len(study.labels)
+    assert all(s.image.shape == (224, 224) and s.image.dtype == np.uint8 for s in samples)
+    assert sum(s.mask.any() for s in samples) == sum(s.any() for s in study.labels)
+
+
+@pytest.fixture(scope="module")
+def trained(positive_study: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A few MONAI-UNet steps on 8 crops of one study (validated on the same study, listed under another name).
+
+    The UNet keeps this under a minute on 2 CPU cores; TransDeepLab's own training step is tested in
+    test_transdeeplab.py and its export/load path below.
+    """
+    root = tmp_path_factory.mktemp("segmenter")
+    data = data_folder(root / "data", positive_study, ("train", "val"))
+    out = root / "model"
+    train_main(["--data", str(data), "--out", str(out), "--mode", "crops", "--network", "monai-unet",
+                "--epochs", "4", "--batch", "4", "--max-slices", "8", "--val-slices", "4", "--seed", "0"])
+    return out
+
+
+def test_training_lowers_loss_and_exports(trained: Path) -> None:
+    history = torch.load(trained / CHECKPOINT_NAME, weights_only=False)["state"]["history"]
+    assert len(history) == 4
+    assert history[-1]["loss"] < history[0]["loss"]
+    manifest = json.loads((trained / "manifest.json").read_text())
+    assert manifest["task"] == "segmentation" and manifest["input_size"] == 224
+    assert manifest["training"]["mode"] == "crops" and manifest["training"]["network"] == "monai-unet"
+    assert 0 <= manifest["training"]["val_dice"] <= 1
+    state = torch.load(trained / WEIGHTS_NAME, weights_only=True)
+    assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
+    assert not HemorrhageSegmenter(trained).whole_slice
+
+
+def in_box(mask: np.ndarray, box: tuple) -> bool:
+    row0, row1, col0, col1 = pixel_bounds(box, *mask.shape)
+    outside = mask.copy()
+    outside[row0:row1, col0:col1] = False
+    return not outside.any()
+
+
+def test_segment_skips_none_and_stays_in_box(trained: Path, study: Study) -> None:
+    boxes = [ground_truth_box(s) for s in study.labels]
+    chosen = [i for i, box in enumerate(boxes) if box is None][:2] + [i for i, box in enumerate(boxes) if box][:4]
+    masks = HemorrhageSegmenter(trained).segment(study.windowed[chosen], [boxes[i] for i in chosen], batch_size=4)
+    assert masks.shape == (len(chosen), *study.labels.shape[1:]) and masks.dtype == bool
+    assert not masks[:2].any()
+    assert all(in_box(mask, boxes[i]) for mask, i in zip(masks[2:], chosen[2:]))
+
+
+def test_transdeeplab_export_loads_as_float32(tmp_path: Path, study: Study) -> None:
+    """A float16 TransDeepLab export loads back into float32 weights equal to the rounded originals."""
+    torch.manual_seed(0)
+    network = build_network("transdeeplab")
+    folder = tmp_path / "transdeeplab"
+    folder.mkdir()
+    torch.save(half_state(network), folder / WEIGHTS_NAME)
+    ModelManifest("t", "0", ARCHITECTURES["transdeeplab"], 224, CLASSES, "segmentation",
+                  {"mode": "crops", "network": "transdeeplab"}).save(folder)
+    segmenter = HemorrhageSegmenter(folder)
+    loaded = segmenter.network.state_dict()
+    for key, value in network.state_dict().items():
+        assert loaded[key].dtype == value.dtype
+        assert torch.equal(loaded[key], value.half().float() if value.is_floating_point() else value)
+    index = next(i for i, s in enumerate(study.labels) if s.any())
+    box = ground_truth_box(study.labels[index])
+    masks = segmenter.segment(study.windowed[index:index + 2], [box, None])
+    assert in_box(masks[0], box) and not masks[1].any()
+
+
+def test_constant_models_fill_box_or_slice(tmp_path: Path, study: Study) -> None:
+    """An always-foreground model gives exactly the box (crop model) or the whole slice (whole-slice model)."""
+    windowed = study.windowed[:4]
+    boxes = [(10.0, 20.0, 60.0, 90.5), None, (0.0, 0.0, 512.0, 512.0), (300.0, 301.0, 301.0, 302.0)]
+    masks = HemorrhageSegmenter(constant_model(tmp_path / "crops", "crops")).segment(windowed, boxes)
+    for mask, box in zip(masks, boxes):
+        expected = np.zeros(mask.shape, dtype=bool)
+        if box is not None:
+            row0, row1, col0, col1 = pixel_bounds(box, *mask.shape)
+            expected[row0:row1, col0:col1] = True
+        assert np.array_equal(mask, expected)
+    whole = HemorrhageSegmenter(constant_model(tmp_path / "whole", "whole-slice"))
+    assert whole.segment(windowed, [None] * 4).all()
+
+
+def test_slice_dice_iou_on_hand_made_masks() -> None:
+    truth = np.zeros((4, 8, 8), dtype=bool)
+    truth[0, :4] = truth[1, :4] = truth[2, :4] = True
+    predicted = np.zeros_like(truth)
+    predicted[0, :4] = True  # identical
+    predicted[1, 4:] = True  # disjoint
+    predicted[2, :2] = True  # half: Dice 2·16/(16+32), IoU 16/32
+    predicted[3, 0, 0] = True  # GT-empty slice
+    dice, iou = slice_dice_iou(predicted, truth)
+    np.testing.assert_allclose(dice[:3], [1.0, 0.0, 2 / 3], rtol=1e-6)
+    np.testing.assert_allclose(iou[:3], [1.0, 0.0, 0.5], rtol=1e-6)
+    assert np.isnan(dice[3]) and np.isnan(iou[3])
+    scores = Scores()
+    scores.add(predicted, truth, voxel_ml=0.5, seconds=2.0)
+    summary = scores.summary()
+    assert summary["positive_slices"] == 3 and summary["fp_slices"] == 1 and summary["negative_slices"] == 1
+    assert summary["slice_dice"] == pytest.approx((1 + 0 + 2 / 3) / 3)
+    assert summary["pooled_dice"] == pytest.approx(2 * 48 / (81 + 96))
+    assert summary["volume_error_ml"] == pytest.approx(abs(81 - 96) * 0.5)
+    assert summary["seconds_per_slice"] == pytest.approx(0.5)
+    assert pooled_dice(0, 0, 0) == 1.0
+
+
+def test_study_sensitivity_specificity() -> None:
+    assert sensitivity_specificity([True, True, False, False], [True, False, True, False]) == (0.5, 0.5)
+    sensitivity, specificity = sensitivity_specificity([True], [True])
+    assert sensitivity == 1.0 and np.isnan(specificity)
+
+
+def test_detection_matching_and_map() -> None:
+    truth = np.array([[10, 10, 30, 30]], dtype=float)
+    shifted = np.array([[10, 10, 30, 30], [12, 10, 32, 30], [10, 10, 30, 30]], dtype=float)
+    correct = match_detections(shifted, np.array([0, 0, 1]), truth, np.array([0]))
+    assert correct[0].all()  # the exact box takes the only ground truth at every threshold
+    assert not correct[1:].any()  # one-to-one; the third has the wrong class
+    iou = 18 * 20 / (2 * 400 - 18 * 20)  # 0.818: a true positive up to IoU 0.8
+    alone = match_detections(shifted[1:2], np.array([0]), truth, np.array([0]))[0]
+    assert alone.tolist() == [t <= iou for t in np.linspace(0.5, 0.95, 10)]
+
+    class Found:
+        def __init__(self, subtype: int, box: tuple) -> None:
+            self.subtype, self.confidence, self.box = subtype, 0.9, box
+
+    records = DetectionRecords()
+    label_slice = np.zeros((64, 64), dtype=np.uint8)
+    label_slice[5:15, 20:40] = 3  # subtype 2, box (20, 5, 40, 15)
+    records.add_slice([Found(2, (20.0, 5.0, 40.0, 15.0))], label_slice)
+    map50, map50_95 = records.mean_ap()
+    assert map50 > 0.99 and map50_95 > 0.99
+
+
+def test_evaluation_command(tmp_path: Path, positive_study: Path) -> None:
+    """The CLI on one test study with always-foreground models: oracle fills GT boxes, whole-slice flags every slice."""
+    data = data_folder(tmp_path / "data", positive_study, ("test",))
+    crops = constant_model(tmp_path / "crops", "crops")
+    whole = constant_model(tmp_path / "whole", "whole-slice")
+    out = tmp_path / "results"
+    evaluate_main(["--data", str(data), "--detector", str(tmp_path / "missing"), "--segmenter", str(crops),
+                   "--single-stage", str(whole), "--out", str(out)])
+    results = json.loads((out / "evaluation.json").read_text())
+    assert set(results["rows"]) == {"oracle", "single-stage"}
+    oracle, single = results["rows"]["oracle"], results["rows"]["single-stage"]
+    assert oracle["fp_slices"] == 0 and 0 < oracle["slice_dice"] < 1 and oracle["study_sensitivity"] == 1.0
+    assert single["fp_slices"] == single["negative_slices"] > 0 and single["study_specificity"] is None
+    assert "GT boxes + TransDeepLab (oracle)" in (out / "evaluation.md").read_text()

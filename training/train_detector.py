@@ -1,0 +1,176 @@
+"""Train the stage-1 YOLOv5 hemorrhage detector (the paper's recipe), test it and bundle it as a model folder.
+
+Paper defaults: ``yolov5l.yaml`` built from its YAML (never a downloaded ``.pt``), 512 px, 200 epochs, batch 64,
+SGD, augmentation HSV / translate / scale / horizontal flip / mosaic. ``--tune N`` runs ultralytics' genetic
+hyperparameter evolution (the paper's GA) for N iterations and writes ``best_hyperparameters.yaml``;
+``--hyp`` trains with such a file (flags given on the command line still win).
+
+After training, the best weights are tested on the test split (mAP@0.5 and mAP@0.5:0.95, NMS IoU 0.6 as at
+inference) and written with a manifest to ``--out`` (``model.pt`` + ``manifest.json``), which
+``ichseg.detector.HemorrhageDetector`` loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from ichseg.model_manifest import WEIGHTS_NAME, ModelError, ModelManifest
+from ichseg.runtime import default_device
+from ichseg.subtypes import SUBTYPES
+from ichseg.ultralytics_offline import YOLO
+from ultralytics.utils.torch_utils import strip_optimizer
+
+MODEL_NAME = "ich-yolov5-detector"
+NMS_IOU = 0.6  # the paper's NMS threshold, also used when testing
+TEST_CONFIDENCE = 0.001  # mAP integrates over all confidences: keep (almost) every box
+RECIPE_KEYS = ("model", "optimizer", "lr0", "lrf", "momentum", "weight_decay", "hsv_h", "hsv_s", "hsv_v",
+               "translate", "scale", "fliplr", "mosaic", "close_mosaic", "seed", "amp")
+MAX_BYTES_PER_PARAMETER = 3  # FP16 weights are 2; more means an optimizer or EMA copy is still inside
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training.train_detector", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, help="data.yaml written by training.detector_dataset")
+    parser.add_argument("--out", type=Path, default=Path("models/detector"), help="model folder to write")
+    parser.add_argument("--model", default="yolov5l.yaml", help="architecture YAML (yolov5n/s/m/l/x.yaml)")
+    parser.add_argument("--model-version", default="0.1.0", help="version written to the manifest")
+    parser.add_argument("--epochs", type=int, default=200)
+    parser.add_argument("--time", type=float, default=None, help="hours; replaces --epochs (recomputed to fill it)")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--imgsz", type=int, default=512)
+    parser.add_argument("--optimizer", default="SGD", choices=("SGD", "Adam", "AdamW"), help="not 'auto' (ignores lr0)")
+    parser.add_argument("--lr0", type=float, default=0.01)
+    parser.add_argument("--lrf", type=float, default=0.01, help="final lr as a fraction of lr0")
+    parser.add_argument("--momentum", type=float, default=0.937)
+    parser.add_argument("--weight-decay", type=float, default=0.0005)
+    parser.add_argument("--hsv-h", type=float, default=0.015, help="no effect on grey slices; kept for the recipe")
+    parser.add_argument("--hsv-s", type=float, default=0.7, help="no effect on grey slices; kept for the recipe")
+    parser.add_argument("--hsv-v", type=float, default=0.4, help="brightness jitter")
+    parser.add_argument("--translate", type=float, default=0.1)
+    parser.add_argument("--scale", type=float, default=0.5)
+    parser.add_argument("--fliplr", type=float, default=0.5)
+    parser.add_argument("--mosaic", type=float, default=1.0)
+    parser.add_argument("--close-mosaic", type=int, default=10, help="last epochs without mosaic")
+    parser.add_argument("--hyp", type=Path, default=None, help="hyperparameter YAML, e.g. best_hyperparameters.yaml")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=2, help="dataloader processes")
+    parser.add_argument("--cache", choices=("none", "ram", "disk"), default="none", help="decoded-image cache")
+    parser.add_argument("--device", default=None, help="torch device (default: CUDA if present, else CPU)")
+    parser.add_argument("--project", type=Path, default=Path("runs/detector"), help="ultralytics run folder")
+    parser.add_argument("--name", default="train", help="run name under --project")
+    parser.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True, help="ultralytics plots")
+    parser.add_argument("--resume", action="store_true", help="continue <project>/<name>/weights/last.pt")
+    parser.add_argument("--tune", type=int, default=0, metavar="N", help="run N genetic tuning iterations and stop")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[str, Any]]:
+    """Arguments, with ``--hyp`` values as defaults; hyperparameters without a flag are returned separately."""
+    parser = build_parser()
+    hyp_path = parser.parse_known_args(argv)[0].hyp
+    hyp = yaml.safe_load(hyp_path.read_text()) if hyp_path else {}
+    flags = set(vars(parser.parse_args([])))
+    parser.set_defaults(**{k: v for k, v in hyp.items() if k in flags})
+    args = parser.parse_args(argv)
+    if not args.resume and args.data is None:
+        parser.error("--data is required unless --resume")
+    return args, {k: v for k, v in hyp.items() if k not in flags}
+
+
+def train_settings(args: argparse.Namespace, extra: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """ultralytics keyword arguments for training and tuning."""
+    return {
+        "data": str(args.data.resolve()), "epochs": args.epochs, "time": args.time, "batch": args.batch,
+        "imgsz": args.imgsz, "optimizer": args.optimizer, "lr0": args.lr0, "lrf": args.lrf, "momentum": args.momentum,
+        "weight_decay": args.weight_decay, "hsv_h": args.hsv_h, "hsv_s": args.hsv_s, "hsv_v": args.hsv_v,
+        "translate": args.translate, "scale": args.scale, "fliplr": args.fliplr, "mosaic": args.mosaic,
+        "close_mosaic": args.close_mosaic, "seed": args.seed, "workers": args.workers,
+        "cache": False if args.cache == "none" else args.cache, "device": str(device), "plots": args.plots,
+        "amp": False,  # ultralytics' AMP check downloads a model; CPU training has no AMP anyway
+        "pretrained": False, "project": str(args.project.resolve()), "name": args.name, "exist_ok": True, **extra,
+    }
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def export_weights(best: Path, out: Path) -> Path:
+    """Best checkpoint → ``out/model.pt`` without optimizer/EMA state (FP16), refusing an oversized result."""
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / WEIGHTS_NAME
+    checkpoint = strip_optimizer(best, s=str(target))
+    if not checkpoint:
+        raise ModelError(f"{best}: not an ultralytics checkpoint")
+    parameters = sum(p.numel() for p in checkpoint["model"].parameters())
+    size = target.stat().st_size
+    if size > MAX_BYTES_PER_PARAMETER * parameters + 2**20:
+        raise ModelError(f"{target}: {size / 1e6:.1f} MB for {parameters / 1e6:.2f} M parameters; state not stripped")
+    print(f"weights: {target} ({size / 1e6:.1f} MB, {parameters / 1e6:.2f} M parameters)")
+    return target
+
+
+def evaluate(weights: Path, trainer_args: Any, device: torch.device) -> tuple[float, float]:
+    """mAP@0.5 and mAP@0.5:0.95 of the exported weights on the test split."""
+    metrics = YOLO(str(weights), task="detect").val(
+        data=trainer_args.data, split="test", imgsz=trainer_args.imgsz, batch=trainer_args.batch,
+        conf=TEST_CONFIDENCE, iou=NMS_IOU, device=str(device), plots=False,
+        project=str(trainer_args.project), name=f"{Path(trainer_args.name).name}-test", exist_ok=True,
+    )
+    return float(metrics.box.map50), float(metrics.box.map)
+
+
+def tune(args: argparse.Namespace, settings: dict[str, Any]) -> None:
+    """Genetic evolution of the hyperparameters, each iteration a ``--epochs`` training.
+
+    ultralytics runs each iteration in a subprocess of its own CLI: offline (it inherits the environment and
+    the config folder) but with its own thread choice (cpu_count−1) — tuning is meant for a GPU.
+    """
+    settings = {**settings, "name": f"{args.name}-tune", "exist_ok": False, "plots": False, "save": False, "val": False}
+    YOLO(args.model).tune(iterations=args.tune, use_ray=False, **settings)
+    found = sorted(args.project.glob(f"{args.name}-tune*/best_hyperparameters.yaml"), key=lambda p: p.stat().st_mtime)
+    if found:
+        print(f"best hyperparameters: {found[-1]}\ntrain with: python -m training.train_detector --hyp {found[-1]} ...")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, extra = parse_args(argv)
+    device = default_device(args.device)
+    if args.tune:
+        tune(args, train_settings(args, extra, device))
+        return
+    started = time.perf_counter()
+    if args.resume:
+        model = YOLO(str(args.project / args.name / "weights" / "last.pt"))
+        model.train(resume=True, device=str(device), workers=args.workers)
+    else:
+        model = YOLO(args.model)
+        model.train(**train_settings(args, extra, device))
+    seconds = time.perf_counter() - started
+    trainer = model.trainer
+    best = trainer.best if trainer.best.is_file() else trainer.last
+    weights = export_weights(best, args.out)
+    map50, map50_95 = evaluate(weights, trainer.args, device)
+    print(f"test mAP@0.5 {map50:.3f}, mAP@0.5:0.95 {map50_95:.3f}")
+    recipe = {k: getattr(trainer.args, k) for k in (*RECIPE_KEYS, *extra)}
+    recipe["model"] = model.model.yaml.get("yaml_file", args.model)  # on resume trainer.args.model is last.pt
+    ModelManifest(
+        name=MODEL_NAME, version=args.model_version, architecture=recipe["model"], input_size=trainer.args.imgsz,
+        classes=list(SUBTYPES), task="detection",
+        training={
+            "data": str(trainer.args.data), "epochs": trainer.epoch + 1, "batch": trainer.args.batch,
+            "imgsz": trainer.args.imgsz, "mAP50": round(map50, 4), "mAP50_95": round(map50_95, 4),
+            "seconds": round(seconds, 1), "device": device_name(device), "recipe": recipe,
+        },
+    ).save(args.out)
+    print(f"model folder: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
