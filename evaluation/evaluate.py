@@ -37,7 +37,7 @@ from torchvision.ops import box_iou
 from tqdm import tqdm
 
 from ichseg.boxes import Box, lesion_boxes, merge_boxes
-from ichseg.model_manifest import MANIFEST_NAME, ModelManifest
+from ichseg.model_manifest import MANIFEST_NAME
 from ichseg.runtime import configure_threads
 from ichseg.segmenter import HemorrhageSegmenter
 from training.segmenter_data import Study, ground_truth_box, load_study, study_ids
@@ -190,24 +190,23 @@ def timed(function, *args) -> tuple[object, float]:
 
 def evaluate(args: argparse.Namespace) -> dict:
     """Run every available row over the test studies and return the results as a JSON-ready dict."""
-    segmenter_dir = optional_model(args.segmenter, "oracle and product rows")
-    detector_dir = optional_model(args.detector, "product row and detector mAP") if segmenter_dir else None
     segmenters: dict[str, HemorrhageSegmenter] = {}
-    if segmenter_dir:
-        segmenters["oracle"] = HemorrhageSegmenter(segmenter_dir)
+    if optional_model(args.segmenter, "oracle and product rows"):
+        segmenters["oracle"] = HemorrhageSegmenter(args.segmenter)
         if segmenters["oracle"].whole_slice:
-            raise SystemExit(f"{segmenter_dir}: --segmenter must be a crop model (manifest mode 'crops')")
+            raise SystemExit(f"{args.segmenter}: --segmenter must be a crop model (manifest mode 'crops')")
     for key, folder in (("single-stage", args.single_stage), ("baseline", args.baseline)):
         if optional_model(folder, f"{key} row"):
             segmenters[key] = HemorrhageSegmenter(folder)
     detector = None
-    if detector_dir:
+    if optional_model(args.detector, "product row and detector mAP"):
         from ichseg.detector import HemorrhageDetector
 
-        detector = HemorrhageDetector(detector_dir, confidence=MAP_CONFIDENCE)
-        segmenters["product"] = segmenters["oracle"]
-    if not segmenters:
-        raise SystemExit("no segmentation model found: nothing to evaluate")
+        detector = HemorrhageDetector(args.detector, confidence=MAP_CONFIDENCE)
+        if "oracle" in segmenters:
+            segmenters["product"] = segmenters["oracle"]
+    if not segmenters and detector is None:
+        raise SystemExit("no model found: nothing to evaluate")
 
     ids = study_ids(args.data, "test")[: args.limit]
     scores = {key: Scores() for key in ROWS if key in segmenters}
@@ -237,7 +236,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     if detector:
         map50, map50_95 = records.mean_ap()
         results["detector"] = {
-            "model": str(detector_dir),
+            "model": str(args.detector),
             "product_confidence": args.confidence,
             "test_mAP50": map50,
             "test_mAP50_95": map50_95,
@@ -270,8 +269,9 @@ def markdown(results: dict) -> str:
             f"| {row['fp_slices']} / {row['negative_slices']} | {_cell(row['volume_error_ml'], 2)} "
             f"| {_cell(row['seconds_per_slice'], 3)} | {_cell(paper_dice)} / {_cell(paper_iou)} |"
         )
-    positives = next(iter(results["rows"].values()))["positive_slices"]
-    lines += ["", f"Slice Dice/IoU: mean over the {positives} test slices whose ground truth has hemorrhage."]
+    if results["rows"]:
+        positives = next(iter(results["rows"].values()))["positive_slices"]
+        lines += ["", f"Slice Dice/IoU: mean over the {positives} test slices whose ground truth has hemorrhage."]
     if "detector" in results:
         d = results["detector"]
         lines += [

@@ -1,13 +1,14 @@
 """Train the stage-2 segmenter (or a single-stage baseline) and export a model folder for the app.
 
     python -m training.train_segmenter --data data/synthetic --out models/segmenter --mode crops \
-        --network transdeeplab --epochs 6 --max-minutes 25
+        --network transdeeplab --epochs 6 --steps-per-epoch 12 --val-slices 48 --max-minutes 25
 
 Recipe (paper, TransDeepLab's public trainer): SGD, momentum 0.9, lr 0.01, weight decay 1e-4, polynomial
 decay ``lr·(1 − step/steps)^0.9`` per step, batch 8; loss 0.4·cross-entropy + 0.6·Dice (MONAI DiceCELoss,
 softmax, one-hot targets, background included). Every epoch ends with the validation Dice and a checkpoint
 (``<out>/checkpoint.pt``: model, optimizer, scheduler, epoch — for ``--resume``); the best epoch so far is
-exported as ``<out>/model.pt`` (float16 state dict) and ``<out>/manifest.json``.
+exported as ``<out>/model.pt`` (float16 state dict) and ``<out>/manifest.json``. ``--max-minutes`` counts from
+the start of this invocation (data loading included) and stops after the epoch when the next one would not fit.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 from monai.losses import DiceCELoss
 from monai.metrics import compute_dice
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 from tqdm import tqdm
 
 from ichseg.crops import CROP_SIZE
@@ -49,11 +50,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=0, help="same seed, same data order, augmentation and init")
     parser.add_argument("--max-minutes", type=float, default=None,
-                        help="stop after the epoch when the next one would not fit in this budget")
+                        help="stop after the epoch when the next one would not fit in this budget (loading included)")
     parser.add_argument("--resume", action="store_true", help=f"continue from <out>/{CHECKPOINT_NAME}")
     parser.add_argument("--init-encoder", type=Path, default=None,
                         help="local ImageNet Swin-T checkpoint for the TransDeepLab encoder (never downloaded)")
     parser.add_argument("--limit-studies", type=int, default=None, help="use at most this many studies per split")
+    parser.add_argument("--steps-per-epoch", type=int, default=None,
+                        help="batches per epoch, drawn at random (default: one pass over the training slices); "
+                             "shorter epochs give --max-minutes and validation a finer grain on a CPU")
     parser.add_argument("--max-slices", type=int, default=None,
                         help="train on at most this many slices, spread evenly over the studies")
     parser.add_argument("--val-slices", type=int, default=96,
@@ -125,12 +129,8 @@ def manifest_for(args: argparse.Namespace, state: dict) -> ModelManifest:
     )
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    configure_threads()
-    device = default_device(args.device)
-    args.out.mkdir(parents=True, exist_ok=True)
-
+def make_loaders(args: argparse.Namespace) -> tuple[SegmentationDataset, DataLoader, torch.Generator, DataLoader]:
+    """Cached, augmented training set with its seeded sampler, and the un-augmented validation loader."""
     train_samples = load_samples(args.data, "train", args.mode, seed=args.seed, limit=args.limit_studies)
     val_samples = load_samples(args.data, "val", args.mode, negative_fraction=0.0, limit=args.limit_studies)
     train_samples, val_samples = evenly_spaced(train_samples, args.max_slices), evenly_spaced(val_samples, args.val_slices)
@@ -139,48 +139,67 @@ def main(argv: list[str] | None = None) -> None:
     train_set = SegmentationDataset(train_samples, augment=True, jitter=JITTER if args.mode == "crops" else 0.0,
                                     seed=args.seed)
     generator = torch.Generator()
-    train_loader = DataLoader(train_set, batch_size=args.batch, shuffle=True, drop_last=len(train_set) > args.batch,
-                              generator=generator)
+    per_epoch = args.steps_per_epoch * args.batch if args.steps_per_epoch else None
+    sampler = RandomSampler(train_set, num_samples=per_epoch, generator=generator)
+    train_loader = DataLoader(train_set, batch_size=args.batch, sampler=sampler, drop_last=len(train_set) > args.batch)
     val_loader = DataLoader(SegmentationDataset(val_samples, augment=False), batch_size=args.batch)
+    return train_set, train_loader, generator, val_loader
 
+
+def train_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
+                scheduler: torch.optim.lr_scheduler.LRScheduler, device: torch.device, description: str) -> list[float]:
+    """One pass over the loader, the lr decaying every step; returns the step losses."""
+    model.train()
+    losses = []
+    progress = tqdm(loader, desc=description, unit="step")
+    for images, targets in progress:
+        loss = loss_fn(model(images.to(device)), targets[:, None].to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        losses.append(loss.item())
+        progress.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{scheduler.get_last_lr()[0]:.4f}")
+    return losses
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    invoked = time.perf_counter()
+    configure_threads()
+    device = default_device(args.device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    train_set, train_loader, generator, val_loader = make_loaders(args)
     model = make_model(args).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
     scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=args.epochs * len(train_loader),
                                                       power=POLY_POWER)
     loss_fn = DiceCELoss(softmax=True, to_onehot_y=True, lambda_ce=0.4, lambda_dice=0.6)
     state = {"epoch": 0, "steps": 0, "seconds": 0.0, "best_dice": None, "best_epoch": None, "history": [],
-             "train_samples": len(train_samples), "val_samples": len(val_samples)}
+             "train_samples": len(train_set), "val_samples": len(val_loader.dataset)}
     checkpoint_path = args.out / CHECKPOINT_NAME
     if args.resume:
+        if not checkpoint_path.is_file():
+            raise SystemExit(f"{checkpoint_path}: no checkpoint to resume from")
         checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        if (checkpoint["args"]["mode"], checkpoint["args"]["network"]) != (args.mode, args.network):
+            raise SystemExit(f"{checkpoint_path}: made for {checkpoint['args']['mode']}/{checkpoint['args']['network']}")
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
-        if (checkpoint["args"]["mode"], checkpoint["args"]["network"]) != (args.mode, args.network):
-            raise SystemExit(f"{checkpoint_path}: made for {checkpoint['args']['mode']}/{checkpoint['args']['network']}")
         state = checkpoint["state"]
         print(f"resumed from {checkpoint_path} after epoch {state['epoch']}")
 
     started = time.perf_counter() - state["seconds"]
     budget = args.max_minutes * 60 if args.max_minutes else math.inf
-    print(f"{args.network} {args.mode}: {len(train_samples)} train / {len(val_samples)} val slices, "
+    print(f"{args.network} {args.mode}: {state['train_samples']} train / {state['val_samples']} val slices, "
           f"{len(train_loader)} steps per epoch on {device}")
     for epoch in range(state["epoch"] + 1, args.epochs + 1):
         epoch_started = time.perf_counter()
         torch.manual_seed(args.seed * 100_003 + epoch)  # dropout/drop-path; repeatable across --resume
         generator.manual_seed(args.seed * 100_003 + epoch)
         train_set.set_epoch(epoch)
-        model.train()
-        losses = []
-        progress = tqdm(train_loader, desc=f"epoch {epoch}/{args.epochs}", unit="step")
-        for images, targets in progress:
-            loss = loss_fn(model(images.to(device)), targets[:, None].to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            losses.append(loss.item())
-            progress.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{scheduler.get_last_lr()[0]:.4f}")
+        losses = train_epoch(model, train_loader, loss_fn, optimizer, scheduler, device, f"epoch {epoch}/{args.epochs}")
         dice = validation_dice(model, val_loader, device)
         state["epoch"], state["steps"] = epoch, state["steps"] + len(losses)
         state["seconds"] = time.perf_counter() - started
@@ -193,13 +212,14 @@ def main(argv: list[str] | None = None) -> None:
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "state": state, "args": vars(args)}, checkpoint_path)
         tqdm.write(f"epoch {epoch}: loss {state['history'][-1]['loss']:.4f}, val Dice {dice:.4f}"
-              f"{' (best)' if improved else ''}, {time.perf_counter() - epoch_started:.0f} s")
-        if state["seconds"] + (time.perf_counter() - epoch_started) > budget:
+                   f"{' (best)' if improved else ''}, {time.perf_counter() - epoch_started:.0f} s")
+        now = time.perf_counter()
+        if (now - invoked) + (now - epoch_started) > budget:  # elapsed + one more epoch like this one
             print(f"stopping: the next epoch would exceed --max-minutes {args.max_minutes}")
             break
     size = (args.out / WEIGHTS_NAME).stat().st_size / 2**20
     print(f"best val Dice {_finite(state['best_dice'])} at epoch {state['best_epoch']}; "
-          f"{args.out / WEIGHTS_NAME} {size:.1f} MiB, {state['seconds'] / 60:.1f} min")
+          f"{args.out / WEIGHTS_NAME} {size:.1f} MiB, {state['seconds'] / 60:.1f} min of training")
 
 
 if __name__ == "__main__":
