@@ -60,7 +60,8 @@ options (parsed by the MONAI Deploy App SDK):
   -h, --help            this text
 
 environment options:
-  ICH_CONFIDENCE        detector confidence threshold, 0-1 (default 0.25)
+  ICH_CONFIDENCE        detector confidence threshold, 0-1 (default: the detector manifest's operating point,
+                        chosen on validation data; 0.25 if it names none)
   ICH_IOU               detector NMS IoU threshold, 0-1 (default 0.6, the paper's)
   ICH_DEVICE            torch device, e.g. cuda:0 or cpu (default: first GPU if any, else CPU)
   ICH_THREADS           CPU threads for torch (default: all cores)
@@ -89,7 +90,7 @@ class SettingsError(ValueError):
 class Settings:
     """Options beyond the SDK's -i/-o/-m, from ICH_* environment variables (containers pass env easily)."""
 
-    confidence: float = 0.25
+    confidence: float | None = None  # None: the detector manifest's operating point
     iou: float = 0.6
     device: str | None = None
     rules: Path = APP_DIR / "series_selection_rules.json"
@@ -106,7 +107,7 @@ class Settings:
         )
 
 
-def _fraction(name: str, default: float) -> float:
+def _fraction(name: str, default: float | None) -> float | None:
     text = os.environ.get(name, "").strip()
     if not text:
         return default

@@ -203,6 +203,8 @@ def evaluate(args: argparse.Namespace) -> dict:
         from ichseg.detector import HemorrhageDetector
 
         detector = HemorrhageDetector(args.detector, confidence=MAP_CONFIDENCE)
+        if args.confidence is None:  # the product's own operating point, as the app uses it
+            args.confidence = HemorrhageDetector(args.detector).confidence
         if "oracle" in segmenters:
             segmenters["product"] = segmenters["oracle"]
     if not segmenters and detector is None:
@@ -300,7 +302,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--segmenter", type=Path, default=Path("models/segmenter"), help="crop (two-stage) model")
     parser.add_argument("--single-stage", type=Path, default=None, help="whole-slice TransDeepLab model")
     parser.add_argument("--baseline", type=Path, default=None, help="whole-slice MONAI baseline model")
-    parser.add_argument("--confidence", type=float, default=0.25, help="detector confidence for the product row")
+    parser.add_argument("--confidence", type=float, default=None,
+                        help="detector confidence for the product row (default: the manifest's operating point, as the app)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate the first N test studies only")
     parser.add_argument("--out", type=Path, default=Path("results"))
     return parser.parse_args(argv)

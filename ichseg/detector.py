@@ -18,9 +18,10 @@ from ichseg.dicom_series import CTSeries
 from ichseg.model_manifest import ModelError, ModelManifest, weights_path
 from ichseg.runtime import default_device
 from ichseg.subtypes import SUBTYPES
-from ichseg.windowing import apply_window
+from ichseg.windowing import window_volume
 
 INPUT_SIZE = 512
+DEFAULT_CONFIDENCE = 0.25  # ultralytics' default, for weights whose manifest names no operating point
 TASK = "detection"
 
 
@@ -41,7 +42,7 @@ def resize_to_input(windowed: np.ndarray) -> np.ndarray:
 
 def detector_input(series: CTSeries) -> np.ndarray:
     """(N, 512, 512) uint8: each slice windowed with its own header window (paper), resized to 512."""
-    return np.stack([resize_to_input(apply_window(hu, *window)) for hu, window in zip(series.hu, series.windows)])
+    return np.stack([resize_to_input(windowed) for windowed in window_volume(series.hu, series.windows)])
 
 
 def to_bgr(windowed: np.ndarray) -> np.ndarray:
@@ -52,7 +53,8 @@ def to_bgr(windowed: np.ndarray) -> np.ndarray:
 class HemorrhageDetector:
     """YOLO weights of a model folder (manifest checked), predicting per slice at 512 with NMS IoU 0.6."""
 
-    def __init__(self, model_dir: Path, confidence: float = 0.25, iou: float = 0.6, device: str | None = None):
+    def __init__(self, model_dir: Path, confidence: float | None = None, iou: float = 0.6, device: str | None = None):
+        """``confidence`` None: the operating point stored in the manifest (chosen on validation data), else 0.25."""
         self.manifest = ModelManifest.load(model_dir)
         self.manifest.require(TASK, INPUT_SIZE, list(SUBTYPES))
         path = weights_path(model_dir)
@@ -65,7 +67,7 @@ class HemorrhageDetector:
         classes = list(self.model.names.values())
         if classes != list(SUBTYPES):
             raise ModelError(f"{path}: weights predict classes {classes}, expected {list(SUBTYPES)}")
-        self.confidence = confidence
+        self.confidence = confidence if confidence is not None else (self.manifest.operating_confidence or DEFAULT_CONFIDENCE)
         self.iou = iou
         self.device = default_device(device)
 

@@ -34,6 +34,8 @@ class ModelManifest:
     classes: list[str]
     task: str  # "detection" or "segmentation"
     training: dict[str, Any] = field(default_factory=dict)  # data, recipe, epochs, figures
+    #: detection only: confidence threshold of the weights' operating point, chosen on the validation split
+    operating_confidence: float | None = None
     notice: str = "Trained on synthetic head-CT phantoms, for demonstration and testing only; not for clinical use."
 
     def save(self, folder: Path) -> None:

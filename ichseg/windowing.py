@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -33,3 +35,8 @@ def apply_window(hu: np.ndarray, centre: float, width: float) -> np.ndarray:
     low = centre - width / 2.0
     scaled = (hu.astype(np.float32) - low) * (255.0 / width)
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def window_volume(hu: np.ndarray, windows: Sequence[tuple[float, float]]) -> np.ndarray:
+    """(N, H, W) HU → (N, H, W) uint8, each slice with its own (centre, width): the one path to network input."""
+    return np.stack([apply_window(slice_hu, centre, width) for slice_hu, (centre, width) in zip(hu, windows)])

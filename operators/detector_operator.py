@@ -47,7 +47,10 @@ class DetectorOperator(Operator):
     def start(self) -> None:
         with self.clock.stage("load detector model"):
             self.detector = HemorrhageDetector(self.model_dir, **self.settings)
-            logger.info("detector %s %s on %s", self.detector.manifest.name, self.detector.manifest.version, self.detector.device)
+            logger.info(
+                "detector %s %s on %s, confidence threshold %.3f", self.detector.manifest.name,
+                self.detector.manifest.version, self.detector.device, self.detector.confidence,
+            )
 
     def compute(self, op_input, op_output, context) -> None:
         windowed: WindowedSeries = op_input.receive("windowed")

@@ -14,7 +14,7 @@ import numpy as np
 
 from ichseg.detector import INPUT_SIZE, detector_input
 from ichseg.dicom_series import CTSeries
-from ichseg.windowing import apply_window
+from ichseg.windowing import window_volume
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 from operators.stage import StageClock
 
@@ -44,6 +44,6 @@ class WindowingOperator(Operator):
     def compute(self, op_input, op_output, context) -> None:
         series: CTSeries = op_input.receive("series")
         with self.clock.stage("windowing"):
-            source = np.stack([apply_window(hu, *window) for hu, window in zip(series.hu, series.windows)])
+            source = window_volume(series.hu, series.windows)
             detector = source if source.shape[1:] == (INPUT_SIZE, INPUT_SIZE) else detector_input(series)
         op_output.emit(WindowedSeries(source, detector), "windowed")

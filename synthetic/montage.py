@@ -12,7 +12,7 @@ import numpy as np
 
 from ichseg.dicom_series import load_single_series
 from ichseg.preview import save_montage
-from ichseg.windowing import apply_window
+from ichseg.windowing import window_volume
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     labels_path = next(p for p in (args.study / "labels.npz", args.study / "ground_truth" / "labels.npz") if p.exists())
     series = load_single_series(ct)
     labels = np.load(labels_path)["labels"]
-    windowed = np.stack([apply_window(hu, *window) for hu, window in zip(series.hu, series.windows)])
+    windowed = window_volume(series.hu, series.windows)
     indices = np.linspace(2, len(windowed) - 2, args.tiles).round().astype(int).tolist()
     save_montage(windowed, labels > 0, indices, args.png)
     print(args.png)

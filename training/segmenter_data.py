@@ -29,7 +29,7 @@ from tqdm import tqdm
 from ichseg.boxes import Box, lesion_boxes, merge_boxes, pixel_bounds
 from ichseg.crops import CROP_SIZE, crop_mask_to_target, crop_to_input
 from ichseg.dicom_series import CTSeries, load_single_series
-from ichseg.windowing import apply_window
+from ichseg.windowing import window_volume
 
 MODES = ("crops", "whole-slice")
 JITTER = 0.10  # largest outward move of one box edge, as a fraction of the box side
@@ -64,7 +64,7 @@ def study_ids(data: Path, split: str) -> list[str]:
 
 def window_series(series: CTSeries) -> np.ndarray:
     """(N, H, W) uint8: every slice windowed with its own header window, as at inference."""
-    return np.stack([apply_window(hu, centre, width) for hu, (centre, width) in zip(series.hu, series.windows)])
+    return window_volume(series.hu, series.windows)
 
 
 def load_study(folder: Path) -> Study:

@@ -24,6 +24,7 @@ from ichseg.model_manifest import WEIGHTS_NAME, ModelError, ModelManifest
 from ichseg.runtime import default_device
 from ichseg.subtypes import SUBTYPES
 from ichseg.ultralytics_offline import YOLO
+from training.detector_operating_point import store as store_operating_point
 from ultralytics.utils.torch_utils import strip_optimizer
 
 MODEL_NAME = "ich-yolov5-detector"
@@ -169,6 +170,7 @@ def main(argv: list[str] | None = None) -> None:
             "seconds": round(seconds, 1), "device": device_name(device), "recipe": recipe,
         },
     ).save(args.out)
+    store_operating_point(args.out, Path(trainer.args.data), args.project.resolve(), str(device))
     print(f"model folder: {args.out}")
 
 

@@ -1,0 +1,57 @@
+"""Choose the detector's operating point (confidence threshold) on the validation split and store it.
+
+``python -m training.detector_operating_point --model models/detector --data data/yolo/data.yaml``
+
+The threshold maximising the class-mean F1 on validation slices (ultralytics' own F1 curve) becomes
+``operating_confidence`` in the manifest, which the app uses unless ICH_CONFIDENCE overrides it. Choosing it on
+validation data, never on the test split, keeps the test figures honest. ``training.train_detector`` calls this
+after training.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from ichseg.model_manifest import ModelManifest, weights_path
+from ichseg.runtime import default_device
+from ichseg.ultralytics_offline import YOLO
+
+NMS_IOU = 0.6
+CURVE_CONFIDENCE = 0.001  # keep (almost) every box so that the whole F1-confidence curve is measured
+
+
+def operating_confidence(weights: Path, data: Path, project: Path, device: str | None = None) -> float:
+    """Confidence at the maximum of the class-mean F1 curve on the validation split."""
+    metrics = YOLO(str(weights), task="detect").val(
+        data=str(data), split="val", imgsz=512, conf=CURVE_CONFIDENCE, iou=NMS_IOU, device=str(default_device(device)),
+        plots=False, project=str(project), name="operating-point", exist_ok=True, verbose=False,
+    )
+    f1 = np.asarray(metrics.box.f1_curve).mean(axis=0)
+    return float(np.asarray(metrics.box.px)[int(f1.argmax())])
+
+
+def store(model_dir: Path, data: Path, project: Path, device: str | None = None) -> float:
+    """Measure the operating point of a model folder's weights and write it into its manifest."""
+    manifest = ModelManifest.load(model_dir)
+    manifest.operating_confidence = round(operating_confidence(weights_path(model_dir), data, project, device), 4)
+    manifest.training["operating_point"] = "max class-mean F1 on the validation split"
+    manifest.save(model_dir)
+    print(f"{model_dir}: operating confidence {manifest.operating_confidence}")
+    return manifest.operating_confidence
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m training.detector_operating_point", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=Path("models/detector"), help="model folder")
+    parser.add_argument("--data", type=Path, required=True, help="data.yaml with a val split")
+    parser.add_argument("--project", type=Path, default=Path("runs/detector"))
+    parser.add_argument("--device", default=None)
+    args = parser.parse_args(argv)
+    store(args.model, args.data.resolve(), args.project.resolve(), args.device)
+
+
+if __name__ == "__main__":
+    main()
