@@ -23,9 +23,6 @@ from ichseg.dicom_series import DicomInputError, load_single_series
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "models"
-needs_models = pytest.mark.skipif(
-    not (MODELS / "detector" / "manifest.json").is_file(), reason="trained models not in models/ yet"
-)
 OUTPUTS = {"ich_seg.dcm", "ich_report.json", "ich_preview.png", "ich_mask.npz"}
 
 
@@ -196,7 +193,6 @@ def test_help_explains_inputs_outputs_and_options() -> None:
         assert text in result.stdout
 
 
-@needs_models
 def test_positive_study(positive_study: Path, tmp_path: Path) -> None:
     assert run_app(positive_study / "ct", tmp_path / "out") == 0
     report, mask, _ = check_outputs(positive_study / "ct", tmp_path / "out")
@@ -205,7 +201,6 @@ def test_positive_study(positive_study: Path, tmp_path: Path) -> None:
     assert (mask & truth).sum() > 0, "the mask overlaps the true hemorrhage"
 
 
-@needs_models
 def test_negative_result_still_writes_an_empty_seg(negative_study: Path, tmp_path: Path, environment: pytest.MonkeyPatch) -> None:
     environment.setenv("ICH_CONFIDENCE", "0.999")  # no box passes: the no-finding path, whatever the weights
     try:
@@ -218,7 +213,6 @@ def test_negative_result_still_writes_an_empty_seg(negative_study: Path, tmp_pat
     assert not seg.pixel_array.any()
 
 
-@needs_models
 def test_non_512_matrix_gives_seg_on_source_grid(positive_study: Path, tmp_path: Path) -> None:
     small = tmp_path / "ct256"
     small.mkdir()
@@ -243,7 +237,6 @@ def _missing_slice(study_ct: Path, folder: Path) -> str:
     return removed.name
 
 
-@needs_models
 @pytest.mark.parametrize("case", ["empty folder", "non-DICOM files", "missing slice"])
 def test_bad_input_is_refused_without_output(case: str, positive_study: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     import app
@@ -263,7 +256,6 @@ def test_bad_input_is_refused_without_output(case: str, positive_study: Path, tm
     assert not any((tmp_path / "out").iterdir()), "no SEG, no report, no staging folder"
 
 
-@needs_models
 def test_exit_status_of_the_process(positive_study: Path, tmp_path: Path) -> None:
     """``python <app folder>`` (what the MAP runs) exits non-zero with the problem on stderr."""
     import app
