@@ -120,6 +120,7 @@ def write_atomically(dataset: Dataset, path: Path) -> None:
     os.close(handle)
     try:
         dataset.save_as(temporary, enforce_file_format=True)
+        os.chmod(temporary, 0o644)  # mkstemp makes 0600: a PACS forwarder running as another user must read it
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
