@@ -9,8 +9,6 @@ SNOMED codes found in third-party code contradict each other. Frames are kept fo
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -21,6 +19,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
+from ichseg.atomic_file import atomic_path
 from ichseg.subtypes import SUBTYPES
 
 #: Recommended display colour of hemorrhage (sRGB; stored as CIELab), shared by all segments.
@@ -114,14 +113,6 @@ def subtype_segments(labels: np.ndarray) -> list[SegmentMask]:
 
 
 def write_atomically(dataset: Dataset, path: Path) -> None:
-    """Save next to the target and rename, so a reader never sees a half-written file."""
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
+    """Save through a temporary file renamed into place, so a reader never sees a half-written SEG."""
+    with atomic_path(path) as temporary:
         dataset.save_as(temporary, enforce_file_format=True)
-        os.chmod(temporary, 0o644)  # mkstemp makes 0600: a PACS forwarder running as another user must read it
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

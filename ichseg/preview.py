@@ -9,6 +9,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from ichseg.atomic_file import atomic_path
+
 OUTLINE_RGB = (255, 40, 40)
 
 
@@ -38,8 +40,6 @@ def save_montage(
     sheet = Image.new("RGB", (columns * tile, max(rows, 1) * tile))
     for position, image in enumerate(tiles):
         sheet.paste(image, ((position % columns) * tile, (position // columns) * tile))
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp")
-    sheet.save(temporary, format="PNG")
-    temporary.replace(path)
-    return path
+    with atomic_path(path) as temporary:
+        sheet.save(temporary, format="PNG")
+    return Path(path)

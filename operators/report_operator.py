@@ -9,13 +9,13 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ichseg import __version__
+from ichseg.atomic_file import atomic_path
 from ichseg.boxes import Box
 from ichseg.detector import Detection
 from ichseg.dicom_series import CTSeries
@@ -56,9 +56,8 @@ def slice_entries(series: CTSeries, detections: list[list[Detection]], boxes: li
 
 
 def _replace_atomically(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(data)
 
 
 class ReportOperator(Operator):

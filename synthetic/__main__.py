@@ -17,6 +17,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ichseg.atomic_file import atomic_path
+
 from synthetic.study import BOX_COLUMNS, StudyRecord, make_study
 
 
@@ -32,12 +34,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def write_csv(path: Path, header: tuple[str, ...], rows: list[tuple]) -> None:
     """CSV written to a temporary name and renamed into place."""
-    temporary = path.with_suffix(".tmp")
-    with temporary.open("w", newline="") as handle:
+    with atomic_path(path) as temporary, temporary.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
         writer.writerows(rows)
-    temporary.replace(path)
 
 
 def main(argv: list[str] | None = None) -> None:
