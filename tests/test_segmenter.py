@@ -123,6 +123,22 @@ def test_training_lowers_loss_and_exports(trained: Path) -> None:
     assert not HemorrhageSegmenter(trained).whole_slice
 
 
+def test_resume_with_more_epochs_extends_the_lr_decay(trained: Path, tmp_path: Path) -> None:
+    """A run stopped early by its budget continues with a longer plan; a finished decay refuses to restart at lr 0."""
+    data = trained.parent / "data"
+    common = ["--data", str(data), "--out", str(tmp_path), "--mode", "crops", "--network", "monai-unet", "--batch", "4",
+              "--max-slices", "8", "--val-slices", "4", "--lr", "0.1", "--seed", "0"]
+    train_main([*common, "--epochs", "3", "--max-minutes", "0.0001"])  # the budget stops it after one epoch
+    assert len(torch.load(tmp_path / CHECKPOINT_NAME, weights_only=False)["state"]["history"]) == 1
+    train_main([*common, "--epochs", "4", "--resume"])
+    checkpoint = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=False)
+    steps = checkpoint["state"]["steps"]
+    assert len(checkpoint["state"]["history"]) == 4 and steps == 4 * (steps // 4)
+    assert checkpoint["scheduler"]["total_iters"] == steps  # the decay ends with the new plan
+    with pytest.raises(SystemExit, match="lr decay ended"):
+        train_main([*common, "--epochs", "5", "--resume"])
+
+
 def in_box(mask: np.ndarray, box: tuple) -> bool:
     row0, row1, col0, col1 = pixel_bounds(box, *mask.shape)
     outside = mask.copy()

@@ -2,8 +2,12 @@
 
 ``python -m training.detector_operating_point --model models/detector --data data/yolo/data.yaml``
 
-The threshold maximising the class-mean F1 on validation slices (ultralytics' own F1 curve) becomes
-``operating_confidence`` in the manifest, which the app uses unless ICH_CONFIDENCE overrides it. Choosing it on
+The threshold maximising the class-agnostic F1 on validation slices (ultralytics' own F1 curve, every subtype
+counted as one class) becomes ``operating_confidence`` in the manifest. Class-agnostic because the product merges
+all boxes of a slice into one: a box with the wrong subtype still yields the right crop, a missed or spurious box
+does not. The curve is measured with class-agnostic NMS (ultralytics' single-class mode) while the app keeps
+per-class NMS; the two differ only in overlapping boxes of different subtypes, which the merger unites anyway. It
+is written to ``operating_confidence`` in the manifest, which the app uses unless ICH_CONFIDENCE overrides it. Choosing it on
 validation data, never on the test split, keeps the test figures honest. ``training.train_detector`` calls this
 after training.
 """
@@ -24,12 +28,12 @@ CURVE_CONFIDENCE = 0.001  # keep (almost) every box so that the whole F1-confide
 
 
 def operating_confidence(weights: Path, data: Path, project: Path, device: str | None = None) -> float:
-    """Confidence at the maximum of the class-mean F1 curve on the validation split."""
+    """Confidence at the maximum of the class-agnostic F1 curve on the validation split."""
     metrics = YOLO(str(weights), task="detect").val(
         data=str(data), split="val", imgsz=512, conf=CURVE_CONFIDENCE, iou=NMS_IOU, device=str(default_device(device)),
-        plots=False, project=str(project), name="operating-point", exist_ok=True, verbose=False,
+        plots=False, project=str(project), name="operating-point", exist_ok=True, verbose=False, single_cls=True,
     )
-    f1 = np.asarray(metrics.box.f1_curve).mean(axis=0)
+    f1 = np.asarray(metrics.box.f1_curve).mean(axis=0)  # one row in single-class mode
     return float(np.asarray(metrics.box.px)[int(f1.argmax())])
 
 
@@ -37,7 +41,7 @@ def store(model_dir: Path, data: Path, project: Path, device: str | None = None)
     """Measure the operating point of a model folder's weights and write it into its manifest."""
     manifest = ModelManifest.load(model_dir)
     manifest.operating_confidence = round(operating_confidence(weights_path(model_dir), data, project, device), 4)
-    manifest.training["operating_point"] = "max class-mean F1 on the validation split"
+    manifest.training["operating_point"] = "max class-agnostic F1 on the validation split"
     manifest.save(model_dir)
     print(f"{model_dir}: operating confidence {manifest.operating_confidence}")
     return manifest.operating_confidence
