@@ -200,11 +200,11 @@ def evaluate(args: argparse.Namespace) -> dict:
             segmenters[key] = HemorrhageSegmenter(folder)
     detector = None
     if optional_model(args.detector, "product row and detector mAP"):
-        from ichseg.detector import HemorrhageDetector
+        from ichseg.detector import HemorrhageDetector, manifest_confidence
 
         detector = HemorrhageDetector(args.detector, confidence=MAP_CONFIDENCE)
         if args.confidence is None:  # the product's own operating point, as the app uses it
-            args.confidence = HemorrhageDetector(args.detector).confidence
+            args.confidence = manifest_confidence(detector.manifest)
         if "oracle" in segmenters:
             segmenters["product"] = segmenters["oracle"]
     if not segmenters and detector is None:

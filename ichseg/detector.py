@@ -22,6 +22,7 @@ from ichseg.windowing import window_volume
 
 INPUT_SIZE = 512
 DEFAULT_CONFIDENCE = 0.25  # ultralytics' default, for weights whose manifest names no operating point
+NMS_IOU = 0.6  # the paper's NMS threshold: inference, testing and the operating point all use it
 TASK = "detection"
 
 
@@ -50,10 +51,15 @@ def to_bgr(windowed: np.ndarray) -> np.ndarray:
     return np.repeat(windowed[:, :, None], 3, axis=2)
 
 
+def manifest_confidence(manifest: ModelManifest) -> float:
+    """The weights' operating point (chosen on validation data), or ultralytics' default if the manifest has none."""
+    return manifest.operating_confidence or DEFAULT_CONFIDENCE
+
+
 class HemorrhageDetector:
     """YOLO weights of a model folder (manifest checked), predicting per slice at 512 with NMS IoU 0.6."""
 
-    def __init__(self, model_dir: Path, confidence: float | None = None, iou: float = 0.6, device: str | None = None):
+    def __init__(self, model_dir: Path, confidence: float | None = None, iou: float = NMS_IOU, device: str | None = None):
         """``confidence`` None: the operating point stored in the manifest (chosen on validation data), else 0.25."""
         self.manifest = ModelManifest.load(model_dir)
         self.manifest.require(TASK, INPUT_SIZE, list(SUBTYPES))
@@ -67,7 +73,7 @@ class HemorrhageDetector:
         classes = list(self.model.names.values())
         if classes != list(SUBTYPES):
             raise ModelError(f"{path}: weights predict classes {classes}, expected {list(SUBTYPES)}")
-        self.confidence = confidence if confidence is not None else (self.manifest.operating_confidence or DEFAULT_CONFIDENCE)
+        self.confidence = confidence if confidence is not None else manifest_confidence(self.manifest)
         self.iou = iou
         self.device = default_device(device)
 

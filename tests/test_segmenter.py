@@ -135,7 +135,7 @@ def test_resume_with_more_epochs_extends_the_lr_decay(trained: Path, tmp_path: P
     steps = checkpoint["state"]["steps"]
     assert len(checkpoint["state"]["history"]) == 4 and steps == 4 * (steps // 4)
     assert checkpoint["scheduler"]["total_iters"] == steps  # the decay ends with the new plan
-    with pytest.raises(SystemExit, match="lr decay ended"):
+    with pytest.raises(SystemExit, match="lr decay ended after epoch 4"):
         train_main([*common, "--epochs", "5", "--resume"])
 
 

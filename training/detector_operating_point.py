@@ -19,18 +19,18 @@ from pathlib import Path
 
 import numpy as np
 
+from ichseg.detector import INPUT_SIZE, NMS_IOU
 from ichseg.model_manifest import ModelManifest, weights_path
 from ichseg.runtime import default_device
 from ichseg.ultralytics_offline import YOLO
 
-NMS_IOU = 0.6
 CURVE_CONFIDENCE = 0.001  # keep (almost) every box so that the whole F1-confidence curve is measured
 
 
 def operating_confidence(weights: Path, data: Path, project: Path, device: str | None = None) -> float:
     """Confidence at the maximum of the class-agnostic F1 curve on the validation split."""
     metrics = YOLO(str(weights), task="detect").val(
-        data=str(data), split="val", imgsz=512, conf=CURVE_CONFIDENCE, iou=NMS_IOU, device=str(default_device(device)),
+        data=str(data), split="val", imgsz=INPUT_SIZE, conf=CURVE_CONFIDENCE, iou=NMS_IOU, device=str(default_device(device)),
         plots=False, project=str(project), name="operating-point", exist_ok=True, verbose=False, single_cls=True,
     )
     f1 = np.asarray(metrics.box.f1_curve).mean(axis=0)  # one row in single-class mode

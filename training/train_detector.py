@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import yaml
 
+from ichseg.detector import NMS_IOU
 from ichseg.model_manifest import WEIGHTS_NAME, ModelError, ModelManifest
 from ichseg.runtime import default_device
 from ichseg.subtypes import SUBTYPES
@@ -28,7 +29,6 @@ from training.detector_operating_point import store as store_operating_point
 from ultralytics.utils.torch_utils import strip_optimizer
 
 MODEL_NAME = "ich-yolov5-detector"
-NMS_IOU = 0.6  # the paper's NMS threshold, also used when testing
 TEST_CONFIDENCE = 0.001  # mAP integrates over all confidences: keep (almost) every box
 RECIPE_KEYS = ("model", "optimizer", "lr0", "lrf", "momentum", "weight_decay", "hsv_h", "hsv_s", "hsv_v",
                "translate", "scale", "fliplr", "mosaic", "close_mosaic", "seed", "amp")

@@ -187,6 +187,7 @@ def main(argv: list[str] | None = None) -> None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
+        state = checkpoint["state"]
         # A larger --epochs on resume extends the plan: the decay continues from the current lr towards 0 at the new
         # end. PolynomialLR is chained (each step scales the last lr), so a run whose decay already reached 0 stays at 0.
         planned_steps = args.epochs * len(train_loader)
@@ -195,7 +196,6 @@ def main(argv: list[str] | None = None) -> None:
                 raise SystemExit(f"{checkpoint_path}: its lr decay ended after epoch {state['epoch']}; a larger --epochs "
                                  "cannot restart it (start a new run, or resume before the planned end)")
             scheduler.total_iters = planned_steps
-        state = checkpoint["state"]
         print(f"resumed from {checkpoint_path} after epoch {state['epoch']}")
 
     started = time.perf_counter() - state["seconds"]
