@@ -17,11 +17,13 @@ from evaluation.evaluate import main as evaluate_main
 from ichseg.boxes import pixel_bounds
 from ichseg.crops import crop_to_input, paste_probability
 from ichseg.model_manifest import WEIGHTS_NAME, ModelManifest
+from ichseg.runtime import autocast_dtype, cpu_has_native_bf16
 from ichseg.segmenter import ARCHITECTURES, CLASSES, HemorrhageSegmenter, build_network
 from training.segmenter_data import (
     JITTER, SegmentationDataset, Study, crop_samples, ground_truth_box, jitter_box, jitter_reach, load_study,
     whole_slice_samples,
 )
+from training.lr_schedule import FLOOR, LrPlan
 from training.train_segmenter import CHECKPOINT_NAME, half_state
 from training.train_segmenter import main as train_main
 
@@ -97,7 +99,7 @@ def test_whole_slice_samples_include_negatives(study: Study) -> None:
 
 @pytest.fixture(scope="module")
 def trained(positive_study: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A few MONAI-UNet steps on 8 crops of one study (validated on the same study, listed under another name).
+    """A few MONAI-UNet steps (default AdamW, no warm-up) on 8 crops of one study (validated on the same study).
 
     The UNet keeps this under a minute on 2 CPU cores; TransDeepLab's own training step is tested in
     test_transdeeplab.py and its export/load path below.
@@ -106,7 +108,8 @@ def trained(positive_study: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     data = data_folder(root / "data", positive_study, ("train", "val"))
     out = root / "model"
     train_main(["--data", str(data), "--out", str(out), "--mode", "crops", "--network", "monai-unet",
-                "--epochs", "3", "--batch", "4", "--max-slices", "8", "--val-slices", "4", "--lr", "0.1", "--seed", "0"])
+                "--epochs", "3", "--batch", "4", "--max-slices", "8", "--val-slices", "4", "--lr", "0.01",
+                "--warmup-steps", "0", "--seed", "0"])
     return out
 
 
@@ -123,20 +126,40 @@ def test_training_lowers_loss_and_exports(trained: Path) -> None:
     assert not HemorrhageSegmenter(trained).whole_slice
 
 
-def test_resume_with_more_epochs_extends_the_lr_decay(trained: Path, tmp_path: Path) -> None:
-    """A run stopped early by its budget continues with a longer plan; a finished decay refuses to restart at lr 0."""
+def test_resume_with_more_epochs_extends_the_lr_plan(trained: Path, tmp_path: Path) -> None:
+    """A run stopped early by its budget continues with a longer plan; a finished poly decay refuses to restart at 0."""
     data = trained.parent / "data"
     common = ["--data", str(data), "--out", str(tmp_path), "--mode", "crops", "--network", "monai-unet", "--batch", "4",
-              "--max-slices", "8", "--val-slices", "4", "--lr", "0.1", "--seed", "0"]
+              "--max-slices", "8", "--val-slices", "4", "--optimizer", "sgd", "--lr", "0.1", "--seed", "0"]
     train_main([*common, "--epochs", "3", "--max-minutes", "0.0001"])  # the budget stops it after one epoch
     assert len(torch.load(tmp_path / CHECKPOINT_NAME, weights_only=False)["state"]["history"]) == 1
     train_main([*common, "--epochs", "4", "--resume"])
     checkpoint = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=False)
     steps = checkpoint["state"]["steps"]
     assert len(checkpoint["state"]["history"]) == 4 and steps == 4 * (steps // 4)
-    assert checkpoint["scheduler"]["total_iters"] == steps  # the decay ends with the new plan
-    with pytest.raises(SystemExit, match="lr decay ended after epoch 4"):
+    assert checkpoint["plan"]["total_steps"] == steps  # the decay ends with the new plan
+    with pytest.raises(SystemExit, match="lr plan ended after epoch 4"):
         train_main([*common, "--epochs", "5", "--resume"])
+    with pytest.raises(SystemExit, match="made for crops/monai-unet/sgd"):
+        train_main([*common[:-6], "--optimizer", "adamw", "--epochs", "5", "--resume"])
+
+
+def test_lr_plans() -> None:
+    """Warm-up rises linearly to lr0, cosine ends at the floor, poly at 0; the paper's plan has no warm-up."""
+    cosine = LrPlan("warmup-cosine", 3e-4, total_steps=100, warmup_steps=10)
+    assert cosine.lr(0) == pytest.approx(3e-5) and cosine.lr(9) == pytest.approx(3e-4)
+    assert cosine.lr(10) == pytest.approx(3e-4) and cosine.lr(100) == pytest.approx(3e-4 * FLOOR)
+    assert all(cosine.lr(s) >= cosine.lr(s + 1) for s in range(10, 100))
+    poly = LrPlan("poly", 0.01, total_steps=50)
+    assert poly.lr(0) == pytest.approx(0.01) and poly.lr(50) == 0.0 and poly.finished(50)
+
+
+def test_precision_choice() -> None:
+    cpu = torch.device("cpu")
+    assert autocast_dtype(cpu, "fp32") is None and autocast_dtype(cpu, "bf16") == torch.bfloat16
+    assert autocast_dtype(cpu, "auto") == (torch.bfloat16 if cpu_has_native_bf16() else None)
+    with pytest.raises(ValueError):
+        autocast_dtype(cpu, "fp16")
 
 
 def in_box(mask: np.ndarray, box: tuple) -> bool:

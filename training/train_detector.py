@@ -22,9 +22,10 @@ import yaml
 
 from ichseg.detector import NMS_IOU
 from ichseg.model_manifest import WEIGHTS_NAME, ModelError, ModelManifest
-from ichseg.runtime import default_device
+from ichseg.runtime import PRECISIONS, autocast_dtype, default_device
 from ichseg.subtypes import SUBTYPES
 from ichseg.ultralytics_offline import YOLO
+from training.bf16_trainer import Bf16DetectionTrainer
 from training.detector_operating_point import store as store_operating_point
 from ultralytics.utils.torch_utils import strip_optimizer
 
@@ -60,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--close-mosaic", type=int, default=10, help="last epochs without mosaic")
     parser.add_argument("--hyp", type=Path, default=None, help="hyperparameter YAML, e.g. best_hyperparameters.yaml")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="auto: bf16 autocast where the hardware has bf16 (weights stay fp32), else fp32")
+    parser.add_argument("--pretrained", type=Path, default=None,
+                        help="start from these weights (e.g. models/detector/model.pt) instead of random initialisation")
     parser.add_argument("--workers", type=int, default=2, help="dataloader processes")
     parser.add_argument("--cache", choices=("none", "ram", "disk"), default="none", help="decoded-image cache")
     parser.add_argument("--device", default=None, help="torch device (default: CUDA if present, else CPU)")
@@ -93,8 +98,9 @@ def train_settings(args: argparse.Namespace, extra: dict[str, Any], device: torc
         "translate": args.translate, "scale": args.scale, "fliplr": args.fliplr, "mosaic": args.mosaic,
         "close_mosaic": args.close_mosaic, "seed": args.seed, "workers": args.workers,
         "cache": False if args.cache == "none" else args.cache, "device": str(device), "plots": args.plots,
-        "amp": False,  # ultralytics' AMP check downloads a model; CPU training has no AMP anyway
-        "pretrained": False, "project": str(args.project.resolve()), "name": args.name, "exist_ok": True, **extra,
+        # fp16 AMP's check downloads a model; bf16 needs neither the check nor a GradScaler (CPU: Bf16DetectionTrainer)
+        "amp": "bf16" if autocast_dtype(device, args.precision) == torch.bfloat16 else False,
+        "pretrained": str(args.pretrained.resolve()) if args.pretrained else False, "project": str(args.project.resolve()), "name": args.name, "exist_ok": True, **extra,
     }
 
 
@@ -149,10 +155,10 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     if args.resume:
         model = YOLO(str(args.project / args.name / "weights" / "last.pt"))
-        model.train(resume=True, device=str(device), workers=args.workers)
+        model.train(resume=True, device=str(device), workers=args.workers, trainer=Bf16DetectionTrainer)
     else:
         model = YOLO(args.model)
-        model.train(**train_settings(args, extra, device))
+        model.train(**train_settings(args, extra, device), trainer=Bf16DetectionTrainer)
     seconds = time.perf_counter() - started
     trainer = model.trainer
     best = trainer.best if trainer.best.is_file() else trainer.last

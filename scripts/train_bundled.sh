@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Reproduce the bundled demo weights on this machine's CPU (or a GPU), step by step, resumably.
+#   bash scripts/train_bundled.sh data        # synthetic studies + detector dataset
+#   bash scripts/train_bundled.sh segmenter   # TransDeepLab: AdamW, bf16 where native; rerun to continue
+#   bash scripts/train_bundled.sh detector    # yolov5n: AdamW, bf16 where native
+#   bash scripts/train_bundled.sh evaluate    # the README table, results/evaluation.{md,json}
+# Budgets (minutes/hours) and sizes come from the environment: STUDIES, SEG_MINUTES, SEG_EPOCHS, DET_HOURS, DET_EPOCHS.
+# Everything is trained on synthetic phantoms: demonstration and testing only, not clinical use.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export YOLO_CONFIG_DIR="${YOLO_CONFIG_DIR:-$PWD/.ultralytics}" YOLO_OFFLINE=1
+PY=.venv/bin/python
+DATA=${DATA:-data/synthetic}
+WORK=${WORK:-data/train}  # checkpoints and candidate model folders (ignored by git)
+mkdir -p "$WORK" logs
+case "${1:?step: data | segmenter | detector | evaluate}" in
+  data)
+    $PY -m synthetic --out "$DATA" --studies "${STUDIES:-160}" --seed "${SEED:-2}" --max-slices "${MAX_SLICES:-120}" --workers 2
+    $PY -m training.detector_dataset --boxes "$DATA/boxes.csv" --dicom-root "$DATA" --studies-csv "$DATA/studies.csv" \
+        --out data/yolo --negatives-per-positive 1.0
+    ;;
+  segmenter)
+    resume=(); [ -f "$WORK/segmenter/checkpoint.pt" ] && resume=(--resume)
+    $PY -m training.train_segmenter --data "$DATA" --out "$WORK/segmenter" --mode crops --network transdeeplab \
+        --optimizer adamw --init-weights "${SEG_INIT:-models/segmenter}" --epochs "${SEG_EPOCHS:-30}" \
+        --steps-per-epoch 25 --val-slices 96 --max-minutes "${SEG_MINUTES:-40}" "${resume[@]}"
+    ;;
+  detector)
+    $PY -m training.train_detector --data data/yolo/data.yaml --out "$WORK/detector" --model yolov5n.yaml \
+        --pretrained "${DET_INIT:-models/detector/model.pt}" --optimizer AdamW --lr0 0.001 --batch 8 \
+        --epochs "${DET_EPOCHS:-40}" ${DET_HOURS:+--time "$DET_HOURS"} --mosaic 0 --close-mosaic 0 --cache ram \
+        --workers 1 --project runs/detector --name bundled --no-plots
+    ;;
+  evaluate)
+    $PY -m evaluation.evaluate --data "$DATA" --detector "${DETECTOR:-models/detector}" \
+        --segmenter "${SEGMENTER:-models/segmenter}" --out "${OUT:-results}"
+    ;;
+  *) echo "unknown step $1" >&2; exit 2 ;;
+esac
