@@ -6,6 +6,10 @@ would leave a silent gap in the SEG), it reads every pixel of every series, and 
 match rather than ranking candidates. Here ``ichseg.dicom_series`` refuses corrupt files, missing slices and
 bad geometry with a message naming the file, only the chosen series is decoded, and the log says which
 series was chosen and why each other one was not.
+
+Only head CT is segmented (``ichseg.head_ct``): series whose BodyPartExamined names another body region are
+not candidates, and the chosen series must show a skull ring around brain at head size, or the input is
+refused. ``ICH_HEAD_CHECK=0`` (or ``head_check=False``) skips both.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from ichseg.dicom_series import DicomInputError, group_series, load_series, slice_normal
+from ichseg import head_ct
+from ichseg.dicom_series import CTSeries, DicomInputError, group_series, load_series, slice_normal
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 from operators.stage import StageClock
 
@@ -149,13 +154,70 @@ def select_series(groups: dict[str, list[tuple[Path, Dataset]]], rules: Selectio
     return Selection(chosen, _describe(groups[chosen]), reason, rejected)
 
 
-class CTSeriesLoaderOperator(Operator):
-    """Input folder → ``series`` (ichseg CTSeries, HU sorted along the normal) and ``selection`` (why it)."""
+def load_chosen_series(
+    folder: Path, rules: SelectionRules, head_check: bool = True, clock: StageClock | None = None
+) -> tuple[Selection, CTSeries]:
+    """The series ``rules`` choose among the head-CT candidates, loaded as HU and checked to be a head CT.
 
-    def __init__(self, fragment: Fragment, *args: Any, input_folder: Path, rules_path: Path, clock: StageClock, **kwargs: Any):
+    DicomInputError (``head_ct.NotHeadCTError`` when the input is not a head CT) names the series, the folder
+    and the reason. ``head_check=False`` skips the BodyPartExamined filter and the image check.
+    """
+    clock = clock or StageClock()
+    with clock.stage("load DICOM series"):
+        groups = group_series(folder)
+        refused = {}
+        if head_check:
+            for uid, entries in groups.items():
+                why = head_ct.body_part_refusal(entries[0][1])
+                if why:
+                    refused[uid] = f"{_describe(entries)}: {why}"
+        candidates = {uid: entries for uid, entries in groups.items() if uid not in refused}
+        details = "; ".join(f"series {uid} {why}" for uid, why in refused.items())
+        if not candidates:
+            raise head_ct.NotHeadCTError(f"{folder}: {details} — {head_ct.SKIP_HINT}")
+        try:
+            selection = select_series(candidates, rules, folder)
+        except DicomInputError as error:
+            if not refused:
+                raise
+            raise DicomInputError(f"{error}; {details}") from error
+        selection.rejected.update(refused)
+        logger.info("chosen series %s %s: %s", selection.series_uid, selection.description, selection.reason)
+        for uid, reason in selection.rejected.items():
+            logger.info("not chosen: series %s %s", uid, reason)
+        series = load_series(groups[selection.series_uid])
+        logger.info(
+            "%d slices of %dx%d, pixel spacing %.3f x %.3f mm, slice spacing %.2f mm",
+            *series.hu.shape, *series.pixel_spacing, series.slice_spacing,
+        )
+    if not head_check:
+        logger.warning("head CT check skipped (%s=0): the series is segmented whatever it shows", head_ct.ENV_SWITCH)
+        return selection, series
+    with clock.stage("head CT check"):
+        where = f"series {selection.series_uid} {selection.description} in {series.files[0].parent}"
+        result = head_ct.check_series(series, where)
+        logger.info("head CT check: %s", result.summary())
+        selection.reason += f"; head CT check: {result.summary()}"
+    return selection, series
+
+
+class CTSeriesLoaderOperator(Operator):
+    """Input folder → ``series`` (ichseg CTSeries, HU sorted along the normal) and ``selection`` (why it).
+
+    ``head_check``: refuse input that is not a head CT (default: ``ICH_HEAD_CHECK``, on unless 0).
+    """
+
+    def __init__(self, fragment: Fragment, *args: Any, input_folder: Path, rules_path: Path, clock: StageClock,
+                 head_check: bool | None = None, **kwargs: Any):
         self.input_folder = Path(input_folder)
         self.rules = SelectionRules.load(rules_path)
         self.clock = clock
+        if head_check is None:
+            try:
+                head_check = head_ct.enabled()
+            except ValueError as error:  # a usage error (exit 2), like a bad rules file
+                raise RulesError(str(error)) from error
+        self.head_check = head_check
         super().__init__(fragment, *args, **kwargs)
 
     def setup(self, spec: OperatorSpec) -> None:
@@ -163,16 +225,6 @@ class CTSeriesLoaderOperator(Operator):
         spec.output("selection")
 
     def compute(self, op_input, op_output, context) -> None:
-        with self.clock.stage("load DICOM series"):
-            groups = group_series(self.input_folder)
-            selection = select_series(groups, self.rules, self.input_folder)
-            logger.info("chosen series %s %s: %s", selection.series_uid, selection.description, selection.reason)
-            for uid, reason in selection.rejected.items():
-                logger.info("not chosen: series %s %s", uid, reason)
-            series = load_series(groups[selection.series_uid])
-            logger.info(
-                "%d slices of %dx%d, pixel spacing %.3f x %.3f mm, slice spacing %.2f mm",
-                *series.hu.shape, *series.pixel_spacing, series.slice_spacing,
-            )
+        selection, series = load_chosen_series(self.input_folder, self.rules, self.head_check, self.clock)
         op_output.emit(series, "series")
         op_output.emit(selection, "selection")

@@ -29,7 +29,7 @@ case "${1:?step: data | segmenter | detector | evaluate}" in
     $PY -m training.train_detector --data data/yolo/data.yaml --out "$WORK/detector" --model yolov5n.yaml \
         --pretrained "${DET_INIT:-models/detector/model.pt}" --optimizer AdamW --lr0 0.001 --batch 8 \
         --epochs "${DET_EPOCHS:-40}" ${DET_HOURS:+--time "$DET_HOURS"} --mosaic 0 --close-mosaic 0 --cache ram \
-        --workers 1 --project runs/detector --name bundled --no-plots
+        --workers 1 --project runs/detector --name bundled --no-plots --hyp training/cpu_finetune.yaml
     ;;
   evaluate)
     $PY -m evaluation.evaluate --data "$DATA" --detector "${DETECTOR:-models/detector}" \

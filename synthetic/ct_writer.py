@@ -1,6 +1,8 @@
 """Write a synthetic HU volume as a CT Image Storage series that passes dciodvfy.
 
-Variation a PACS shows: WindowCenter/Width present in most files, absent in some; signed or unsigned pixel
+Variation a PACS shows: WindowCenter/Width of several presets (brain, subdural, stroke, bone; one value or
+brain plus a second preset), absent in some files or in a whole series; slice thickness, matrix and
+reconstruction kernel as the acquisition drew them; signed or unsigned pixel
 data (signed series carry a PixelPaddingValue outside the circular field of view); file names that do not
 give the slice order; instance numbers ascending or descending.
 """
@@ -15,7 +17,7 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
 
-from synthetic.volume import MATRIX, SLICE_THICKNESS, Acquisition
+from synthetic.volume import Acquisition
 
 INTERCEPT = -1024.0
 PADDING_STORED = -2000  # signed series: stored value of pixels outside the reconstruction circle
@@ -61,19 +63,19 @@ def _base_dataset(identity: StudyIdentity, acquisition: Acquisition, when: dt.da
     ds.InstitutionName = "Synthetic data, not a patient"
     ds.ReferringPhysicianName = ""
     ds.StudyDescription = "CT HEAD WO CONTRAST"
-    ds.SeriesDescription = "Head 5mm Standard"
+    ds.SeriesDescription = f"Head {acquisition.slice_thickness:g}mm {acquisition.kernel.capitalize()}"
     ds.ManufacturerModelName = "Phantom generator"
     ds.PatientName = f"Synthetic^Head^{identity.number:05d}"
     ds.PatientID = identity.patient_id
     ds.PatientBirthDate = ""
     ds.PatientSex = "O"
     ds.BodyPartExamined = "HEAD"
-    ds.SliceThickness = f"{SLICE_THICKNESS:.1f}"
+    ds.SliceThickness = f"{acquisition.slice_thickness:g}"
     ds.KVP = "120"
     ds.DataCollectionDiameter = "250"
-    ds.ReconstructionDiameter = f"{MATRIX * acquisition.pixel_spacing:.2f}"
+    ds.ReconstructionDiameter = f"{acquisition.matrix * acquisition.pixel_spacing:.2f}"
     ds.GantryDetectorTilt = "0"
-    ds.ConvolutionKernel = "STANDARD"
+    ds.ConvolutionKernel = acquisition.kernel
     ds.PatientPosition = "HFS"
     ds.StudyInstanceUID = identity.study_uid
     ds.SeriesInstanceUID = identity.series_uid
@@ -85,7 +87,7 @@ def _base_dataset(identity: StudyIdentity, acquisition: Acquisition, when: dt.da
     ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows = ds.Columns = MATRIX
+    ds.Rows = ds.Columns = acquisition.matrix
     ds.PixelSpacing = [f"{acquisition.pixel_spacing:.6f}"] * 2
     ds.BitsAllocated = 16
     ds.BitsStored = 16
@@ -105,9 +107,9 @@ def write_ct_series(
     signed = bool(rng.random() < 0.3)
     descending = bool(rng.random() < 0.3)
     window_missing = rng.random(hu.shape[0]) < 0.15
-    window = (f"{rng.uniform(35, 45):.0f}", f"{rng.choice([80, 90, 100]):d}")
+    windows = acquisition.windows
     x0, y0 = acquisition.first_pixel_xy
-    field_of_view = _outside_circle()
+    field_of_view = _outside_circle(acquisition.matrix)
     paths = []
     for index, slice_hu in enumerate(hu):
         ds = _base_dataset(identity, acquisition, when)
@@ -116,8 +118,12 @@ def write_ct_series(
         z = acquisition.slice_z(index)
         ds.ImagePositionPatient = [f"{x0:.4f}", f"{y0:.4f}", f"{z:.4f}"]
         ds.SliceLocation = f"{z:.4f}"
-        if not window_missing[index]:
-            ds.WindowCenter, ds.WindowWidth = window
+        if windows and not window_missing[index]:
+            if len(windows) == 1:
+                ds.WindowCenter, ds.WindowWidth = f"{windows[0][0]:g}", f"{windows[0][1]:g}"
+            else:
+                ds.WindowCenter = [f"{centre:g}" for centre, _ in windows]
+                ds.WindowWidth = [f"{width:g}" for _, width in windows]
         stored = np.clip(np.rint(slice_hu - INTERCEPT), 0, 4095)
         if signed:
             ds.PixelRepresentation = 1
@@ -140,8 +146,8 @@ def write_ct_series(
     return paths
 
 
-def _outside_circle() -> np.ndarray:
+def _outside_circle(matrix: int) -> np.ndarray:
     """Pixels outside the reconstruction circle inscribed in the matrix."""
-    centre = (MATRIX - 1) / 2.0
-    rows, cols = np.ogrid[:MATRIX, :MATRIX]
-    return (rows - centre) ** 2 + (cols - centre) ** 2 > (MATRIX / 2.0) ** 2
+    centre = (matrix - 1) / 2.0
+    rows, cols = np.ogrid[:matrix, :matrix]
+    return (rows - centre) ** 2 + (cols - centre) ** 2 > (matrix / 2.0) ** 2

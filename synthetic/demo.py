@@ -1,6 +1,7 @@
 """Write the bundled demo study: ``python -m synthetic.demo --out demo``.
 
-A 30-slice synthetic head CT with an intraparenchymal, a subdural and an epidural hemorrhage, stored with
+A 31-slice synthetic head CT (5 mm, standard kernel, brain window) with an intraparenchymal, an
+intraventricular and a subdural hemorrhage, plus choroid plexus calcification and a scalp haematoma, stored with
 RLE Lossless compression (smaller in the repository, and the app's compressed-input path gets exercised by
 every demo run). Phantom data, not a patient.
 """
@@ -18,7 +19,7 @@ from pydicom.uid import RLELossless
 from synthetic.study import make_study
 
 DEMO_SEED = 2026
-DEMO_NUMBER = 32
+DEMO_NUMBER = 1049  # with the skull-base/mimic phantoms; study 32 of the old generator is now negative
 
 
 def main(argv: list[str] | None = None) -> None:

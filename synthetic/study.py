@@ -36,10 +36,14 @@ class StudyRecord:
     box_rows: list[tuple[str, ...]]
 
 
-def make_study(number: int, seed: int, root: Path) -> StudyRecord:
-    """Render study ``number`` of the set ``seed`` into ``root/<study_id>/`` and return its record."""
+def make_study(number: int, seed: int, root: Path, max_slices: int | None = None) -> StudyRecord:
+    """Render study ``number`` of the set ``seed`` into ``root/<study_id>/`` and return its record.
+
+    ``max_slices`` caps the series length: a thin-slice acquisition that would exceed it is drawn at the
+    thinnest listed thickness whose full head coverage fits (None: no cap).
+    """
     rng = np.random.default_rng([seed, number])
-    head = SyntheticHead.sample(rng)
+    head = SyntheticHead.sample(rng, max_slices)
     hu, labels, tissues = head.render(rng)
     identity = StudyIdentity(number, seed)
     study_id = f"study_{seed:03d}_{number:05d}"

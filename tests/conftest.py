@@ -10,8 +10,8 @@ import pytest
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
 TEST_SEED = 7
-POSITIVE_STUDY = 11  # subarachnoid + intraventricular + subdural
-NEGATIVE_STUDY = 0
+POSITIVE_STUDY = 5  # intraparenchymal + epidural, 5 mm, 512², standard kernel, brain window, no motion
+NEGATIVE_STUDY = 41  # no hemorrhage, 5 mm, 512², standard kernel, brain (+ subdural) window
 
 
 @pytest.fixture(scope="session")
