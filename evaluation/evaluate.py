@@ -3,10 +3,13 @@
     python -m evaluation.evaluate --data data/synthetic --detector models/detector --segmenter models/segmenter \
         --single-stage models/single-stage --baseline models/baseline-unet --out results/
 
-Rows (a row whose models are missing is skipped):
-* GT boxes + TransDeepLab (oracle): the crop segmenter on the merged ground-truth box of each slice;
+Every row runs ``ichseg.pipeline.run``, the app's own two-stage core (detections at the product's confidence,
+merge, crop, segment, paste, anatomical guard). Rows (a row whose models are missing is skipped):
+* GT boxes + TransDeepLab (oracle): the crop segmenter on the ground-truth lesion boxes, merged like detections;
 * YOLO + TransDeepLab (product): the crop segmenter on the merged detector boxes (confidence ≥ --confidence);
 * single-stage TransDeepLab and the MONAI baseline: whole-slice models on every slice.
+The two-stage rows come once per merge mode (``slice``: the paper's one enclosing box per slice; ``cluster``: one
+box per group of nearby boxes), and every row once without and once with the anatomical guard (``+ guard``).
 
 Metrics, all on the full-resolution pasted masks against the full ground-truth masks (any subtype = hemorrhage):
 * slice Dice / IoU: mean over the slices whose ground truth has hemorrhage (the paper's per-slice Dice and IoU;
@@ -15,10 +18,15 @@ Metrics, all on the full-resolution pasted masks against the full ground-truth m
 * study sensitivity / specificity: a study is called positive when any voxel is predicted;
 * FP slices: slices without hemorrhage in the ground truth that get any predicted voxel;
 * volume error: mean over studies of |predicted − true| hemorrhage volume in mL (CTSeries.voxel_volume_ml);
-* s/slice: wall time of the row's models over all slices of the study (the product includes the detector).
+* s/slice: wall time of the row's models over all slices of the study (the product includes the detector, the
+  guard rows the guard).
 Detector mAP@0.5 and mAP@0.5:0.95 are computed on the same test studies from detections at confidence 0.001 and
-NMS IoU 0.6, matched to the per-lesion ground-truth boxes as ultralytics' validator does and averaged with
+the detector's NMS IoU, matched to the per-lesion ground-truth boxes as ultralytics' validator does and averaged with
 ultralytics' ``ap_per_class``; the figures in the detector's manifest (from its training run) are shown beside.
+
+``--choose-guard`` instead sweeps the guard's settings and both merge modes over the *validation* split's product
+masks (``evaluation.guard_choice``) and writes the best by ``--objective`` to ``guard_choice.json``: the defaults of
+``ichseg.guard`` and ``ichseg.boxes`` are to be set from it.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,20 +45,42 @@ from monai.metrics import compute_dice, compute_iou
 from torchvision.ops import box_iou
 from tqdm import tqdm
 
-from ichseg.boxes import Box, lesion_boxes, merge_boxes
+from ichseg import pipeline
+from ichseg.boxes import DEFAULT_MERGE, MERGE_MODES, lesion_boxes
+from ichseg.detector import NMS_IOU, Detection
+from ichseg.dicom_series import CTSeries
+from ichseg.guard import BLOOD_HU, CAVITY_MARGIN_MM, MIN_COMPONENT_ML, Anatomy, GuardOptions
 from ichseg.model_manifest import MANIFEST_NAME
 from ichseg.runtime import configure_threads
 from ichseg.segmenter import HemorrhageSegmenter
-from training.segmenter_data import Study, ground_truth_box, load_study, study_ids
+from training.segmenter_data import Study, load_study, study_ids
 
 MAP_CONFIDENCE = 0.001  # mAP integrates precision over all confidences, as ultralytics' validator does
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
-ROWS = {  # key: (label, paper Dice, paper IoU) — the paper's figures are on real CT, for orientation only
+ROWS = {  # model key: (label, paper Dice, paper IoU) — the paper's figures are on real CT, for orientation only
     "oracle": ("GT boxes + TransDeepLab (oracle)", 0.769, 0.657),
     "product": ("YOLO + TransDeepLab (product)", 0.605, 0.478),
     "single-stage": ("single-stage TransDeepLab (whole slice)", 0.566, 0.446),
     "baseline": ("MONAI baseline (whole slice)", 0.458, None),  # the paper's U-Net (Dice only)
 }
+TWO_STAGE = ("oracle", "product")
+OBJECTIVES = {  # --objective: what --choose-guard maximises over the validation studies
+    "balanced": ("slice_dice", "pooled_dice", "study_sensitivity", "study_specificity"),
+    "pooled_dice": ("pooled_dice",),
+    "slice_dice": ("slice_dice",),
+}
+
+
+def row_key(model: str, merge: str | None, guarded: bool) -> str:
+    """``product``, ``product-cluster+guard``, ``single-stage+guard`` …: the paper's configuration has no suffix."""
+    return model + (f"-{merge}" if merge not in (None, "slice") else "") + ("+guard" if guarded else "")
+
+
+def row_label(model: str, merge: str | None, guarded: bool) -> str:
+    label = ROWS[model][0]
+    if merge is not None:
+        label += f", {merge} merge"
+    return label + (" + guard" if guarded else "")
 
 
 def slice_dice_iou(predicted: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -91,6 +122,7 @@ class Scores:
     volume_errors: list[float] = field(default_factory=list)
     seconds: float = 0.0
     slices: int = 0
+    guard_removed_ml: dict[str, float] = field(default_factory=dict)
 
     def add(self, predicted: np.ndarray, truth: np.ndarray, voxel_ml: float, seconds: float) -> None:
         dice, iou = slice_dice_iou(predicted, truth)
@@ -108,7 +140,7 @@ class Scores:
         self.seconds += seconds
         self.slices += len(truth)
 
-    def summary(self) -> dict[str, float | int]:
+    def summary(self) -> dict[str, Any]:
         sensitivity, specificity = sensitivity_specificity(self.study_truth, self.study_predicted)
         return {
             "slice_dice": float(np.mean(self.slice_dice)) if self.slice_dice else math.nan,
@@ -121,6 +153,8 @@ class Scores:
             "negative_slices": self.negative_slices,
             "volume_error_ml": float(np.mean(self.volume_errors)) if self.volume_errors else math.nan,
             "seconds_per_slice": self.seconds / self.slices if self.slices else math.nan,
+            **({"guard_removed_ml": {k: round(v, 3) for k, v in self.guard_removed_ml.items()}}
+               if self.guard_removed_ml else {}),
         }
 
 
@@ -182,73 +216,133 @@ def optional_model(folder: Path | None, role: str) -> Path | None:
     return None
 
 
-def timed(function, *args) -> tuple[object, float]:
+def truth_detections(labels: np.ndarray) -> list[list[Detection]]:
+    """The per-lesion ground-truth boxes of each slice as detections (confidence 1): the oracle's "detector"."""
+    return [[Detection(box.subtype, 1.0, box.box) for box in lesion_boxes(label_slice)] for label_slice in labels]
+
+
+@dataclass
+class Models:
+    """What ``evaluate`` runs: crop segmenter (oracle and product rows), whole-slice models, detector."""
+
+    segmenters: dict[str, HemorrhageSegmenter]  # model key → segmenter
+    detector: object | None = None  # ichseg.detector.HemorrhageDetector at MAP_CONFIDENCE
+    confidence: float | None = None  # the product's detector confidence
+
+    @classmethod
+    def load(cls, args: argparse.Namespace) -> "Models":
+        segmenters: dict[str, HemorrhageSegmenter] = {}
+        if optional_model(args.segmenter, "oracle and product rows"):
+            segmenters["oracle"] = HemorrhageSegmenter(args.segmenter)
+            if segmenters["oracle"].whole_slice:
+                raise SystemExit(f"{args.segmenter}: --segmenter must be a crop model (manifest mode 'crops')")
+        for key, folder in (("single-stage", args.single_stage), ("baseline", args.baseline)):
+            if optional_model(folder, f"{key} row"):
+                segmenters[key] = HemorrhageSegmenter(folder)
+        models = cls(segmenters)
+        if optional_model(args.detector, "product row and detector mAP"):
+            from ichseg.detector import HemorrhageDetector, manifest_confidence
+
+            models.detector = HemorrhageDetector(args.detector, confidence=MAP_CONFIDENCE)
+            # the product's own operating point, as the app uses it, unless given
+            models.confidence = args.confidence
+            if models.confidence is None:
+                models.confidence = manifest_confidence(models.detector.manifest)
+            if "oracle" in segmenters:
+                segmenters["product"] = segmenters["oracle"]
+        if not segmenters and models.detector is None:
+            raise SystemExit("no model found: nothing to evaluate")
+        return models
+
+
+def guard_options(args: argparse.Namespace) -> GuardOptions:
+    return GuardOptions(True, tuple(args.guard_hu), args.guard_min_ml, args.guard_margin_mm)  # type: ignore[arg-type]
+
+
+RowMask = tuple[np.ndarray, float, dict[str, int]]  # mask, seconds, voxels removed per guard rule
+Source = tuple["list[list[Detection]] | None", float, "float | None"]  # detections, their seconds, confidence kept
+
+
+def study_masks(
+    study: Study, models: Models, merges: tuple[str, ...], guard: GuardOptions,
+    records: DetectionRecords | None = None, anatomy: Anatomy | None = None,
+) -> dict[str, RowMask]:
+    """Every row's mask of one study, by row key, each from one ``pipeline.run`` (unguarded and guarded)."""
+    series: CTSeries = study.series
+    windowed = pipeline.window_series(series)
     started = time.perf_counter()
-    result = function(*args)
-    return result, time.perf_counter() - started
+    anatomy = anatomy if anatomy is not None else pipeline.anatomy_of(series)
+    anatomy_seconds = time.perf_counter() - started
+    sources: dict[str, Source] = {"oracle": (truth_detections(study.labels), 0.0, None)}
+    if models.detector is not None:
+        started = time.perf_counter()
+        detections = pipeline.detect(models.detector, windowed)  # type: ignore[arg-type]
+        sources["product"] = (detections, time.perf_counter() - started, models.confidence)
+        if records is not None:
+            for slice_detections, label_slice in zip(detections, study.labels):
+                records.add_slice(slice_detections, label_slice)
+    masks: dict[str, RowMask] = {}
+    for model, segmenter in models.segmenters.items():
+        whole = model not in TWO_STAGE
+        found, detect_seconds, confidence = sources.get(model, (None, 0.0, None))
+        for merge in (None,) if whole else merges:
+            options = pipeline.PipelineOptions(merge=merge or DEFAULT_MERGE, confidence=confidence, guard=guard)
+            result = pipeline.run(
+                series, segmenter, options=options, windowed=windowed, detections=found, anatomy=anatomy
+            )
+            seconds = detect_seconds + result.seconds["segment"]
+            masks[row_key(model, merge, False)] = (result.unguarded, seconds, {})
+            masks[row_key(model, merge, True)] = (
+                result.mask, seconds + anatomy_seconds + result.seconds["guard"], result.guard.removed_voxels,
+            )
+    return masks
 
 
 def evaluate(args: argparse.Namespace) -> dict:
     """Run every available row over the test studies and return the results as a JSON-ready dict."""
-    segmenters: dict[str, HemorrhageSegmenter] = {}
-    if optional_model(args.segmenter, "oracle and product rows"):
-        segmenters["oracle"] = HemorrhageSegmenter(args.segmenter)
-        if segmenters["oracle"].whole_slice:
-            raise SystemExit(f"{args.segmenter}: --segmenter must be a crop model (manifest mode 'crops')")
-    for key, folder in (("single-stage", args.single_stage), ("baseline", args.baseline)):
-        if optional_model(folder, f"{key} row"):
-            segmenters[key] = HemorrhageSegmenter(folder)
-    detector = None
-    if optional_model(args.detector, "product row and detector mAP"):
-        from ichseg.detector import HemorrhageDetector, manifest_confidence
-
-        detector = HemorrhageDetector(args.detector, confidence=MAP_CONFIDENCE)
-        if args.confidence is None:  # the product's own operating point, as the app uses it
-            args.confidence = manifest_confidence(detector.manifest)
-        if "oracle" in segmenters:
-            segmenters["product"] = segmenters["oracle"]
-    if not segmenters and detector is None:
-        raise SystemExit("no model found: nothing to evaluate")
-
+    models = Models.load(args)
+    guard = guard_options(args)
+    merges = tuple(args.merge)
     ids = study_ids(args.data, "test")[: args.limit]
-    scores = {key: Scores() for key in ROWS if key in segmenters}
+    scores: dict[str, Scores] = {}
+    labels: dict[str, str] = {}
     records = DetectionRecords()
     for study_id in tqdm(ids, desc="test studies", unit="study"):
-        study: Study = load_study(args.data / study_id)
+        study = load_study(args.data / study_id)
         truth = study.labels > 0
         voxel_ml = study.series.voxel_volume_ml
-        boxes: dict[str, list[Box | None]] = {"oracle": [ground_truth_box(s) for s in study.labels]}
-        detector_seconds = 0.0
-        if detector:
-            detections, detector_seconds = timed(detector.detect, study.windowed)
-            for found, label_slice in zip(detections, study.labels):
-                records.add_slice(found, label_slice)
-            boxes["product"] = [merge_boxes(d.box for d in found if d.confidence >= args.confidence)
-                                for found in detections]
-        for key in scores:
-            masks, seconds = timed(segmenters[key].segment, study.windowed, boxes.get(key))
-            scores[key].add(masks, truth, voxel_ml, seconds + (detector_seconds if key == "product" else 0.0))
-
+        for key, (mask, seconds, removed) in study_masks(study, models, merges, guard, records).items():
+            row = scores.setdefault(key, Scores())
+            row.add(mask, truth, voxel_ml, seconds)
+            for rule, voxels in removed.items():
+                row.guard_removed_ml[rule] = row.guard_removed_ml.get(rule, 0.0) + voxels * voxel_ml
+    for model in ROWS:
+        for merge in (None,) if model not in TWO_STAGE else merges:
+            for guarded in (False, True):
+                labels[row_key(model, merge, guarded)] = row_label(model, merge, guarded)
     results: dict = {
         "data": str(args.data),
         "test_studies": len(ids),
-        "models": {key: str(segmenters[key].model_dir) for key in scores},
-        "rows": {key: {"label": ROWS[key][0], **s.summary()} for key, s in scores.items()},
+        "models": {key: str(segmenter.model_dir) for key, segmenter in models.segmenters.items()},
+        "guard": guard.describe(),
+        "rows": {key: {"label": labels[key], **scores[key].summary()} for key in labels if key in scores},
     }
-    if detector:
+    if models.detector is not None:
         map50, map50_95 = records.mean_ap()
+        manifest = models.detector.manifest  # type: ignore[attr-defined]
         results["detector"] = {
             "model": str(args.detector),
-            "product_confidence": args.confidence,
+            "product_confidence": models.confidence,
+            "nms_iou": NMS_IOU,
             "test_mAP50": map50,
             "test_mAP50_95": map50_95,
-            "manifest_mAP50": detector.manifest.training.get("mAP50"),
-            "manifest_mAP50_95": detector.manifest.training.get("mAP50_95"),
+            "manifest_mAP50": manifest.training.get("mAP50"),
+            "manifest_mAP50_95": manifest.training.get("mAP50_95"),
         }
     return results
 
 
-def _cell(value: float | int | None, digits: int = 3) -> str:
+def cell(value: float | int | None, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
     return str(value) if isinstance(value, int) else f"{value:.{digits}f}"
@@ -264,12 +358,12 @@ def markdown(results: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key, row in results["rows"].items():
-        _, paper_dice, paper_iou = ROWS[key]
+        _, paper_dice, paper_iou = ROWS[key] if key in ROWS else (None, None, None)
         lines.append(
-            f"| {row['label']} | {_cell(row['slice_dice'])} | {_cell(row['slice_iou'])} | {_cell(row['pooled_dice'])} "
-            f"| {_cell(row['study_sensitivity'], 2)} | {_cell(row['study_specificity'], 2)} "
-            f"| {row['fp_slices']} / {row['negative_slices']} | {_cell(row['volume_error_ml'], 2)} "
-            f"| {_cell(row['seconds_per_slice'], 3)} | {_cell(paper_dice)} / {_cell(paper_iou)} |"
+            f"| {row['label']} | {cell(row['slice_dice'])} | {cell(row['slice_iou'])} | {cell(row['pooled_dice'])} "
+            f"| {cell(row['study_sensitivity'], 2)} | {cell(row['study_specificity'], 2)} "
+            f"| {row['fp_slices']} / {row['negative_slices']} | {cell(row['volume_error_ml'], 2)} "
+            f"| {cell(row['seconds_per_slice'], 3)} | {cell(paper_dice)} / {cell(paper_iou)} |"
         )
     if results["rows"]:
         positives = next(iter(results["rows"].values()))["positive_slices"]
@@ -278,11 +372,18 @@ def markdown(results: dict) -> str:
         d = results["detector"]
         lines += [
             "",
-            f"Detector ({d['model']}): test mAP@0.5 {_cell(d['test_mAP50'])}, mAP@0.5:0.95 {_cell(d['test_mAP50_95'])} "
-            f"(these studies, confidence {MAP_CONFIDENCE}, NMS IoU 0.6); manifest figures {_cell(d['manifest_mAP50'])} / "
-            f"{_cell(d['manifest_mAP50_95'])}; paper 0.974 / 0.794. Product boxes: confidence ≥ {d['product_confidence']}.",
+            f"Detector ({d['model']}): test mAP@0.5 {cell(d['test_mAP50'])}, mAP@0.5:0.95 {cell(d['test_mAP50_95'])} "
+            f"(these studies, confidence {MAP_CONFIDENCE}, NMS IoU {d['nms_iou']}); manifest figures "
+            f"{cell(d['manifest_mAP50'])} / {cell(d['manifest_mAP50_95'])}; paper 0.974 / 0.794. "
+            f"Product boxes: confidence ≥ {d['product_confidence']}.",
         ]
-    lines += ["", "Definitions: see `evaluation/evaluate.py`. Synthetic phantoms: not comparable with the paper's figures."]
+    if "guard" in results:
+        g = results["guard"]
+        lines += ["", f"Guard (`+ guard` rows): inside the skull at least {g['cavity_margin_mm']:g} mm from bone, "
+                      f"{g['hu_range'][0]:g}–{g['hu_range'][1]:g} HU on the 3×3 mean, 3D components ≥ "
+                      f"{g['min_component_ml']:g} mL. Paper figures are for its configuration (slice merge, no guard)."]
+    lines += ["", "Definitions: see `evaluation/evaluate.py`. "
+                  "Synthetic phantoms: not comparable with the paper's figures."]
     return "\n".join(lines) + "\n"
 
 
@@ -292,6 +393,8 @@ def _json_ready(value: object) -> object:
         return None
     if isinstance(value, dict):
         return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
     return value
 
 
@@ -303,17 +406,53 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--single-stage", type=Path, default=None, help="whole-slice TransDeepLab model")
     parser.add_argument("--baseline", type=Path, default=None, help="whole-slice MONAI baseline model")
     parser.add_argument("--confidence", type=float, default=None,
-                        help="detector confidence for the product row (default: the manifest's operating point, as the app)")
-    parser.add_argument("--limit", type=int, default=None, help="evaluate the first N test studies only")
+                        help="detector confidence for the product row "
+                             "(default: the manifest's operating point, as the app)")
+    parser.add_argument("--merge", type=_merges, default=MERGE_MODES,
+                        help=f"comma-separated merge modes of the two-stage rows (default {','.join(MERGE_MODES)})")
+    parser.add_argument("--guard-hu", type=_hu_range, default=BLOOD_HU, help="guard rows: blood HU range LOW,HIGH")
+    parser.add_argument("--guard-min-ml", type=float, default=MIN_COMPONENT_ML,
+                        help="guard rows: smallest component (mL)")
+    parser.add_argument("--guard-margin-mm", type=float, default=CAVITY_MARGIN_MM,
+                        help="guard rows: distance from bone (mm)")
+    parser.add_argument("--choose-guard", action="store_true",
+                        help="sweep guard settings and merge modes on the validation split; write guard_choice.json")
+    parser.add_argument("--objective", choices=sorted(OBJECTIVES), default="balanced",
+                        help="what --choose-guard maximises")
+    parser.add_argument("--limit", type=int, default=None, help="use the first N studies of the split only")
     parser.add_argument("--out", type=Path, default=Path("results"))
     return parser.parse_args(argv)
+
+
+def _merges(text: str) -> tuple[str, ...]:
+    modes = tuple(m.strip() for m in text.split(",") if m.strip())
+    if not modes or any(m not in MERGE_MODES for m in modes):
+        raise argparse.ArgumentTypeError(f"expected merge modes from {', '.join(MERGE_MODES)}")
+    return modes
+
+
+def _hu_range(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError("expected LOW,HIGH") from error
+    return low, high
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     configure_threads()
-    results = evaluate(args)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.choose_guard:
+        from evaluation.guard_choice import choose_guard, guard_choice_markdown
+
+        choice = choose_guard(args)
+        (args.out / "guard_choice.json").write_text(json.dumps(_json_ready(choice), indent=2) + "\n")
+        table = guard_choice_markdown(choice)
+        (args.out / "guard_choice.md").write_text(table)
+        print(table)
+        return
+    results = evaluate(args)
     (args.out / "evaluation.json").write_text(json.dumps(_json_ready(results), indent=2) + "\n")
     table = markdown(results)
     (args.out / "evaluation.md").write_text(table)

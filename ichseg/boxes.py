@@ -16,6 +16,10 @@ from torchvision.ops import masks_to_boxes
 
 Box = tuple[float, float, float, float]
 
+MERGE_MODES = ("slice", "cluster")
+DEFAULT_MERGE = "slice"  # the paper's one enclosing box per slice; "cluster" stays selectable until validation decides
+CLUSTER_MARGIN_MM = 10.0  # boxes closer than this (or overlapping) form one cluster, cropped as one
+
 
 class LabelledBox(NamedTuple):
     """One box of one subtype on one slice (``subtype`` is the detector class index)."""
@@ -52,6 +56,59 @@ def merge_boxes(boxes: Iterable[Box]) -> Box | None:
         return None
     array = np.asarray(boxes, dtype=np.float64)
     return (float(array[:, 0].min()), float(array[:, 1].min()), float(array[:, 2].max()), float(array[:, 3].max()))
+
+
+def _near(a: Box, b: Box, margin: float) -> bool:
+    """Boxes overlap, touch or have a gap of at most ``margin`` pixels along both axes."""
+    gap_x = max(a[0], b[0]) - min(a[2], b[2])
+    gap_y = max(a[1], b[1]) - min(a[3], b[3])
+    return gap_x <= margin and gap_y <= margin
+
+
+def cluster_boxes(boxes: Iterable[Box], margin: float) -> list[Box]:
+    """One enclosing box per cluster of boxes that overlap or lie within ``margin`` pixels of each other.
+
+    Why: two lesions far apart on one slice (bilateral subdurals, a clot plus ventricular blood) merged into one
+    box make a crop of most of the brain, and the 224×224 segmenter input loses their detail. Merging repeats until
+    no two cluster boxes are near, because a grown box can reach a third one. Sorted by (y0, x0) for a stable order.
+    """
+    clusters = list(boxes)
+    merged = True
+    while merged:
+        merged = False
+        for i in range(len(clusters)):
+            for j in range(i + 1, len(clusters)):
+                if _near(clusters[i], clusters[j], margin):
+                    clusters[i] = merge_boxes((clusters[i], clusters[j]))  # type: ignore[assignment]
+                    del clusters[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    return sorted(clusters, key=lambda box: (box[1], box[0]))
+
+
+def merge_slice(boxes: Iterable[Box], mode: str = DEFAULT_MERGE, margin: float = 0.0) -> list[Box]:
+    """The boxes a slice is segmented in: ``slice`` one enclosing box (the paper), ``cluster`` one per cluster.
+
+    Empty when the slice has no box; ``margin`` (pixels) only matters for ``cluster``.
+    """
+    if mode == "slice":
+        merged = merge_boxes(boxes)
+        return [] if merged is None else [merged]
+    if mode == "cluster":
+        return cluster_boxes(boxes, margin)
+    raise ValueError(f"unknown merge mode {mode!r}; expected one of {', '.join(MERGE_MODES)}")
+
+
+def outline(shape: tuple[int, int], boxes: Iterable[Box], width: int = 2) -> np.ndarray:
+    """Bool (rows, columns) image of the boxes' edges, ``width`` pixels thick inside each box (for previews)."""
+    image = np.zeros(shape, dtype=bool)
+    for box in boxes:
+        row0, row1, col0, col1 = pixel_bounds(box, *shape)
+        image[row0:row1, col0:col1] = True
+        image[row0 + width:row1 - width, col0 + width:col1 - width] = False
+    return image
 
 
 def pixel_bounds(box: Box, height: int, width: int) -> tuple[int, int, int, int]:

@@ -1,14 +1,16 @@
-"""Stage 2 at inference: segment hemorrhage inside each slice's merged box and paste the mask back.
+"""Stage 2 at inference: segment hemorrhage inside each slice's merged box(es) and paste the mask back.
 
-Training and inference share ``ichseg.crops``, so the network sees the crops it was trained on. The same wrapper
-runs the single-stage baselines (manifest mode ``whole-slice``): they segment every slice through the whole-slice
-box, whatever boxes the caller passes.
+A slice may carry several boxes (``ichseg.boxes.merge_slice`` in ``cluster`` mode): each is cropped and segmented
+on its own and the pasted masks are unioned. Training and inference share ``ichseg.crops``, so the network sees
+the crops it was trained on. The same wrapper runs the single-stage baselines (manifest mode ``whole-slice``): they
+segment every slice through the whole-slice box, whatever boxes the caller passes.
 """
 
 from __future__ import annotations
 
+from numbers import Real
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, Union
 
 import numpy as np
 import torch
@@ -22,6 +24,7 @@ from ichseg.networks import TransDeepLab
 from ichseg.runtime import default_device
 
 CLASSES = ["background", "hemorrhage"]
+SliceBoxes = Union[Box, Sequence[Box], None]  # one box, a list of boxes, or None/[] (slice not run)
 ARCHITECTURES = {
     "transdeeplab": "TransDeepLab (Swin-T, 2-level Swin SPP)",
     "monai-unet": "MONAI UNet 2D (channels 16-256, 4 strided levels, 2 residual units)",
@@ -45,6 +48,15 @@ def whole_slice_box(shape: tuple[int, int]) -> Box:
     return (0.0, 0.0, float(shape[1]), float(shape[0]))
 
 
+def boxes_of(entry: SliceBoxes) -> list[Box]:
+    """A slice's boxes as a list: None → [], one box (4 numbers) → [box], a list of boxes → itself."""
+    if entry is None:
+        return []
+    if len(entry) == 4 and all(isinstance(v, Real) for v in entry):
+        return [entry]  # type: ignore[list-item]
+    return list(entry)  # type: ignore[arg-type]
+
+
 class HemorrhageSegmenter:
     """A segmentation model folder (manifest.json + float16 model.pt) ready to segment windowed slices."""
 
@@ -55,7 +67,9 @@ class HemorrhageSegmenter:
         network = self.manifest.training.get("network")
         self.mode = self.manifest.training.get("mode")
         if network not in ARCHITECTURES or self.mode not in ("crops", "whole-slice"):
-            raise ModelError(f"{self.model_dir}: manifest training.network {network!r} / mode {self.mode!r} unsupported")
+            raise ModelError(
+                f"{self.model_dir}: manifest training.network {network!r} / mode {self.mode!r} unsupported"
+            )
         self.device = default_device(device)
         self.network = build_network(network)
         path = weights_path(self.model_dir)
@@ -71,23 +85,25 @@ class HemorrhageSegmenter:
         return self.mode == "whole-slice"
 
     @torch.inference_mode()
-    def segment(self, windowed: np.ndarray, boxes: Sequence[Box | None] | None = None, batch_size: int = 8) -> np.ndarray:
-        """(N, H, W) uint8 windowed slices + one merged box or None per slice → (N, H, W) bool masks.
+    def segment(
+        self, windowed: np.ndarray, boxes: Sequence[SliceBoxes] | None = None, batch_size: int = 8
+    ) -> np.ndarray:
+        """(N, H, W) uint8 windowed slices + per slice a box, a list of boxes or None → (N, H, W) bool masks.
 
-        Slices whose box is None are not run and stay empty. A whole-slice model ignores ``boxes`` and runs
-        every slice.
+        Slices without a box are not run and stay empty; a slice with several boxes gets the union of their masks.
+        A whole-slice model ignores ``boxes`` and runs every slice.
         """
         count, height, width = windowed.shape
         if self.whole_slice:
             boxes = [whole_slice_box((height, width))] * count
         elif boxes is None or len(boxes) != count:
-            raise ValueError(f"a crop segmenter needs one box or None per slice ({count} slices)")
+            raise ValueError(f"a crop segmenter needs one entry of boxes (or None) per slice ({count} slices)")
+        crops = [(index, box) for index, entry in enumerate(boxes) for box in boxes_of(entry)]
         masks = np.zeros(windowed.shape, dtype=bool)
-        todo = [index for index, box in enumerate(boxes) if box is not None]
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start:start + batch_size]
-            inputs = torch.stack([crop_to_input(windowed[i], boxes[i]) for i in batch]).to(self.device)
+        for start in range(0, len(crops), batch_size):
+            batch = crops[start:start + batch_size]
+            inputs = torch.stack([crop_to_input(windowed[i], box) for i, box in batch]).to(self.device)
             foreground = torch.softmax(self.network(inputs).float(), dim=1)[:, 1].cpu()
-            for index, probability in zip(batch, foreground):
-                masks[index] = paste_probability(probability, boxes[index], (height, width))
+            for (index, box), probability in zip(batch, foreground):
+                masks[index] |= paste_probability(probability, box, (height, width))
         return masks

@@ -7,6 +7,7 @@ MONAI Deploy / Holoscan operator interface and time each stage for the report.
 from operators.box_merger_operator import BoxMergerOperator
 from operators.ct_series_loader_operator import CTSeriesLoaderOperator, RulesError
 from operators.detector_operator import DetectorOperator
+from operators.guard_operator import GuardOperator
 from operators.preview_operator import PreviewOperator
 from operators.report_operator import REPORT_NAME, ReportOperator
 from operators.seg_writer_operator import SegWriterOperator
@@ -18,6 +19,7 @@ __all__ = [
     "BoxMergerOperator",
     "CTSeriesLoaderOperator",
     "DetectorOperator",
+    "GuardOperator",
     "PreviewOperator",
     "REPORT_NAME",
     "ReportOperator",

@@ -28,7 +28,9 @@ logger = logging.getLogger("ichseg.app")
 
 SEG_NAME = "ich_seg.dcm"
 SEGMENT_LABEL = "Intracranial hemorrhage"
-AUTHOR = SegAuthor("ICH two-stage segmentation (YOLO + TransDeepLab)", __version__, automatic=True, manufacturer="ICH-MAP")
+AUTHOR = SegAuthor(
+    "ICH two-stage segmentation (YOLO + TransDeepLab)", __version__, automatic=True, manufacturer="ICH-MAP"
+)
 SERIES_DESCRIPTION = "ICH segmentation (demo, not for clinical use)"
 
 
@@ -55,5 +57,6 @@ class SegWriterOperator(Operator):
             seg = build_seg(series.headers, [segment], AUTHOR, SERIES_DESCRIPTION)
             path = self.output_folder / SEG_NAME
             write_atomically(seg, path)
-            logger.info("SEG %s: %d frames, %s", SEG_NAME, len(series.headers), "hemorrhage" if mask.any() else "empty segment")
+            found = "hemorrhage" if mask.any() else "empty segment"
+            logger.info("SEG %s: %d frames, %s", SEG_NAME, len(series.headers), found)
         op_output.emit(path, "seg")

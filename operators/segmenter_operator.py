@@ -1,4 +1,4 @@
-"""Stage 2: TransDeepLab inside each slice's merged box (``ichseg.segmenter``), mask pasted on the source grid.
+"""Stage 2: TransDeepLab inside each slice's merged box(es) (``ichseg.pipeline.segment``), mask on the source grid.
 
 The weights load in ``start()``, before any DICOM is read, so a missing model fails fast with a ModelError.
 """
@@ -9,19 +9,21 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from ichseg import pipeline
 from ichseg.boxes import Box
 from ichseg.segmenter import HemorrhageSegmenter
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 from operators.stage import StageClock
-from operators.windowing_operator import WindowedSeries
 
 logger = logging.getLogger("ichseg.app")
 
 
 class SegmenterOperator(Operator):
-    """``windowed`` + ``boxes`` → ``mask`` ((N, rows, columns) bool on the source grid)."""
+    """``windowed`` (WindowedSeries) + ``boxes`` (a list of Box per slice) → ``mask`` ((N, rows, columns) bool)."""
 
-    def __init__(self, fragment: Fragment, *args: Any, model_dir: Path, device: str | None, clock: StageClock, **kwargs: Any):
+    def __init__(
+        self, fragment: Fragment, *args: Any, model_dir: Path, device: str | None, clock: StageClock, **kwargs: Any
+    ):
         self.model_dir = Path(model_dir)
         self.device = device
         self.clock = clock
@@ -40,9 +42,10 @@ class SegmenterOperator(Operator):
             logger.info("segmenter %s %s on %s", manifest.name, manifest.version, self.segmenter.device)
 
     def compute(self, op_input, op_output, context) -> None:
-        windowed: WindowedSeries = op_input.receive("windowed")
-        boxes: list[Box | None] = op_input.receive("boxes")
+        windowed: pipeline.WindowedSeries = op_input.receive("windowed")
+        boxes: list[list[Box]] = op_input.receive("boxes")
+        assert self.segmenter is not None, "start() loads the model"
         with self.clock.stage("TransDeepLab segmentation"):
-            mask = self.segmenter.segment(windowed.source, boxes)
+            mask = pipeline.segment(self.segmenter, windowed, boxes)
             logger.info("%d hemorrhage voxels on %d slices", int(mask.sum()), int(mask.any(axis=(1, 2)).sum()))
         op_output.emit(mask, "mask")

@@ -51,8 +51,12 @@ def main(argv: list[str] | None = None) -> None:
     numbers = range(args.first, args.first + args.studies)
     started = time.perf_counter()
     make = partial(make_study, seed=args.seed, root=args.out, max_slices=args.max_slices)
-    with ProcessPoolExecutor(max_workers=max(1, args.workers)) as pool:
-        records: list[StudyRecord] = list(tqdm(pool.map(make, numbers), total=len(numbers), desc="studies", unit="study"))
+    records: list[StudyRecord]
+    if args.workers <= 1:  # in-process: forking a process that already runs torch/OpenCV threads can hang
+        records = [make(number) for number in tqdm(numbers, desc="studies", unit="study")]
+    else:
+        with ProcessPoolExecutor(max_workers=args.workers) as pool:
+            records = list(tqdm(pool.map(make, numbers), total=len(numbers), desc="studies", unit="study"))
     write_csv(
         args.out / "studies.csv",
         ("study_id", "split", "slices", "subtypes", "hemorrhage_ml"),

@@ -84,10 +84,15 @@ def check_outputs(study_ct: Path, output: Path) -> tuple[dict, np.ndarray, hd.se
     assert "not for clinical use" in report["notice"]
     assert report["series"]["series_instance_uid"] == series.series_uid and report["series"]["why_chosen"]
     assert set(report["models"]) == {"detector", "segmenter"} and all(m["version"] for m in report["models"].values())
-    assert {"load DICOM series", "YOLO detection", "TransDeepLab segmentation", "DICOM SEG writing"} <= set(report["timings_s"])
+    assert {"load DICOM series", "YOLO detection", "TransDeepLab segmentation", "anatomical guard",
+            "DICOM SEG writing"} <= set(report["timings_s"])
     for entry in report["slices"]:
         assert entry["mask_voxels"] == int(mask[entry["slice"]].sum())
-        assert entry["merged_box"] is not None or entry["mask_voxels"] == 0
+        assert entry["merged_boxes"] or entry["mask_voxels"] == 0, "voxels only inside a box"
+        assert entry["mask_voxels"] <= entry["mask_voxels_before_guard"], "the guard only removes"
+    guard = report["guard"]
+    assert guard["voxels_after"] == voxels and guard["voxels_before"] >= voxels
+    assert guard["voxels_before"] - sum(rule["voxels"] for rule in guard["removed"].values()) == voxels
     assert Image.open(output / "ich_preview.png").size[0] > 0
     return report, mask, seg
 
@@ -108,16 +113,21 @@ def test_graph_is_wired_as_designed(tmp_path: Path) -> None:
         ("dicom_series_loader", "windowing"): {"series": {"series"}},
         ("windowing", "yolo_detector"): {"windowed": {"windowed"}},
         ("yolo_detector", "box_merger"): {"detections": {"detections"}},
+        ("dicom_series_loader", "box_merger"): {"series": {"series"}},
         ("box_merger", "transdeeplab_segmenter"): {"boxes": {"boxes"}},
         ("windowing", "transdeeplab_segmenter"): {"windowed": {"windowed"}},
+        ("transdeeplab_segmenter", "anatomical_guard"): {"mask": {"mask"}},
+        ("dicom_series_loader", "anatomical_guard"): {"series": {"series"}},
         ("dicom_series_loader", "dicom_seg_writer"): {"series": {"series"}},
-        ("transdeeplab_segmenter", "dicom_seg_writer"): {"mask": {"mask"}},
+        ("anatomical_guard", "dicom_seg_writer"): {"mask": {"mask"}},
         ("windowing", "preview"): {"windowed": {"windowed"}},
-        ("transdeeplab_segmenter", "preview"): {"mask": {"mask"}},
+        ("box_merger", "preview"): {"boxes": {"boxes"}},
+        ("anatomical_guard", "preview"): {"mask": {"mask"}},
         ("dicom_series_loader", "report"): {"series": {"series"}, "selection": {"selection"}},
         ("yolo_detector", "report"): {"detections": {"detections"}},
         ("box_merger", "report"): {"boxes": {"boxes"}},
-        ("transdeeplab_segmenter", "report"): {"mask": {"mask"}},
+        ("transdeeplab_segmenter", "report"): {"mask": {"unguarded"}},
+        ("anatomical_guard", "report"): {"mask": {"mask"}, "guard": {"guard"}},
         ("dicom_seg_writer", "report"): {"seg": {"seg"}},
         ("preview", "report"): {"preview": {"preview"}},
     }
@@ -172,7 +182,10 @@ def test_missing_model_fails_first_with_exit_status(tmp_path: Path) -> None:
     assert not any((tmp_path / "out").iterdir()), "nothing written"
 
 
-@pytest.mark.parametrize("variable, value", [("ICH_CONFIDENCE", "2"), ("ICH_SELECTION_RULES", "/missing/rules.json")])
+@pytest.mark.parametrize("variable, value", [
+    ("ICH_CONFIDENCE", "2"), ("ICH_SELECTION_RULES", "/missing/rules.json"), ("ICH_MERGE", "union"),
+    ("ICH_GUARD", "maybe"), ("ICH_GUARD_HU", "100,40"), ("ICH_GUARD_MIN_ML", "-1"),
+])
 def test_bad_setting_is_a_usage_error(variable: str, value: str, tmp_path: Path, environment: pytest.MonkeyPatch,
                                       capfd: pytest.CaptureFixture[str]) -> None:
     import app
@@ -189,7 +202,8 @@ def test_bad_setting_is_a_usage_error(variable: str, value: str, tmp_path: Path,
 def test_help_explains_inputs_outputs_and_options() -> None:
     result = subprocess.run([sys.executable, str(REPO), "--help"], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert result.returncode == 0
-    for text in ("--input", "--output", "--model", "ICH_CONFIDENCE", "ich_seg.dcm", "ich_report.json", "exit status"):
+    for text in ("--input", "--output", "--model", "ICH_CONFIDENCE", "ICH_MERGE", "ICH_GUARD", "ich_seg.dcm",
+                 "ich_report.json", "exit status"):
         assert text in result.stdout
 
 
@@ -199,21 +213,32 @@ def test_positive_study(positive_study: Path, tmp_path: Path) -> None:
     truth = np.load(positive_study / "labels.npz")["labels"] > 0
     assert report["hemorrhage_detected"] and report["subtypes_detected"]
     assert (mask & truth).sum() > 0, "the mask overlaps the true hemorrhage"
+    guard = report["guard"]
+    assert guard["applied"] and report["settings"]["guard"] and report["settings"]["merge"] == "slice"
+    assert guard["settings"]["hu_range"] == report["settings"]["guard_hu"]
+    assert set(guard["removed"]) == {"cavity", "density", "size"}
+    assert all(len(entry["merged_boxes"]) <= 1 for entry in report["slices"]), "slice merge: one box per slice"
 
 
 def test_negative_result_still_writes_an_empty_seg(negative_study: Path, tmp_path: Path, environment: pytest.MonkeyPatch) -> None:
     environment.setenv("ICH_CONFIDENCE", "0.999")  # no box passes: the no-finding path, whatever the weights
+    environment.setenv("ICH_GUARD", "0")
     try:
         assert run_app(negative_study / "ct", tmp_path / "out") == 0
     finally:
         environment.delenv("ICH_CONFIDENCE")
+        environment.delenv("ICH_GUARD")
     report, mask, seg = check_outputs(negative_study / "ct", tmp_path / "out")
     assert not mask.any() and report["result"] == "no hemorrhage detected" and report["hemorrhage_volume_ml"] == 0
     assert report["settings"]["confidence"] == 0.999
+    assert report["guard"]["applied"] is False and report["guard"]["removed"] == {}
     assert not seg.pixel_array.any()
 
 
-def test_non_512_matrix_gives_seg_on_source_grid(positive_study: Path, tmp_path: Path) -> None:
+def test_non_512_matrix_gives_seg_on_source_grid(
+    positive_study: Path, tmp_path: Path, environment: pytest.MonkeyPatch
+) -> None:
+    """A 256² series, merged per cluster: detector on 512, boxes and masks on the source grid."""
     small = tmp_path / "ct256"
     small.mkdir()
     for path in (positive_study / "ct").glob("*.dcm"):
@@ -222,9 +247,18 @@ def test_non_512_matrix_gives_seg_on_source_grid(positive_study: Path, tmp_path:
         ds.Rows, ds.Columns = 256, 256
         ds.PixelSpacing = [f"{float(v) * 2:.6f}" for v in ds.PixelSpacing]
         ds.save_as(small / path.name)
-    assert run_app(small, tmp_path / "out") == 0
-    _, mask, _ = check_outputs(small, tmp_path / "out")
+    environment.setenv("ICH_MERGE", "cluster")
+    try:
+        assert run_app(small, tmp_path / "out") == 0
+    finally:
+        environment.delenv("ICH_MERGE")
+    report, mask, _ = check_outputs(small, tmp_path / "out")
     assert mask.shape[1:] == (256, 256)
+    assert report["settings"]["merge"] == "cluster"
+    for entry in report["slices"]:  # merged boxes on the source grid, none overlapping another of its slice
+        boxes = entry["merged_boxes"]
+        assert all(0 <= v <= 256 + 1 for box in boxes for v in box)
+        assert all(a[2] < b[0] or b[2] < a[0] or a[3] < b[1] or b[3] < a[1] for a, b in zip(boxes, boxes[1:]))
 
 
 def _missing_slice(study_ct: Path, folder: Path) -> str:

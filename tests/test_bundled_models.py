@@ -1,15 +1,19 @@
-"""The weights committed under models/ load, find the demo study's hemorrhage and leave a negative study empty."""
+"""The weights committed under models/ load, find the demo study's hemorrhage and leave a negative study empty.
+
+Both run ``ichseg.pipeline.run``, the two-stage core the app and the evaluation use (anatomical guard included).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from ichseg.boxes import merge_boxes
-from ichseg.detector import HemorrhageDetector, detector_input
-from ichseg.dicom_series import load_single_series
+from ichseg import pipeline
+from ichseg.detector import HemorrhageDetector
+from ichseg.dicom_series import CTSeries, load_single_series
 from ichseg.model_manifest import ModelManifest
 from ichseg.segmenter import HemorrhageSegmenter
 from ichseg.subtypes import SUBTYPES
@@ -19,7 +23,11 @@ MODELS = REPO / "models"
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[HemorrhageDetector, HemorrhageSegmenter]:
+def models(
+    tmp_path_factory: pytest.TempPathFactory, study_root: Path
+) -> tuple[HemorrhageDetector, HemorrhageSegmenter]:
+    """Loaded after the studies are generated: the generator forks worker processes, which must happen before
+    torch and OpenCV start their thread pools (a fork then can deadlock the child)."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("YOLO_CONFIG_DIR", str(tmp_path_factory.mktemp("yolo_config")))
         return HemorrhageDetector(MODELS / "detector"), HemorrhageSegmenter(MODELS / "segmenter")
@@ -36,23 +44,27 @@ def test_manifests_describe_the_bundled_weights() -> None:
         assert (MODELS / folder / "model.pt").stat().st_size < 50 * 2**20, "small enough for the repository"
 
 
-def _pipeline(models: tuple[HemorrhageDetector, HemorrhageSegmenter], windowed: np.ndarray) -> np.ndarray:
-    detector, segmenter = models
-    boxes = [merge_boxes(d.box for d in slice_detections) for slice_detections in detector.detect(windowed)]
-    return segmenter.segment(windowed, boxes)
+def slices_of(series: CTSeries, start: int, stop: int) -> CTSeries:
+    """Consecutive slices of a series (a smaller input for a quicker test)."""
+    return dataclasses.replace(
+        series, hu=series.hu[start:stop], headers=series.headers[start:stop], files=series.files[start:stop],
+        windows=series.windows[start:stop], positions=series.positions[start:stop],
+    )
 
 
-def test_positive_demo_slice_gives_mask_on_the_hemorrhage(models) -> None:
+def test_positive_demo_slices_give_mask_on_the_hemorrhage(models) -> None:
     labels = np.load(REPO / "demo" / "ground_truth" / "labels.npz")["labels"] > 0
     index = int(labels.reshape(len(labels), -1).sum(axis=1).argmax())
-    windowed = detector_input(load_single_series(REPO / "demo" / "study"))[index : index + 1]
-    mask = _pipeline(models, windowed)[0]
+    series = slices_of(load_single_series(REPO / "demo" / "study"), index - 1, index + 2)
+    result = pipeline.run(series, models[1], models[0])
+    mask, truth = result.mask[1], labels[index]
     assert mask.any(), "non-empty mask on the demo's largest hemorrhage slice"
-    assert (mask & labels[index]).sum() > 0.3 * mask.sum(), "mostly on the true hemorrhage"
+    assert (mask & truth).sum() > 0.3 * mask.sum(), "mostly on the true hemorrhage"
+    assert result.guard.voxels_in >= result.guard.voxels_out == int(result.mask.sum())
 
 
 def test_negative_slices_stay_empty(models, negative_study: Path) -> None:
-    windowed = detector_input(load_single_series(negative_study / "ct"))
-    middle = len(windowed) // 2
-    mask = _pipeline(models, windowed[middle - 2 : middle + 2])
-    assert not mask.any()
+    series = load_single_series(negative_study / "ct")
+    middle = len(series.hu) // 2
+    result = pipeline.run(slices_of(series, middle - 2, middle + 2), models[1], models[0])
+    assert not result.mask.any()

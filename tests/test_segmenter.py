@@ -273,7 +273,8 @@ def test_evaluation_command(tmp_path: Path, positive_study: Path) -> None:
     evaluate_main(["--data", str(data), "--detector", str(tmp_path / "missing"), "--segmenter", str(crops),
                    "--single-stage", str(whole), "--out", str(out)])
     results = json.loads((out / "evaluation.json").read_text())
-    assert set(results["rows"]) == {"oracle", "single-stage"}
+    assert set(results["rows"]) == {"oracle", "oracle+guard", "oracle-cluster", "oracle-cluster+guard", "single-stage",
+                                    "single-stage+guard"}
     oracle, single = results["rows"]["oracle"], results["rows"]["single-stage"]
     assert oracle["fp_slices"] == 0 and 0 < oracle["slice_dice"] < 1 and oracle["study_sensitivity"] == 1.0
     assert single["fp_slices"] == single["negative_slices"] > 0 and single["study_specificity"] is None

@@ -1,0 +1,152 @@
+"""The two-stage core, once: window → detect → merge → crop, segment, paste → anatomical guard.
+
+The app's operators call the stage functions one by one (each stage is a node of the SDK graph); the evaluation and
+the tests call ``run`` on a whole series. Both go through the same functions, so what is measured is what ships.
+
+Grids: the detector sees 512×512 slices (``ichseg.detector``); everything after it (detections, boxes, masks) is on
+the series' own (source) grid, which is what the segmenter crops and what the SEG describes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from ichseg.boxes import CLUSTER_MARGIN_MM, DEFAULT_MERGE, Box, merge_slice
+from ichseg.detector import INPUT_SIZE, Detection, resize_to_input
+from ichseg.dicom_series import CTSeries
+from ichseg.guard import Anatomy, GuardOptions, GuardReport, apply_guard, read_anatomy
+from ichseg.windowing import window_volume
+
+if TYPE_CHECKING:  # the networks are imported by whoever loads them; the geometry here stays light
+    from ichseg.detector import HemorrhageDetector
+    from ichseg.segmenter import HemorrhageSegmenter
+
+
+@dataclass
+class WindowedSeries:
+    """A series windowed for both stages."""
+
+    source: np.ndarray  # (N, rows, columns) uint8, the source grid (segmenter input, SEG grid)
+    detector: np.ndarray  # (N, 512, 512) uint8, the detector grid (the same array when the source is 512²)
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        """(x, y) factors from detector-grid to source-grid pixel coordinates."""
+        return self.source.shape[2] / self.detector.shape[2], self.source.shape[1] / self.detector.shape[1]
+
+
+def window_series(series: CTSeries) -> WindowedSeries:
+    """Each slice windowed with its own header window (paper), and resized to 512 for the detector."""
+    source = window_volume(series.hu, series.windows)
+    if source.shape[1:] == (INPUT_SIZE, INPUT_SIZE):
+        return WindowedSeries(source, source)
+    return WindowedSeries(source, np.stack([resize_to_input(s) for s in source]))
+
+
+def to_source_grid(detection: Detection, scale: tuple[float, float]) -> Detection:
+    """A detection on the 512 detector grid → the same detection in source-grid pixel coordinates."""
+    x0, y0, x1, y1 = detection.box
+    sx, sy = scale
+    return dataclasses.replace(detection, box=(x0 * sx, y0 * sy, x1 * sx, y1 * sy))
+
+
+def detect(detector: HemorrhageDetector, windowed: WindowedSeries) -> list[list[Detection]]:
+    """Stage 1: the detections of each slice (detector's own confidence threshold), in source-grid pixels."""
+    return [[to_source_grid(d, windowed.scale) for d in found] for found in detector.detect(windowed.detector)]
+
+
+def cluster_margin_px(pixel_spacing: tuple[float, float], margin_mm: float = CLUSTER_MARGIN_MM) -> float:
+    """The cluster margin in source-grid pixels."""
+    return margin_mm / float(np.mean(pixel_spacing))
+
+
+def merge(
+    detections: Sequence[Sequence[Detection]], mode: str = DEFAULT_MERGE, margin_px: float = 0.0,
+    confidence: float | None = None,
+) -> list[list[Box]]:
+    """Between the stages: each slice's boxes (those with confidence ≥ ``confidence`` if given) merged by ``mode``."""
+    return [
+        merge_slice((d.box for d in found if confidence is None or d.confidence >= confidence), mode, margin_px)
+        for found in detections
+    ]
+
+
+def segment(segmenter: HemorrhageSegmenter, windowed: WindowedSeries, boxes: Sequence[Sequence[Box]]) -> np.ndarray:
+    """Stage 2: (N, rows, columns) bool mask on the source grid, the union of each slice's box masks."""
+    return segmenter.segment(windowed.source, boxes)
+
+
+def anatomy_of(series: CTSeries) -> Anatomy:
+    """The guard's view of the series' HU volume (cavity, smoothed HU), reusable across masks."""
+    return read_anatomy(series.hu, series.pixel_spacing, series.slice_spacing)
+
+
+def guard(
+    mask: np.ndarray, series: CTSeries, options: GuardOptions = GuardOptions(), anatomy: Anatomy | None = None
+) -> tuple[np.ndarray, GuardReport]:
+    """The anatomical guard (``ichseg.guard``); the HU volume is only read when the guard is on."""
+    if not options.enabled:
+        return mask.copy(), GuardReport.unchanged(mask, options, series.voxel_volume_ml)
+    return apply_guard(mask, anatomy if anatomy is not None else anatomy_of(series), options)
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    """How ``run`` merges and guards; the defaults are the app's."""
+
+    merge: str = DEFAULT_MERGE
+    cluster_margin_mm: float = CLUSTER_MARGIN_MM
+    confidence: float | None = None  # None: keep every detection passed in (the detector already thresholded)
+    guard: GuardOptions = field(default_factory=GuardOptions)
+
+
+@dataclass
+class PipelineResult:
+    """Every intermediate of one run, for reports and for scoring with and without the guard."""
+
+    windowed: WindowedSeries
+    detections: list[list[Detection]]  # source grid
+    boxes: list[list[Box]]  # per slice, after merging
+    unguarded: np.ndarray  # the segmenter's mask
+    mask: np.ndarray  # after the guard (== unguarded when the guard is off)
+    guard: GuardReport
+    seconds: dict[str, float]  # wall time per stage run here: "detect", "segment", "guard"
+
+
+def run(
+    series: CTSeries, segmenter: HemorrhageSegmenter, detector: HemorrhageDetector | None = None,
+    options: PipelineOptions = PipelineOptions(), *, windowed: WindowedSeries | None = None,
+    detections: Sequence[Sequence[Detection]] | None = None, anatomy: Anatomy | None = None,
+) -> PipelineResult:
+    """The whole two-stage pipeline on one series.
+
+    ``detections`` (source grid) replace the detector: ground-truth boxes for the oracle, or detections computed once
+    and reused across merge modes. ``windowed`` and ``anatomy`` may likewise be passed in when computed already. A
+    whole-slice segmenter needs neither detector nor detections.
+    """
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+    windowed = windowed if windowed is not None else window_series(series)
+    if detections is None:
+        if detector is not None:
+            detections = detect(detector, windowed)
+            seconds["detect"] = time.perf_counter() - clock
+        elif segmenter.whole_slice:
+            detections = [[] for _ in range(len(series.hu))]
+        else:
+            raise ValueError("a crop segmenter needs a detector or detections")
+    found = [list(d) for d in detections]
+    boxes = merge(found, options.merge, cluster_margin_px(series.pixel_spacing, options.cluster_margin_mm),
+                  options.confidence)
+    clock = time.perf_counter()
+    unguarded = segment(segmenter, windowed, boxes)
+    seconds["segment"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    mask, report = guard(unguarded, series, options.guard, anatomy)
+    seconds["guard"] = time.perf_counter() - clock
+    return PipelineResult(windowed, found, boxes, unguarded, mask, report, seconds)

@@ -1,0 +1,159 @@
+"""The two-stage core (``ichseg.pipeline``): per-cluster box merging, source/detector grids, and the evaluation
+running it on a series that is not 512×512 (it used to hand source-grid slices to the 512-only detector)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from ichseg import pipeline
+from ichseg.boxes import cluster_boxes, merge_slice, pixel_bounds
+from ichseg.detector import Detection
+from ichseg.dicom_series import load_single_series
+from ichseg.segmenter import HemorrhageSegmenter
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = REPO / "models"
+
+
+def test_cluster_merge_keeps_distant_boxes_apart() -> None:
+    left, right = (100.0, 200.0, 140.0, 260.0), (380.0, 210.0, 420.0, 250.0)
+    assert cluster_boxes([left, right], margin=20.0) == [left, right]
+    assert merge_slice([left, right], "slice") == [(100.0, 200.0, 420.0, 260.0)]
+    overlapping = (130.0, 240.0, 180.0, 300.0)
+    assert cluster_boxes([left, overlapping], margin=0.0) == [(100.0, 200.0, 180.0, 300.0)]
+    near = (150.0, 200.0, 170.0, 230.0)  # 10 px gap
+    assert len(cluster_boxes([left, near], margin=20.0)) == 1 and len(cluster_boxes([left, near], margin=5.0)) == 2
+    # a merged box can reach a third box that neither part reached alone
+    a, b, c = (0.0, 0.0, 10.0, 10.0), (0.0, 30.0, 10.0, 40.0), (25.0, 15.0, 35.0, 25.0)
+    assert cluster_boxes([a, c, b], margin=15.0) == [(0.0, 0.0, 35.0, 40.0)]
+    assert merge_slice([], "cluster") == [] and merge_slice([], "slice") == []
+    with pytest.raises(ValueError, match="merge mode"):
+        merge_slice([left], "union")
+
+
+def test_merge_uses_confidence_and_mode() -> None:
+    found = [[Detection(0, 0.9, (100.0, 200.0, 140.0, 260.0)), Detection(3, 0.8, (380.0, 210.0, 420.0, 250.0)),
+              Detection(1, 0.05, (10.0, 10.0, 20.0, 20.0))], []]
+    assert pipeline.merge(found, "cluster", 20.0, confidence=0.1) == [
+        [(100.0, 200.0, 140.0, 260.0), (380.0, 210.0, 420.0, 250.0)], []]
+    assert pipeline.merge(found, "slice", confidence=0.1) == [[(100.0, 200.0, 420.0, 260.0)], []]
+    assert pipeline.merge(found, "slice")[0] == [(10.0, 10.0, 420.0, 260.0)]
+
+
+@pytest.fixture(scope="module")
+def segmenter() -> HemorrhageSegmenter:
+    return HemorrhageSegmenter(MODELS / "segmenter")
+
+
+def crops_run(segmenter: HemorrhageSegmenter, windowed: pipeline.WindowedSeries, boxes: list) -> tuple[np.ndarray, int]:
+    """Segment and count the crops the network saw."""
+    seen: list[int] = []
+    handle = segmenter.network.register_forward_hook(lambda module, inputs, output: seen.append(len(inputs[0])))
+    try:
+        return pipeline.segment(segmenter, windowed, boxes), sum(seen)
+    finally:
+        handle.remove()
+
+
+def test_cluster_mode_crops_each_cluster_and_unions_the_masks(segmenter, positive_study: Path) -> None:
+    series = load_single_series(positive_study / "ct")
+    labels = np.load(positive_study / "labels.npz")["labels"]
+    index = int((labels > 0).reshape(len(labels), -1).sum(axis=1).argmax())
+    windowed = pipeline.window_series(series)
+    one = pipeline.WindowedSeries(windowed.source[index:index + 1], windowed.detector[index:index + 1])
+    left, right = (120.0, 180.0, 200.0, 260.0), (320.0, 240.0, 400.0, 330.0)
+    margin = pipeline.cluster_margin_px(series.pixel_spacing)
+    found = [[Detection(3, 0.9, left), Detection(3, 0.9, right)]]
+
+    clustered, crops = crops_run(segmenter, one, pipeline.merge(found, "cluster", margin))
+    assert crops == 2, "two distant boxes: two crops"
+    inside = np.zeros(clustered.shape[1:], dtype=bool)
+    for box in (left, right):
+        row0, row1, col0, col1 = pixel_bounds(box, *inside.shape)
+        inside[row0:row1, col0:col1] = True
+    assert not (clustered[0] & ~inside).any(), "each mask stays in its own box"
+    for box in (left, right):  # the union: each crop's mask is the mask of that crop alone
+        alone, _ = crops_run(segmenter, one, [[box]])
+        row0, row1, col0, col1 = pixel_bounds(box, *inside.shape)
+        np.testing.assert_array_equal(clustered[0, row0:row1, col0:col1], alone[0, row0:row1, col0:col1])
+
+    _, crops = crops_run(segmenter, one, pipeline.merge(found, "slice"))
+    assert crops == 1, "the paper's merge: one enclosing crop"
+    overlapping = [[Detection(3, 0.9, left), Detection(0, 0.8, (180.0, 200.0, 240.0, 280.0))]]
+    _, crops = crops_run(segmenter, one, pipeline.merge(overlapping, "cluster", margin))
+    assert crops == 1, "overlapping boxes: one crop"
+
+
+def downsampled_study(study: Path, folder: Path, slices: int = 10) -> Path:
+    """The study at 256×256 (every second pixel, spacing doubled), only ``slices`` slices around the largest lesion."""
+    series = load_single_series(study / "ct")
+    saved = np.load(study / "labels.npz")
+    labels = saved["labels"]
+    centre = int((labels > 0).reshape(len(labels), -1).sum(axis=1).argmax())
+    start = max(0, min(centre - slices // 2, len(labels) - slices))
+    (folder / "ct").mkdir(parents=True)
+    for path in series.files[start:start + slices]:
+        ds = pydicom.dcmread(path)
+        ds.PixelData = np.ascontiguousarray(ds.pixel_array[::2, ::2]).tobytes()
+        ds.Rows, ds.Columns = ds.Rows // 2, ds.Columns // 2
+        ds.PixelSpacing = [f"{float(v) * 2:.6f}" for v in ds.PixelSpacing]
+        ds.save_as(folder / "ct" / path.name)
+    np.savez_compressed(folder / "labels.npz", labels=labels[start:start + slices, ::2, ::2])
+    return folder
+
+
+def test_windowing_gives_both_grids(positive_study: Path, tmp_path: Path) -> None:
+    small = load_single_series(downsampled_study(positive_study, tmp_path / "s", slices=3) / "ct")
+    windowed = pipeline.window_series(small)
+    assert windowed.source.shape[1:] == (256, 256) and windowed.detector.shape[1:] == (512, 512)
+    assert windowed.scale == (0.5, 0.5)
+    moved = pipeline.to_source_grid(Detection(2, 0.5, (100.0, 50.0, 200.0, 150.0)), windowed.scale)
+    assert moved.box == (50.0, 25.0, 100.0, 75.0) and moved.subtype == 2 and moved.confidence == 0.5
+
+
+def test_evaluation_on_a_non_512_series(positive_study: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from evaluation.evaluate import main as evaluate_main
+
+    monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "yolo"))
+    data = tmp_path / "data"
+    downsampled_study(positive_study, data / "small")
+    with (data / "studies.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerows([("study_id", "split"), ("small", "test")])
+    out = tmp_path / "results"
+    evaluate_main(["--data", str(data), "--detector", str(MODELS / "detector"),
+                   "--segmenter", str(MODELS / "segmenter"), "--merge", "slice", "--out", str(out)])
+    results = json.loads((out / "evaluation.json").read_text())
+    assert set(results["rows"]) == {"oracle", "oracle+guard", "product", "product+guard"}
+    oracle = results["rows"]["oracle"]
+    assert oracle["positive_slices"] > 0 and oracle["slice_dice"] > 0.2, "GT boxes on the source grid find the lesion"
+    assert oracle["fp_slices"] == 0, "oracle masks stay inside the ground-truth boxes"
+    guarded = results["rows"]["product+guard"]
+    assert guarded["guard_removed_ml"].keys() == {"cavity", "density", "size"}
+    assert results["detector"]["test_mAP50"] is not None, "detections compared with boxes on the same grid"
+    assert "YOLO + TransDeepLab (product), slice merge + guard" in (out / "evaluation.md").read_text()
+
+
+def test_choose_guard_writes_its_choice(positive_study: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--choose-guard`` on a (tiny) validation split: the sweep, the best setting, the defaults and no guard."""
+    from evaluation.evaluate import main as evaluate_main
+    from evaluation.guard_choice import sweep_options
+
+    monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "yolo"))
+    data = tmp_path / "data"
+    downsampled_study(positive_study, data / "small", slices=4)
+    (data / "studies.csv").write_text("study_id,split\nsmall,val\n")
+    out = tmp_path / "choice"
+    evaluate_main(["--data", str(data), "--detector", str(MODELS / "detector"), "--segmenter",
+                   str(MODELS / "segmenter"), "--choose-guard", "--out", str(out)])
+    choice = json.loads((out / "guard_choice.json").read_text())
+    assert len(choice["sweep"]) == 2 * (len(sweep_options()) + 1), "both merges × (grid + guard off)"
+    assert choice["best"]["objective"] >= max(r["objective"] for r in choice["unguarded"].values())
+    assert set(choice["current_defaults"]) == {"slice", "cluster"} and choice["split"] == "val"
+    assert "Guard and merge choice" in (out / "guard_choice.md").read_text()
