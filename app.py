@@ -18,6 +18,7 @@ import sys
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 from ichseg import __version__  # first: imports torch, which holoscan (below) needs loaded before it
 from ichseg.boxes import CLUSTER_MARGIN_MM, DEFAULT_MERGE, MERGE_MODES
@@ -141,17 +142,22 @@ class Settings:
         return GuardOptions(self.guard, self.guard_hu, self.guard_min_ml, self.guard_margin_mm)
 
 
-def _fraction(name: str, default: float | None) -> float | None:
+def _number(name: str, default: float | None, valid: Callable[[float], bool], expected: str) -> float | None:
+    """The float in environment variable ``name`` (default when unset), refused with a SettingsError unless valid."""
     text = os.environ.get(name, "").strip()
     if not text:
         return default
     try:
         value = float(text)
     except ValueError:
-        value = -1.0
-    if not 0.0 < value < 1.0:
-        raise SettingsError(f"{name}={text!r}: expected a number between 0 and 1")
+        value = math.nan
+    if not (math.isfinite(value) and valid(value)):
+        raise SettingsError(f"{name}={text!r}: expected {expected}")
     return value
+
+
+def _fraction(name: str, default: float | None) -> float | None:
+    return _number(name, default, lambda v: 0.0 < v < 1.0, "a number between 0 and 1")
 
 
 def _switch(name: str, default: bool) -> bool:
@@ -173,15 +179,8 @@ def _choice(name: str, choices: tuple[str, ...], default: str) -> str:
 
 
 def _non_negative(name: str, default: float) -> float:
-    text = os.environ.get(name, "").strip()
-    if not text:
-        return default
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not (value >= 0.0 and math.isfinite(value)):
-        raise SettingsError(f"{name}={text!r}: expected a number ≥ 0")
+    value = _number(name, default, lambda v: v >= 0.0, "a number ≥ 0")
+    assert value is not None
     return value
 
 
