@@ -4,7 +4,7 @@ ultralytics 8.4 accepts ``amp="bf16"`` (no GradScaler, no AMP check download) bu
 bf16 on CUDA only. ``Bf16DetectionTrainer`` lifts that one restriction for the duration of its training loop by
 handing ultralytics' trainer module an ``autocast`` that also opens a CPU bf16 context; everything else — loss,
 optimizer, EMA, checkpoints (saved as plain ``DetectionModel``s, loadable without this module) — is ultralytics'
-own. The weights stay fp32; only the forward pass runs in bf16 (≈1.6× faster per yolov5n step on an AVX512-BF16
+own. The weights stay fp32; only the forward pass runs in bf16 (≈1.4× faster per yolov5n step on an AVX512-BF16
 CPU, measured by ``benchmarks/training_speed.py``). It also gives torch back every core (``ICH_THREADS``):
 ultralytics' device selection leaves cpu_count − 1 threads, one on a 2-core machine.
 """

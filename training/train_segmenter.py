@@ -9,7 +9,7 @@ weight decay 1e-4, polynomial decay per step), which assumes an ImageNet-initial
 transformer needs: no ImageNet weights can be downloaded here, and on this CPU AdamW reached crop Dice 0.83 in the
 steps SGD needed for 0.73. Batch 8; loss 0.4·cross-entropy + 0.6·Dice (MONAI DiceCELoss, softmax, one-hot targets,
 background included), computed in fp32. ``--precision auto`` runs forward/backward under bf16 autocast where the
-hardware has bf16 (AVX512-BF16/AMX CPUs, recent GPUs; ≈3× faster per step on such a CPU), fp32 elsewhere; the
+hardware has bf16 (AVX512-BF16/AMX CPUs, recent GPUs; ≈2.5× faster per step on such a CPU), fp32 elsewhere; the
 weights and optimizer state stay fp32. Every epoch ends with the validation Dice and a checkpoint
 (``<out>/checkpoint.pt``: model, optimizer, step, epoch — for ``--resume``); the best epoch so far is
 exported as ``<out>/model.pt`` (float16 state dict) and ``<out>/manifest.json``. ``--max-minutes`` counts from
