@@ -2,6 +2,11 @@
 
 import sys
 
-from app import main
+from ichseg import cli
 
-sys.exit(main())
+# -h, a bad setting or a refused input answered before torch and the SDK load (see app.py)
+PREPARED = cli.prepare_or_exit([sys.executable, *sys.argv])
+
+from app import main  # noqa: E402
+
+sys.exit(main(prepared=PREPARED))

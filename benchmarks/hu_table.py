@@ -49,21 +49,24 @@ def main(argv: list[str] | None = None) -> None:
             samples.setdefault(subtype, []).append(hu[region])
             present[subtype] = present.get(subtype, 0) + int(region.any())
     table = {}
-    print(f"| region | mimic | studies | voxels (1/{SUBSAMPLE} of tissue) | median HU | 5th–95th percentile | labelled |")
+    print(
+        f"| region | mimic | studies | voxels (1/{SUBSAMPLE} of tissue) | median HU | 5th–95th percentile | labelled |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name, parts in samples.items():
         values = np.concatenate(parts)
         if values.size == 0:
             continue
         p5, median, p95 = np.percentile(values, [5, 50, 95])
-        row = {"voxels": int(values.size), "median": round(float(median), 1), "p5": round(float(p5), 1), "p95": round(float(p95), 1),
-               "studies": present.get(name, 0), "mimic": name in MIMICS}
+        row = {"voxels": int(values.size), "median": round(float(median), 1), "p5": round(float(p5), 1),
+               "p95": round(float(p95), 1), "studies": present.get(name, 0), "mimic": name in MIMICS}
         share = ""
         if name in labelled and labelled[name][1]:
             row["labelled_fraction"] = round(labelled[name][0] / labelled[name][1], 4)
             share = f"{row['labelled_fraction']:.3f}"
         table[name] = row
-        print(f"| {name} | {'yes' if row['mimic'] else ''} | {row['studies']} | {values.size} | {median:.1f} | {p5:.1f} … {p95:.1f} | {share} |")
+        print(f"| {name} | {'yes' if row['mimic'] else ''} | {row['studies']} | {values.size} | {median:.1f} "
+              f"| {p5:.1f} … {p95:.1f} | {share} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(table, indent=2) + "\n")
 

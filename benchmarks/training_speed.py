@@ -12,17 +12,19 @@ import argparse
 import json
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from ichseg.runtime import autocast, configure_threads, cpu_has_native_bf16
 from ichseg.segmenter import build_network
 from ichseg.ultralytics_offline import YOLO  # noqa: F401  (offline settings before ultralytics builds models)
+
+# isort: split
+from ultralytics.cfg import get_cfg
 from ultralytics.nn.tasks import DetectionModel
 from ultralytics.utils import IterableSimpleNamespace
-from ultralytics.cfg import get_cfg
 
 BATCH = 8
 

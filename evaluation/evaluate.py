@@ -20,9 +20,10 @@ Metrics, all on the full-resolution pasted masks against the full ground-truth m
 * volume error: mean over studies of |predicted − true| hemorrhage volume in mL (CTSeries.voxel_volume_ml);
 * s/slice: wall time of the row's models over all slices of the study (the product includes the detector, the
   guard rows the guard).
-Detector mAP@0.5 and mAP@0.5:0.95 are computed on the same test studies from detections at confidence 0.001 and
-the detector's NMS IoU, matched to the per-lesion ground-truth boxes as ultralytics' validator does and averaged with
-ultralytics' ``ap_per_class``; the figures in the detector's manifest (from its training run) are shown beside.
+Detector mAP@0.5 and mAP@0.5:0.95 are computed on the same test studies from detections at confidence
+``ichseg.detector.KEEP_EVERY_BOX`` and the detector's NMS IoU, matched to the per-lesion ground-truth boxes as
+ultralytics' validator does and averaged with ultralytics' ``ap_per_class``; the figures in the detector's manifest
+(from its training run) are shown beside.
 
 ``--choose-guard`` instead sweeps the guard's settings and both merge modes over the *validation* split's product
 masks (``evaluation.guard_choice``) and writes the best by ``--objective`` to ``guard_choice.json``: the defaults of
@@ -47,15 +48,13 @@ from tqdm import tqdm
 
 from ichseg import pipeline
 from ichseg.boxes import DEFAULT_MERGE, MERGE_MODES, lesion_boxes
-from ichseg.detector import NMS_IOU, Detection
-from ichseg.dicom_series import CTSeries
+from ichseg.detector import KEEP_EVERY_BOX, NMS_IOU, Detection, HemorrhageDetector, manifest_confidence
 from ichseg.guard import BLOOD_HU, CAVITY_MARGIN_MM, MIN_COMPONENT_ML, Anatomy, GuardOptions
+from ichseg.labelled_study import Study, load_study, study_ids
 from ichseg.model_manifest import MANIFEST_NAME
 from ichseg.runtime import configure_threads
-from ichseg.segmenter import HemorrhageSegmenter
-from training.segmenter_data import Study, load_study, study_ids
+from ichseg.segmenter import CROP_MODE, HemorrhageSegmenter
 
-MAP_CONFIDENCE = 0.001  # mAP integrates precision over all confidences, as ultralytics' validator does
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 ROWS = {  # model key: (label, paper Dice, paper IoU) — the paper's figures are on real CT, for orientation only
     "oracle": ("GT boxes + TransDeepLab (oracle)", 0.769, 0.657),
@@ -201,6 +200,8 @@ class DetectionRecords:
         if not self.true_classes:
             return math.nan, math.nan
         import ichseg.ultralytics_offline  # noqa: F401  (ultralytics' network switches, before its first import)
+
+        # isort: split
         from ultralytics.utils.metrics import ap_per_class
 
         ap = ap_per_class(np.concatenate(self.correct), np.asarray(self.confidence), np.asarray(self.pred_classes),
@@ -226,33 +227,29 @@ class Models:
     """What ``evaluate`` runs: crop segmenter (oracle and product rows), whole-slice models, detector."""
 
     segmenters: dict[str, HemorrhageSegmenter]  # model key → segmenter
-    detector: object | None = None  # ichseg.detector.HemorrhageDetector at MAP_CONFIDENCE
+    detector: HemorrhageDetector | None = None  # at KEEP_EVERY_BOX (mAP); the product keeps ≥ ``confidence``
     confidence: float | None = None  # the product's detector confidence
 
     @classmethod
-    def load(cls, args: argparse.Namespace) -> "Models":
+    def load(cls, args: argparse.Namespace) -> Models:
         segmenters: dict[str, HemorrhageSegmenter] = {}
         if optional_model(args.segmenter, "oracle and product rows"):
             segmenters["oracle"] = HemorrhageSegmenter(args.segmenter)
             if segmenters["oracle"].whole_slice:
-                raise SystemExit(f"{args.segmenter}: --segmenter must be a crop model (manifest mode 'crops')")
+                raise SystemExit(f"{args.segmenter}: --segmenter must be a crop model (manifest mode {CROP_MODE!r})")
         for key, folder in (("single-stage", args.single_stage), ("baseline", args.baseline)):
             if optional_model(folder, f"{key} row"):
                 segmenters[key] = HemorrhageSegmenter(folder)
-        models = cls(segmenters)
-        if optional_model(args.detector, "product row and detector mAP"):
-            from ichseg.detector import HemorrhageDetector, manifest_confidence
-
-            models.detector = HemorrhageDetector(args.detector, confidence=MAP_CONFIDENCE)
-            # the product's own operating point, as the app uses it, unless given
-            models.confidence = args.confidence
-            if models.confidence is None:
-                models.confidence = manifest_confidence(models.detector.manifest)
-            if "oracle" in segmenters:
-                segmenters["product"] = segmenters["oracle"]
-        if not segmenters and models.detector is None:
-            raise SystemExit("no model found: nothing to evaluate")
-        return models
+        if not optional_model(args.detector, "product row and detector mAP"):
+            if not segmenters:
+                raise SystemExit("no model found: nothing to evaluate")
+            return cls(segmenters)
+        detector = HemorrhageDetector(args.detector, confidence=KEEP_EVERY_BOX)
+        # the product's own operating point, as the app uses it, unless given
+        confidence = args.confidence if args.confidence is not None else manifest_confidence(detector.manifest)
+        if "oracle" in segmenters:
+            segmenters["product"] = segmenters["oracle"]
+        return cls(segmenters, detector, confidence)
 
 
 def guard_options(args: argparse.Namespace) -> GuardOptions:
@@ -263,39 +260,83 @@ RowMask = tuple[np.ndarray, float, dict[str, int]]  # mask, seconds, voxels remo
 Source = tuple["list[list[Detection]] | None", float, "float | None"]  # detections, their seconds, confidence kept
 
 
+def detection_sources(study: Study, models: Models, records: DetectionRecords | None) -> dict[str, Source]:
+    """Where each two-stage row's boxes come from: the ground truth (oracle) and, if loaded, the detector (product).
+
+    The detector runs on the study's 512 grid and its boxes come back on the source grid (``pipeline.detect``),
+    the grid of the labels they are matched to in ``records``.
+    """
+    sources: dict[str, Source] = {"oracle": (truth_detections(study.labels), 0.0, None)}
+    if models.detector is not None:
+        started = time.perf_counter()
+        detections = pipeline.detect(models.detector, study.windowed)
+        sources["product"] = (detections, time.perf_counter() - started, models.confidence)
+        if records is not None:
+            for slice_detections, label_slice in zip(detections, study.labels, strict=True):
+                records.add_slice(slice_detections, label_slice)
+    return sources
+
+
 def study_masks(
     study: Study, models: Models, merges: tuple[str, ...], guard: GuardOptions,
     records: DetectionRecords | None = None, anatomy: Anatomy | None = None,
 ) -> dict[str, RowMask]:
     """Every row's mask of one study, by row key, each from one ``pipeline.run`` (unguarded and guarded)."""
-    series: CTSeries = study.series
-    windowed = pipeline.window_series(series)
     started = time.perf_counter()
-    anatomy = anatomy if anatomy is not None else pipeline.anatomy_of(series)
+    anatomy = anatomy if anatomy is not None else pipeline.anatomy_of(study.series)
     anatomy_seconds = time.perf_counter() - started
-    sources: dict[str, Source] = {"oracle": (truth_detections(study.labels), 0.0, None)}
-    if models.detector is not None:
-        started = time.perf_counter()
-        detections = pipeline.detect(models.detector, windowed)  # type: ignore[arg-type]
-        sources["product"] = (detections, time.perf_counter() - started, models.confidence)
-        if records is not None:
-            for slice_detections, label_slice in zip(detections, study.labels):
-                records.add_slice(slice_detections, label_slice)
+    sources = detection_sources(study, models, records)
     masks: dict[str, RowMask] = {}
     for model, segmenter in models.segmenters.items():
-        whole = model not in TWO_STAGE
         found, detect_seconds, confidence = sources.get(model, (None, 0.0, None))
-        for merge in (None,) if whole else merges:
+        for merge in (None,) if model not in TWO_STAGE else merges:
             options = pipeline.PipelineOptions(merge=merge or DEFAULT_MERGE, confidence=confidence, guard=guard)
-            result = pipeline.run(
-                series, segmenter, options=options, windowed=windowed, detections=found, anatomy=anatomy
-            )
+            result = pipeline.run(study.series, segmenter, options=options, windowed=study.windowed,
+                                  detections=found, anatomy=anatomy)
             seconds = detect_seconds + result.seconds["segment"]
             masks[row_key(model, merge, False)] = (result.unguarded, seconds, {})
             masks[row_key(model, merge, True)] = (
                 result.mask, seconds + anatomy_seconds + result.seconds["guard"], result.guard.removed_voxels,
             )
     return masks
+
+
+def add_study(scores: dict[str, Scores], study: Study, masks: dict[str, RowMask]) -> None:
+    """Score one study's masks of every row against its ground truth (any subtype = hemorrhage)."""
+    truth = study.labels > 0
+    voxel_ml = study.series.voxel_volume_ml
+    for key, (mask, seconds, removed) in masks.items():
+        row = scores.setdefault(key, Scores())
+        row.add(mask, truth, voxel_ml, seconds)
+        for rule, voxels in removed.items():
+            row.guard_removed_ml[rule] = row.guard_removed_ml.get(rule, 0.0) + voxels * voxel_ml
+
+
+def row_labels(merges: tuple[str, ...]) -> dict[str, str]:
+    """Row key → label for every row that can be evaluated, in table order."""
+    return {
+        row_key(model, merge, guarded): row_label(model, merge, guarded)
+        for model in ROWS
+        for merge in ((None,) if model not in TWO_STAGE else merges)
+        for guarded in (False, True)
+    }
+
+
+def detector_results(
+    detector: HemorrhageDetector, product_confidence: float | None, records: DetectionRecords, model_dir: Path,
+) -> dict[str, Any]:
+    """The detector's test mAP beside its manifest's figures, and the product's confidence."""
+    map50, map50_95 = records.mean_ap()
+    manifest = detector.manifest
+    return {
+        "model": str(model_dir),
+        "product_confidence": product_confidence,
+        "nms_iou": NMS_IOU,
+        "test_mAP50": map50,
+        "test_mAP50_95": map50_95,
+        "manifest_mAP50": manifest.training.get("mAP50"),
+        "manifest_mAP50_95": manifest.training.get("mAP50_95"),
+    }
 
 
 def evaluate(args: argparse.Namespace) -> dict:
@@ -305,21 +346,11 @@ def evaluate(args: argparse.Namespace) -> dict:
     merges = tuple(args.merge)
     ids = study_ids(args.data, "test")[: args.limit]
     scores: dict[str, Scores] = {}
-    labels: dict[str, str] = {}
     records = DetectionRecords()
     for study_id in tqdm(ids, desc="test studies", unit="study"):
         study = load_study(args.data / study_id)
-        truth = study.labels > 0
-        voxel_ml = study.series.voxel_volume_ml
-        for key, (mask, seconds, removed) in study_masks(study, models, merges, guard, records).items():
-            row = scores.setdefault(key, Scores())
-            row.add(mask, truth, voxel_ml, seconds)
-            for rule, voxels in removed.items():
-                row.guard_removed_ml[rule] = row.guard_removed_ml.get(rule, 0.0) + voxels * voxel_ml
-    for model in ROWS:
-        for merge in (None,) if model not in TWO_STAGE else merges:
-            for guarded in (False, True):
-                labels[row_key(model, merge, guarded)] = row_label(model, merge, guarded)
+        add_study(scores, study, study_masks(study, models, merges, guard, records))
+    labels = row_labels(merges)
     results: dict = {
         "data": str(args.data),
         "test_studies": len(ids),
@@ -328,17 +359,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         "rows": {key: {"label": labels[key], **scores[key].summary()} for key in labels if key in scores},
     }
     if models.detector is not None:
-        map50, map50_95 = records.mean_ap()
-        manifest = models.detector.manifest  # type: ignore[attr-defined]
-        results["detector"] = {
-            "model": str(args.detector),
-            "product_confidence": models.confidence,
-            "nms_iou": NMS_IOU,
-            "test_mAP50": map50,
-            "test_mAP50_95": map50_95,
-            "manifest_mAP50": manifest.training.get("mAP50"),
-            "manifest_mAP50_95": manifest.training.get("mAP50_95"),
-        }
+        results["detector"] = detector_results(models.detector, models.confidence, records, args.detector)
     return results
 
 
@@ -373,7 +394,7 @@ def markdown(results: dict) -> str:
         lines += [
             "",
             f"Detector ({d['model']}): test mAP@0.5 {cell(d['test_mAP50'])}, mAP@0.5:0.95 {cell(d['test_mAP50_95'])} "
-            f"(these studies, confidence {MAP_CONFIDENCE}, NMS IoU {d['nms_iou']}); manifest figures "
+            f"(these studies, confidence {KEEP_EVERY_BOX}, NMS IoU {d['nms_iou']}); manifest figures "
             f"{cell(d['manifest_mAP50'])} / {cell(d['manifest_mAP50_95'])}; paper 0.974 / 0.794. "
             f"Product boxes: confidence ≥ {d['product_confidence']}.",
         ]

@@ -21,7 +21,7 @@ from evaluation.evaluate import OBJECTIVES, Models, Scores, cell, row_key, study
 from ichseg import pipeline
 from ichseg.boxes import DEFAULT_MERGE
 from ichseg.guard import Anatomy, Components, GuardOptions, cavity_and_density
-from training.segmenter_data import load_study, study_ids
+from ichseg.labelled_study import load_study, study_ids
 
 GUARD_SWEEP = {  # --choose-guard grid
     "hu_low": (25.0, 30.0, 35.0, 40.0),

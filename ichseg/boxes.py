@@ -2,17 +2,17 @@
 
 Convention everywhere: ``(x0, y0, x1, y1)`` in pixel-edge coordinates, float, ``x1``/``y1`` exclusive — a box
 covering pixel columns 10..20 is ``x0=10, x1=21``. This is what YOLO predicts and what BHX's
-``x, y, width, height`` describe; ``torchvision.ops.masks_to_boxes`` gives inclusive maxima, so add 1.
+``x, y, width, height`` describe (the paper derives boxes with ``torchvision.ops.masks_to_boxes``, whose inclusive
+maxima are one less). numpy only: the app imports this before deciding whether to load torch at all.
 """
 
 from __future__ import annotations
 
-from typing import Iterable, NamedTuple
+from collections.abc import Iterable
+from typing import NamedTuple
 
 import numpy as np
-import torch
 from scipy import ndimage
-from torchvision.ops import masks_to_boxes
 
 Box = tuple[float, float, float, float]
 
@@ -29,9 +29,11 @@ class LabelledBox(NamedTuple):
 
 
 def box_of_mask(mask: np.ndarray) -> Box:
-    """Tight box of a non-empty binary 2D mask, via torchvision's ``masks_to_boxes`` (as the paper does)."""
-    x0, y0, x1, y1 = masks_to_boxes(torch.from_numpy(np.ascontiguousarray(mask, dtype=bool))[None])[0].tolist()
-    return (x0, y0, x1 + 1.0, y1 + 1.0)
+    """Tight box of a non-empty binary 2D mask: first and one-past-last occupied column and row."""
+    rows, columns = np.flatnonzero(np.any(mask, axis=1)), np.flatnonzero(np.any(mask, axis=0))
+    if rows.size == 0:
+        raise ValueError("box_of_mask: empty mask")
+    return (float(columns[0]), float(rows[0]), float(columns[-1] + 1), float(rows[-1] + 1))
 
 
 def lesion_boxes(label_slice: np.ndarray) -> list[LabelledBox]:

@@ -31,7 +31,9 @@ def crop_mask_to_target(mask: np.ndarray, box: Box, size: int = CROP_SIZE) -> to
     return (resized[0, 0] >= 0.5).long()
 
 
-def paste_probability(probability: torch.Tensor, box: Box, shape: tuple[int, int], threshold: float = 0.5) -> np.ndarray:
+def paste_probability(
+    probability: torch.Tensor, box: Box, shape: tuple[int, int], threshold: float = 0.5
+) -> np.ndarray:
     """Foreground probability of a crop (``size``×``size``) → binary mask of the full slice.
 
     The probability (not a hard label) is resized back to the box so that the boundary is interpolated

@@ -1,28 +1,31 @@
 """Stage 1: YOLOv5 hemorrhage boxes on windowed 512×512 slices.
 
-``detector_input`` and ``to_bgr`` are the only way slices become detector input: the dataset converter
-writes its training PNGs with them and ``HemorrhageDetector`` feeds ultralytics with them, so training and
-serving see identical pixels.
+``resize_to_input`` (through ``ichseg.pipeline.window_series``) and ``to_bgr`` are the only way slices become
+detector input: the dataset converter writes its training PNGs with them and ``HemorrhageDetector`` feeds
+ultralytics with them, so training and serving see identical pixels.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import cv2
 import numpy as np
 
 from ichseg.boxes import Box
-from ichseg.dicom_series import CTSeries
 from ichseg.model_manifest import ModelError, ModelManifest, weights_path
 from ichseg.runtime import default_device
 from ichseg.subtypes import SUBTYPES
-from ichseg.windowing import window_volume
+
+if TYPE_CHECKING:  # ultralytics is imported where the weights are loaded
+    from ultralytics.engine.results import Results
 
 INPUT_SIZE = 512
 DEFAULT_CONFIDENCE = 0.25  # ultralytics' default, for weights whose manifest names no operating point
 NMS_IOU = 0.6  # the paper's NMS threshold: inference, testing and the operating point all use it
+KEEP_EVERY_BOX = 0.001  # confidence that keeps (almost) every box: mAP and F1 curves integrate over all confidences
 TASK = "detection"
 
 
@@ -41,11 +44,6 @@ def resize_to_input(windowed: np.ndarray) -> np.ndarray:
     return cv2.resize(windowed, (INPUT_SIZE, INPUT_SIZE), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
-def detector_input(series: CTSeries) -> np.ndarray:
-    """(N, 512, 512) uint8: each slice windowed with its own header window (paper), resized to 512."""
-    return np.stack([resize_to_input(windowed) for windowed in window_volume(series.hu, series.windows)])
-
-
 def to_bgr(windowed: np.ndarray) -> np.ndarray:
     """Grey slice → (H, W, 3): what cv2.imread gives ultralytics for a grey training PNG."""
     return np.repeat(windowed[:, :, None], 3, axis=2)
@@ -59,7 +57,9 @@ def manifest_confidence(manifest: ModelManifest) -> float:
 class HemorrhageDetector:
     """YOLO weights of a model folder (manifest checked), predicting per slice at 512 with NMS IoU 0.6."""
 
-    def __init__(self, model_dir: Path, confidence: float | None = None, iou: float = NMS_IOU, device: str | None = None):
+    def __init__(
+        self, model_dir: Path, confidence: float | None = None, iou: float = NMS_IOU, device: str | None = None
+    ) -> None:
         """``confidence`` None: the operating point stored in the manifest (chosen on validation data), else 0.25."""
         self.manifest = ModelManifest.load(model_dir)
         self.manifest.require(TASK, INPUT_SIZE, list(SUBTYPES))
@@ -83,14 +83,16 @@ class HemorrhageDetector:
             raise ValueError(f"expected (N, {INPUT_SIZE}, {INPUT_SIZE}) uint8, got {windowed.shape} {windowed.dtype}")
         detections: list[list[Detection]] = []
         for start in range(0, len(windowed), batch_size):
-            results = self.model.predict(
+            # predict() is typed for its streaming and embedding modes too; a list call returns list[Results]
+            results = cast("list[Results]", self.model.predict(
                 [to_bgr(s) for s in windowed[start:start + batch_size]], imgsz=INPUT_SIZE, conf=self.confidence,
                 iou=self.iou, device=str(self.device), verbose=False,  # FP32: ultralytics' default
-            )
+            ))
             for result in results:
                 boxes = result.boxes
+                assert boxes is not None, "a detection model's results always carry boxes"
                 detections.append([
                     Detection(int(c), float(p), tuple(float(v) for v in xyxy))  # type: ignore[arg-type]
-                    for c, p, xyxy in zip(boxes.cls.tolist(), boxes.conf.tolist(), boxes.xyxy.tolist())
+                    for c, p, xyxy in zip(boxes.cls.tolist(), boxes.conf.tolist(), boxes.xyxy.tolist(), strict=True)
                 ])
         return detections

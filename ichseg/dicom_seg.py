@@ -9,9 +9,9 @@ SNOMED codes found in third-party code contradict each other. Frames are kept fo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import highdicom as hd
 import numpy as np
@@ -25,13 +25,16 @@ from ichseg.subtypes import SUBTYPES
 #: Recommended display colour of hemorrhage (sRGB; stored as CIELab), shared by all segments.
 HEMORRHAGE_RGB = (220, 30, 30)
 
+#: Region key of a segment holding hemorrhage of every subtype (the application's single segment).
+ANY_HEMORRHAGE = "any"
+
 ANATOMIC_REGION: dict[str, Code] = {
     "intraparenchymal": codes.SCT.Brain,
     "intraventricular": codes.SCT.BrainVentricle,
     "subarachnoid": codes.SCT.SubarachnoidSpace,
     "subdural": codes.SCT.DuraMater,
     "epidural": codes.SCT.DuraMater,
-    "any": codes.SCT.Brain,
+    ANY_HEMORRHAGE: codes.SCT.Brain,
 }
 
 
@@ -57,6 +60,7 @@ class SegAuthor:
 def segment_description(number: int, segment: SegmentMask, author: SegAuthor) -> hd.seg.SegmentDescription:
     """Coded description of one segment (numbers start at 1)."""
     algorithm = None
+    algorithm_types = hd.seg.SegmentAlgorithmTypeValues
     if author.automatic:
         algorithm = hd.AlgorithmIdentificationSequence(
             name=author.name, version=author.version, family=codes.cid7162.ArtificialIntelligence
@@ -66,7 +70,7 @@ def segment_description(number: int, segment: SegmentMask, author: SegAuthor) ->
         segment_label=segment.label,
         segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
         segmented_property_type=codes.SCT.Hemorrhage,
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC if author.automatic else hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+        algorithm_type=algorithm_types.AUTOMATIC if author.automatic else algorithm_types.MANUAL,
         algorithm_identification=algorithm,
         anatomic_regions=[ANATOMIC_REGION[segment.region]],
         tracking_uid=hd.UID(),

@@ -7,9 +7,9 @@ problem: a wrong SEG is worse than no SEG.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pydicom
@@ -135,26 +135,28 @@ def check_geometry(files: Sequence[Path], headers: Sequence[Dataset]) -> tuple[l
     shapes = {(int(h.Rows), int(h.Columns)) for h in headers}
     if len(shapes) > 1:
         raise DicomInputError(f"{files[0].parent}: mixed matrix sizes in one series: {sorted(shapes)}")
-    orientations = [_vector(h, "ImageOrientationPatient", 6, p) for p, h in zip(files, headers)]
-    for path, orientation in zip(files, orientations):
+    orientations = [_vector(h, "ImageOrientationPatient", 6, p) for p, h in zip(files, headers, strict=True)]
+    for path, orientation in zip(files, orientations, strict=True):
         if not np.allclose(orientation, orientations[0], atol=1e-3):
             raise DicomInputError(f"{path}: ImageOrientationPatient differs from {files[0]} (mixed orientation)")
     normal = slice_normal(orientations[0])
-    positions = np.stack([_vector(h, "ImagePositionPatient", 3, p) for p, h in zip(files, headers)])
+    positions = np.stack([_vector(h, "ImagePositionPatient", 3, p) for p, h in zip(files, headers, strict=True)])
     distances = positions @ normal
     order = list(np.argsort(distances, kind="stable"))
     gaps = np.diff(distances[order])
     for index, gap in enumerate(gaps):
         if gap < 1e-3:
             raise DicomInputError(
-                f"{files[order[index]]} and {files[order[index + 1]]}: duplicate slice position {distances[order[index]]:.2f} mm"
+                f"{files[order[index]]} and {files[order[index + 1]]}: "
+                f"duplicate slice position {distances[order[index]]:.2f} mm"
             )
     spacing = float(np.median(gaps))
     for index, gap in enumerate(gaps):
         if abs(gap - spacing) > SPACING_TOLERANCE * spacing:
             kind = "missing slice(s)" if gap > spacing else "uneven spacing"
             raise DicomInputError(
-                f"{files[order[index]]} → {files[order[index + 1]]}: gap {gap:.2f} mm vs median {spacing:.2f} mm ({kind})"
+                f"{files[order[index]]} → {files[order[index + 1]]}: "
+                f"gap {gap:.2f} mm vs median {spacing:.2f} mm ({kind})"
             )
     steps = np.diff(positions[order], axis=0)
     cosines = np.abs(steps @ normal) / np.linalg.norm(steps, axis=1)
@@ -173,7 +175,8 @@ def load_series(entries: Sequence[tuple[Path, Dataset]]) -> CTSeries:
     headers = [h for _, h in entries]
     order, spacing, orientation = check_geometry(files, headers)
     files = [files[i] for i in order]
-    slices, full_headers = [], []
+    slices: list[np.ndarray] = []
+    full_headers: list[Dataset] = []
     for path in files:
         try:
             dataset = pydicom.dcmread(path)
@@ -191,7 +194,9 @@ def load_series(entries: Sequence[tuple[Path, Dataset]]) -> CTSeries:
         pixel_spacing=(float(pixel_spacing[0]), float(pixel_spacing[1])),
         slice_spacing=spacing,
         orientation=orientation,
-        positions=np.stack([_vector(h, "ImagePositionPatient", 3, p) for p, h in zip(files, full_headers)]),
+        positions=np.stack(
+            [_vector(h, "ImagePositionPatient", 3, p) for p, h in zip(files, full_headers, strict=True)]
+        ),
     )
 
 

@@ -91,7 +91,7 @@ class GuardReport:
     cavity_fallback_slices: dict[str, list[int]] = field(default_factory=dict)
 
     @classmethod
-    def unchanged(cls, mask: np.ndarray, options: GuardOptions, voxel_ml: float) -> "GuardReport":
+    def unchanged(cls, mask: np.ndarray, options: GuardOptions, voxel_ml: float) -> GuardReport:
         """The report of a guard that removed nothing (switched off)."""
         voxels = int(mask.sum())
         return cls(options, voxels_in=voxels, voxels_out=voxels, voxel_volume_ml=voxel_ml)

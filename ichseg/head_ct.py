@@ -25,8 +25,8 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -200,7 +200,9 @@ class HeadCheck:
         return self.body_slices < MAX_BODY_SHARE * self.examined and self.head_slices >= self.required
 
     def _of(self) -> str:
-        return f"{self.examined} slices" if self.examined == self.slices else f"{self.examined} examined of {self.slices} slices"
+        if self.examined == self.slices:
+            return f"{self.examined} slices"
+        return f"{self.examined} examined of {self.slices} slices"
 
     def summary(self) -> str:
         """Why the series is or is not a head CT, in one line."""
@@ -215,7 +217,8 @@ class HeadCheck:
             return f"{len(body)} of {self._of()} show a body cross-section ({what}); {head}"
         if self.head_slices == 0:
             return (
-                f"no skull ring enclosing brain at head size (inner skull {SKULL_LENGTH_MM[0]:.0f}–{SKULL_LENGTH_MM[1]:.0f} "
+                "no skull ring enclosing brain at head size "
+                f"(inner skull {SKULL_LENGTH_MM[0]:.0f}–{SKULL_LENGTH_MM[1]:.0f} "
                 f"× {SKULL_WIDTH_MM[0]:.0f}–{SKULL_WIDTH_MM[1]:.0f} mm) on any of {self._of()}"
             )
         if self.head_slices < self.required:
@@ -283,7 +286,9 @@ def _examine_slice(index: int, image: np.ndarray, geo: _RayGeometry) -> SliceFin
     in_image = (r >= 0) & (r < geo.shape[0]) & (c >= 0) & (c < geo.shape[1])
     r, c = np.clip(r, 0, geo.shape[0] - 1), np.clip(c, 0, geo.shape[1] - 1)
     values = np.where(in_image, image[r, c], -1000.0)
-    inside = in_image & body[np.minimum(r // geo.stride, body.shape[0] - 1), np.minimum(c // geo.stride, body.shape[1] - 1)]
+    inside = in_image & body[
+        np.minimum(r // geo.stride, body.shape[0] - 1), np.minimum(c // geo.stride, body.shape[1] - 1)
+    ]
     samples = np.arange(values.shape[1])
     exits = np.where(inside.all(axis=1), values.shape[1], np.argmin(inside, axis=1))  # first sample outside
     within = samples[None, :] < (exits[:, None] + geo.margin)
@@ -292,7 +297,9 @@ def _examine_slice(index: int, image: np.ndarray, geo: _RayGeometry) -> SliceFin
     # A bone sample starts a run when the previous bone sample on its ray lies more than SKULL_GAP_MM before it;
     # the skull is the last run, and its first sample is the inner table.
     bone_at = np.where(bone, samples[None, :], -(10**6))
-    previous = np.maximum.accumulate(np.concatenate([np.full((RAY_COUNT, 1), -(10**6)), bone_at[:, :-1]], axis=1), axis=1)
+    previous = np.maximum.accumulate(
+        np.concatenate([np.full((RAY_COUNT, 1), -(10**6)), bone_at[:, :-1]], axis=1), axis=1
+    )
     starts = bone & (samples[None, :] - previous > geo.gap)
     inner = np.where(starts, samples[None, :], -1).max(axis=1)
     skull = has_bone & (inner >= geo.min_inner) & (exits < values.shape[1])  # a ray never leaving is not a head
@@ -306,5 +313,6 @@ def _examine_slice(index: int, image: np.ndarray, geo: _RayGeometry) -> SliceFin
     enclosed = enclosed if enclosed.size else np.array([np.nan])
     share = float(np.mean((enclosed >= SOFT_TISSUE_HU[0]) & (enclosed <= SOFT_TISSUE_HU[1])))
     return SliceFinding(
-        index, outline_mm, lung_cm2, coverage, float(chords.max()), float(chords.min()), float(np.median(enclosed)), share
+        index, outline_mm, lung_cm2, coverage, float(chords.max()), float(chords.min()),
+        float(np.median(enclosed)), share
     )

@@ -43,7 +43,7 @@ class ModelManifest:
         (folder / MANIFEST_NAME).write_text(json.dumps(asdict(self), indent=2) + "\n")
 
     @classmethod
-    def load(cls, folder: Path) -> "ModelManifest":
+    def load(cls, folder: Path) -> ModelManifest:
         path = Path(folder) / MANIFEST_NAME
         try:
             data = json.loads(path.read_text())

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -86,8 +87,11 @@ def anatomy_of(series: CTSeries) -> Anatomy:
     return read_anatomy(series.hu, series.pixel_spacing, series.slice_spacing)
 
 
+DEFAULT_GUARD = GuardOptions()  # frozen, so one shared default instance is safe
+
+
 def guard(
-    mask: np.ndarray, series: CTSeries, options: GuardOptions = GuardOptions(), anatomy: Anatomy | None = None
+    mask: np.ndarray, series: CTSeries, options: GuardOptions = DEFAULT_GUARD, anatomy: Anatomy | None = None
 ) -> tuple[np.ndarray, GuardReport]:
     """The anatomical guard (``ichseg.guard``); the HU volume is only read when the guard is on."""
     if not options.enabled:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -35,7 +35,10 @@ def save_montage(
     windowed: np.ndarray, masks: np.ndarray, indices: Sequence[int], path: Path, columns: int = 4, tile: int = 256
 ) -> Path:
     """Tile the outlined slices ``indices`` into one PNG (written to a temporary name, then renamed)."""
-    tiles = [Image.fromarray(outlined(windowed[i], masks[i])).resize((tile, tile), Image.BILINEAR) for i in indices]
+    tiles = [
+        Image.fromarray(outlined(windowed[i], masks[i])).resize((tile, tile), Image.Resampling.BILINEAR)
+        for i in indices
+    ]
     rows = (len(tiles) + columns - 1) // columns
     sheet = Image.new("RGB", (columns * tile, max(rows, 1) * tile))
     for position, image in enumerate(tiles):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import ContextManager
 
 import torch
 
@@ -55,7 +54,7 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
     return None
 
 
-def autocast(device: torch.device, dtype: torch.dtype | None) -> ContextManager:
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     """Mixed precision for the forward pass (weights stay fp32); a no-op context when ``dtype`` is None."""
     if dtype is None:
         return contextlib.nullcontext()

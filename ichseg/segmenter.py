@@ -8,9 +8,9 @@ segment every slice through the whole-slice box, whatever boxes the caller passe
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from numbers import Real
 from pathlib import Path
-from typing import Sequence, Union
 
 import numpy as np
 import torch
@@ -24,7 +24,10 @@ from ichseg.networks import TransDeepLab
 from ichseg.runtime import default_device
 
 CLASSES = ["background", "hemorrhage"]
-SliceBoxes = Union[Box, Sequence[Box], None]  # one box, a list of boxes, or None/[] (slice not run)
+CROP_MODE = "crops"  # two-stage: trained on and run over detector boxes
+WHOLE_SLICE_MODE = "whole-slice"  # single-stage baselines: every slice through the whole-slice box
+MODES = (CROP_MODE, WHOLE_SLICE_MODE)
+SliceBoxes = Box | Sequence[Box] | None  # one box, a list of boxes, or None/[] (slice not run)
 ARCHITECTURES = {
     "transdeeplab": "TransDeepLab (Swin-T, 2-level Swin SPP)",
     "monai-unet": "MONAI UNet 2D (channels 16-256, 4 strided levels, 2 residual units)",
@@ -66,7 +69,7 @@ class HemorrhageSegmenter:
         self.manifest.require("segmentation", CROP_SIZE, CLASSES)
         network = self.manifest.training.get("network")
         self.mode = self.manifest.training.get("mode")
-        if network not in ARCHITECTURES or self.mode not in ("crops", "whole-slice"):
+        if network not in ARCHITECTURES or self.mode not in MODES:
             raise ModelError(
                 f"{self.model_dir}: manifest training.network {network!r} / mode {self.mode!r} unsupported"
             )
@@ -82,7 +85,7 @@ class HemorrhageSegmenter:
 
     @property
     def whole_slice(self) -> bool:
-        return self.mode == "whole-slice"
+        return self.mode == WHOLE_SLICE_MODE
 
     @torch.inference_mode()
     def segment(
@@ -104,6 +107,6 @@ class HemorrhageSegmenter:
             batch = crops[start:start + batch_size]
             inputs = torch.stack([crop_to_input(windowed[i], box) for i, box in batch]).to(self.device)
             foreground = torch.softmax(self.network(inputs).float(), dim=1)[:, 1].cpu()
-            for (index, box), probability in zip(batch, foreground):
+            for (index, box), probability in zip(batch, foreground, strict=True):
                 masks[index] |= paste_probability(probability, box, (height, width))
         return masks

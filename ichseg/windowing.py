@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -39,4 +39,6 @@ def apply_window(hu: np.ndarray, centre: float, width: float) -> np.ndarray:
 
 def window_volume(hu: np.ndarray, windows: Sequence[tuple[float, float]]) -> np.ndarray:
     """(N, H, W) HU → (N, H, W) uint8, each slice with its own (centre, width): the one path to network input."""
-    return np.stack([apply_window(slice_hu, centre, width) for slice_hu, (centre, width) in zip(hu, windows)])
+    return np.stack(
+        [apply_window(slice_hu, centre, width) for slice_hu, (centre, width) in zip(hu, windows, strict=True)]
+    )

@@ -4,15 +4,16 @@ Pipeline logic lives in ``ichseg`` (shared with training and evaluation); these 
 MONAI Deploy / Holoscan operator interface and time each stage for the report.
 """
 
+from ichseg.series_selection import RulesError  # raised by CTSeriesLoaderOperator for a bad rules file
+from ichseg.stage_clock import StageClock
 from operators.box_merger_operator import BoxMergerOperator
-from operators.ct_series_loader_operator import CTSeriesLoaderOperator, RulesError
+from operators.ct_series_loader_operator import CTSeriesLoaderOperator
 from operators.detector_operator import DetectorOperator
 from operators.guard_operator import GuardOperator
 from operators.preview_operator import PreviewOperator
 from operators.report_operator import REPORT_NAME, ReportOperator
 from operators.seg_writer_operator import SegWriterOperator
 from operators.segmenter_operator import SegmenterOperator
-from operators.stage import StageClock
 from operators.windowing_operator import WindowingOperator
 
 __all__ = [

@@ -13,8 +13,8 @@ from ichseg import pipeline
 from ichseg.boxes import CLUSTER_MARGIN_MM, DEFAULT_MERGE, Box
 from ichseg.detector import Detection
 from ichseg.dicom_series import CTSeries
-from monai.deploy.core import Fragment, Operator, OperatorSpec
-from operators.stage import StageClock
+from ichseg.sdk import Fragment, Operator, OperatorSpec
+from ichseg.stage_clock import StageClock
 
 logger = logging.getLogger("ichseg.app")
 

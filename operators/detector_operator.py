@@ -12,15 +12,16 @@ from typing import Any
 
 from ichseg import pipeline
 from ichseg.detector import HemorrhageDetector
+from ichseg.sdk import Fragment, Operator, OperatorSpec
+from ichseg.stage_clock import StageClock
 from ichseg.subtypes import SUBTYPES
-from monai.deploy.core import Fragment, Operator, OperatorSpec
-from operators.stage import StageClock
 
 logger = logging.getLogger("ichseg.app")
 
 
 class DetectorOperator(Operator):
-    """``windowed`` (WindowedSeries) → ``detections`` (one list of Detection per slice, source grid)."""
+    """``windowed`` (WindowedSeries) → ``detections`` (one list of Detection per slice, source grid) and
+    ``confidence``, the threshold used (the setting, else the manifest's operating point) for the report."""
 
     def __init__(
         self, fragment: Fragment, *args: Any, model_dir: Path, confidence: float | None, iou: float, device: str | None,
@@ -35,6 +36,7 @@ class DetectorOperator(Operator):
     def setup(self, spec: OperatorSpec) -> None:
         spec.input("windowed")
         spec.output("detections")
+        spec.output("confidence")
 
     def start(self) -> None:
         with self.clock.stage("load detector model"):
@@ -55,3 +57,4 @@ class DetectorOperator(Operator):
                 f" ({', '.join(found)})" if found else "",
             )
         op_output.emit(detections, "detections")
+        op_output.emit(self.detector.confidence, "confidence")

@@ -14,8 +14,8 @@ import numpy as np
 from ichseg import pipeline
 from ichseg.dicom_series import CTSeries
 from ichseg.guard import GuardOptions
-from monai.deploy.core import Fragment, Operator, OperatorSpec
-from operators.stage import StageClock
+from ichseg.sdk import Fragment, Operator, OperatorSpec
+from ichseg.stage_clock import StageClock
 
 logger = logging.getLogger("ichseg.app")
 

@@ -15,8 +15,8 @@ import numpy as np
 from ichseg import pipeline
 from ichseg.boxes import Box, outline
 from ichseg.preview import key_slices, save_montage
-from monai.deploy.core import Fragment, Operator, OperatorSpec
-from operators.stage import StageClock
+from ichseg.sdk import Fragment, Operator, OperatorSpec
+from ichseg.stage_clock import StageClock
 
 PREVIEW_NAME = "ich_preview.png"
 KEY_SLICES = 8

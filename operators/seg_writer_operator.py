@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 
 from ichseg import __version__
-from ichseg.dicom_seg import SegAuthor, SegmentMask, build_seg, write_atomically
+from ichseg.dicom_seg import ANY_HEMORRHAGE, SegAuthor, SegmentMask, build_seg, write_atomically
 from ichseg.dicom_series import CTSeries
-from monai.deploy.core import Fragment, Operator, OperatorSpec
-from operators.stage import StageClock
+from ichseg.sdk import Fragment, Operator, OperatorSpec
+from ichseg.stage_clock import StageClock
 
 logger = logging.getLogger("ichseg.app")
 
@@ -53,7 +53,7 @@ class SegWriterOperator(Operator):
         with self.clock.stage("DICOM SEG writing"):
             if mask.shape != series.hu.shape:
                 raise ValueError(f"mask shape {mask.shape} differs from the series {series.hu.shape}")
-            segment = SegmentMask(SEGMENT_LABEL, "any", mask)
+            segment = SegmentMask(SEGMENT_LABEL, ANY_HEMORRHAGE, mask)
             seg = build_seg(series.headers, [segment], AUTHOR, SERIES_DESCRIPTION)
             path = self.output_folder / SEG_NAME
             write_atomically(seg, path)

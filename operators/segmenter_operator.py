@@ -11,9 +11,9 @@ from typing import Any
 
 from ichseg import pipeline
 from ichseg.boxes import Box
+from ichseg.sdk import Fragment, Operator, OperatorSpec
 from ichseg.segmenter import HemorrhageSegmenter
-from monai.deploy.core import Fragment, Operator, OperatorSpec
-from operators.stage import StageClock
+from ichseg.stage_clock import StageClock
 
 logger = logging.getLogger("ichseg.app")
 

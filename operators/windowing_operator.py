@@ -11,8 +11,8 @@ from typing import Any
 
 from ichseg.dicom_series import CTSeries
 from ichseg.pipeline import WindowedSeries, window_series
-from monai.deploy.core import Fragment, Operator, OperatorSpec
-from operators.stage import StageClock
+from ichseg.sdk import Fragment, Operator, OperatorSpec
+from ichseg.stage_clock import StageClock
 
 __all__ = ["WindowedSeries", "WindowingOperator"]
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install what the tests need (Debian's dicom3tools for dciodvfy, the Python stack) and run the test suite.
+# Install what the tests need (Debian's dicom3tools for dciodvfy, the Python stack), lint (ruff), type-check (mypy)
+# and run the test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v dciodvfy >/dev/null 2>&1; then
@@ -9,6 +10,8 @@ fi
 bash scripts/setup_env.sh requirements-dev.txt
 ulimit -s 32768 || true  # holoscan wants a 32 MB stack
 export YOLO_CONFIG_DIR="${YOLO_CONFIG_DIR:-$PWD/.ultralytics}"
+.venv/bin/ruff check .  # lint and types first: settings in pyproject.toml
+.venv/bin/mypy
 set +e
 .venv/bin/python -m pytest tests -q "$@"
 status=$?

@@ -21,7 +21,6 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ichseg.atomic_file import atomic_path
-
 from synthetic.study import BOX_COLUMNS, StudyRecord, make_study
 
 
@@ -32,7 +31,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--first", type=int, default=0, help="number of the first study (default 0)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the set; same seed, same studies")
     parser.add_argument("--max-slices", type=int, default=None,
-                        help="cap on slices per series: thinner acquisitions are drawn thicker to fit (default: no cap)")
+                        help="cap on slices per series: thinner acquisitions are drawn thicker to fit "
+                             "(default: no cap)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel processes")
     return parser.parse_args(argv)
 

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-
 #: Tissue codes of the phantom's tissue map (lesion codes are added by the renderer). New codes are appended,
 #: so the old codes keep their numbers. Only "blood" is hemorrhage; every other code is labelled 0.
 TISSUES: dict[str, int] = {
@@ -55,7 +54,7 @@ class PlaneWaves:
     phases: np.ndarray  # (k,)
 
     @classmethod
-    def sample(cls, rng: np.random.Generator, count: int, wavelength: tuple[float, float]) -> "PlaneWaves":
+    def sample(cls, rng: np.random.Generator, count: int, wavelength: tuple[float, float]) -> PlaneWaves:
         directions = rng.normal(size=(count, 3))
         directions /= np.linalg.norm(directions, axis=1, keepdims=True)
         lengths = rng.uniform(*wavelength, size=count)
@@ -74,12 +73,14 @@ class PlaneWaves:
 
     def _evaluate(self, u: np.ndarray, v: np.ndarray, w: np.ndarray) -> np.ndarray:
         total = np.zeros(np.broadcast(u, v, w).shape, dtype=np.float32)
-        for (ku, kv, kw), phase in zip(self.vectors, self.phases):
+        for (ku, kv, kw), phase in zip(self.vectors, self.phases, strict=True):
             total += np.cos(ku * u + kv * v + kw * w + phase, dtype=np.float32)
         return total * np.float32(np.sqrt(2.0 / len(self.phases)))
 
 
-def _honeycomb(u: np.ndarray, v: np.ndarray, w: np.ndarray, cell: float, septum: float, phase: np.ndarray) -> np.ndarray:
+def _honeycomb(
+    u: np.ndarray, v: np.ndarray, w: np.ndarray, cell: float, septum: float, phase: np.ndarray
+) -> np.ndarray:
     """True inside air cells of a bony honeycomb of ``cell`` mm with septa ``septum`` (fraction of a cell)."""
     k = np.float32(np.pi / cell)
     a = np.abs(np.sin(k * u + phase[0] + 0.6 * np.sin(k * 0.7 * w + phase[2])))
@@ -145,7 +146,7 @@ class HeadAnatomy:
     muscle_hu: float = 50.0
 
     @classmethod
-    def sample(cls, rng: np.random.Generator) -> "HeadAnatomy":
+    def sample(cls, rng: np.random.Generator) -> HeadAnatomy:
         age_atrophy = rng.uniform(0.0, 1.0)
         head = cls(
             semi_axes=np.array([rng.uniform(68, 80), rng.uniform(86, 100), rng.uniform(80, 92)]),
@@ -245,7 +246,8 @@ class HeadAnatomy:
         """(apex, lateral end) of each petrous ridge: wedges running antero-medially."""
         base, k = self.skull_base_height, self.petrous_size
         return [
-            (np.array([side * 13.0, -4.0, base - 8.0]), np.array([side * (13.0 + 33.0 * k), -4.0 + 26.0 * k, base - 14.0]))
+            (np.array([side * 13.0, -4.0, base - 8.0]),
+             np.array([side * (13.0 + 33.0 * k), -4.0 + 26.0 * k, base - 14.0]))
             for side in (-1.0, 1.0)
         ]
 
@@ -312,8 +314,13 @@ class HeadAnatomy:
         cisterns = cavity & self.cistern(u, v, w) & ~brainstem
         csf = csf_layer | sulci | fissure | ventricles | cisterns | base_csf
 
-        grey = supratentorial & ((cortex_depth < self.cortex_thickness) | (np.abs(sulcal) < self.sulcal_width + 0.25) & (cortex_depth < 24.0))
-        deep_grey = supratentorial & (((np.abs(u) - 20.0) / 9.0) ** 2 + ((v + 2.0) / 14.0) ** 2 + ((w - self.ventricle_height + 12) / 10.0) ** 2 < 1.0)
+        grey = supratentorial & (
+            (cortex_depth < self.cortex_thickness) | (np.abs(sulcal) < self.sulcal_width + 0.25) & (cortex_depth < 24.0)
+        )
+        deep_grey = supratentorial & (
+            ((np.abs(u) - 20.0) / 9.0) ** 2 + ((v + 2.0) / 14.0) ** 2 + ((w - self.ventricle_height + 12) / 10.0) ** 2
+            < 1.0
+        )
         tissue[cavity] = TISSUES["white matter"]
         tissue[grey | deep_grey | cerebellar_grey] = TISSUES["grey matter"]
         tissue[brainstem] = TISSUES["brainstem"]
@@ -425,8 +432,10 @@ class HeadAnatomy:
             side = np.sign(apex[0])
             mw = base - 22.0
             m_shrink = np.sqrt(max(1.0 - (mw / c) ** 2, 0.05))
-            mastoid_centre = np.array([side * (a * m_shrink - self.scalp_thickness - 0.5 * self.skull_thickness - 6.0), 30.0, mw])
-            m = ((u - mastoid_centre[0]) / 11.0) ** 2 + ((v - mastoid_centre[1]) / 13.0) ** 2 + ((w - mastoid_centre[2]) / 14.0) ** 2
+            mastoid_u = side * (a * m_shrink - self.scalp_thickness - 0.5 * self.skull_thickness - 6.0)
+            mastoid_centre = np.array([mastoid_u, 30.0, mw])
+            m = (((u - mastoid_centre[0]) / 11.0) ** 2 + ((v - mastoid_centre[1]) / 13.0) ** 2
+                 + ((w - mastoid_centre[2]) / 14.0) ** 2)
             mastoid = (m < 1.0) & (depth >= self.scalp_thickness)
             if mastoid.any():
                 cells = _honeycomb(u[mastoid], v[mastoid], w[mastoid], self.mastoid_cell, self.mastoid_septum, phase)
@@ -438,13 +447,16 @@ class HeadAnatomy:
         infratentorial &= new_cavity
         stem_v = np.where(below, clivus_v + 14.0, 8.0)
         narrowing = 1.0 - 0.3 * np.clip(drop / 45.0, 0, 1)
-        brainstem = new_cavity & ((u / (12.0 * narrowing)) ** 2 + ((v - stem_v) / (10.0 * narrowing)) ** 2 < 1.0) & (w < base + 12.0)
+        brainstem = (new_cavity & ((u / (12.0 * narrowing)) ** 2 + ((v - stem_v) / (10.0 * narrowing)) ** 2 < 1.0)
+                     & (w < base + 12.0))
         prepontine = new_cavity & below & (np.abs(u) < 9.0) & (v > clivus_v + 4.0) & (v < stem_v - 10.0 * narrowing)
         peak = np.clip(1.0 - np.abs(drop - 19.0) / 13.0, 0, 1)
         fourth = infratentorial & (peak > 0) & ((u / (2.0 + 6.0 * peak)) ** 2 + ((v - stem_v - 12.0) / 3.0) ** 2 < 1.0)
         cerebellum = infratentorial & ~brainstem & ~fourth & ~prepontine
         folia = self.folia_waves(u, v, w) if self.folia_waves is not None else np.zeros(u.shape, np.float32)
-        hemisphere_core = (((np.abs(u) - 22.0) / 13.0) ** 2 + ((v - stem_v - 24.0) / 13.0) ** 2 + ((w - base + 16.0) / 11.0) ** 2) < 1.0
+        hemisphere_core = (
+            ((np.abs(u) - 22.0) / 13.0) ** 2 + ((v - stem_v - 24.0) / 13.0) ** 2 + ((w - base + 16.0) / 11.0) ** 2
+        ) < 1.0
         cerebellar_grey = cerebellum & ~(hemisphere_core & (folia < 0.3)) & (np.abs(folia) > 0.18)
         cerebellar_csf = cerebellum & (np.abs(folia) < 0.05) & (inner_depth < 12.0)
         cisterna_magna = cerebellum & (np.abs(u) < 5.0) & (v > stem_v + 38.0) & (drop > 22.0)
@@ -460,7 +472,8 @@ class HeadAnatomy:
         tent_w = self.tentorium_w(u, v)
         transverse = cavity & (inner_depth < 5.0 * k) & (np.abs(w - tent_w) < 3.5 * k) & (v > 5.0)
         b_inner = self.semi_axes[1] - self.scalp_thickness - self.skull_thickness
-        start, end = np.array([0.0, 20.0, base + self.tentorium_height - 3.0]), np.array([0.0, 0.92 * b_inner, base + 4.0])
+        start = np.array([0.0, 20.0, base + self.tentorium_height - 3.0])
+        end = np.array([0.0, 0.92 * b_inner, base + 4.0])
         straight = cavity & _near_segment(u, v, w, start, end, 2.5 * k)
         if straight.any():
             straight[straight] = _segment_distance(u[straight], v[straight], w[straight], start, end)[0] < 2.5 * k

@@ -124,7 +124,9 @@ def _sample_shape(anatomy: HeadAnatomy, rng: np.random.Generator, subtype: int) 
     if name == "subdural":
         centre = _surface_point(anatomy, rng, (base + 20, anatomy.vertex - 30))
         if hard < 0.35:  # thin subdural along the convexity or the tentorium/falx
-            return Lesion(subtype, rng.uniform(50, 80), centre, rng.uniform(40, 70), rng.uniform(2, 4), waves, variant="thin")
+            return Lesion(
+                subtype, rng.uniform(50, 80), centre, rng.uniform(40, 70), rng.uniform(2, 4), waves, variant="thin"
+            )
         return Lesion(subtype, rng.uniform(50, 80), centre, rng.uniform(45, 75), rng.uniform(4, 14), waves)
     if name == "subarachnoid":
         if hard < 0.3:  # a little blood in one or two convexity sulci
@@ -137,17 +139,24 @@ def _sample_shape(anatomy: HeadAnatomy, rng: np.random.Generator, subtype: int) 
         return Lesion(subtype, rng.uniform(45, 70), centre, rng.uniform(18, 40), 0.0, waves)
     if name == "intraparenchymal":
         if rng.random() < 0.5:  # deep (basal ganglia / thalamus, hypertensive)
-            centre = np.array([rng.choice([-1, 1]) * rng.uniform(14, 28), rng.uniform(-12, 12), rng.uniform(base + 25, base + 45)])
+            centre = np.array(
+                [rng.choice([-1, 1]) * rng.uniform(14, 28), rng.uniform(-12, 12), rng.uniform(base + 25, base + 45)]
+            )
         else:  # lobar
             a, b, _ = anatomy.semi_axes
             angle = rng.uniform(0, 2 * np.pi)
             reach = rng.uniform(0.35, 0.6)
-            centre = np.array([a * reach * np.cos(angle), b * reach * np.sin(angle), rng.uniform(base + 30, anatomy.vertex - 35)])
+            centre = np.array(
+                [a * reach * np.cos(angle), b * reach * np.sin(angle), rng.uniform(base + 30, anatomy.vertex - 35)]
+            )
         if hard < 0.25:  # tiny clot, < 0.5 mL
             radius = rng.uniform(2.5, 4.2)
-            return Lesion(subtype, rng.uniform(60, 85), centre, radius, radius * rng.uniform(0.7, 1.1), waves, rng.uniform(18, 25), variant="tiny")
+            return Lesion(subtype, rng.uniform(60, 85), centre, radius, radius * rng.uniform(0.7, 1.1), waves,
+                          rng.uniform(18, 25), variant="tiny")
         radius = rng.uniform(6, 22)
-        return Lesion(subtype, rng.uniform(60, 90), centre, radius, radius * rng.uniform(0.6, 1.3), waves, rng.uniform(15, 25))
+        return Lesion(
+            subtype, rng.uniform(60, 90), centre, radius, radius * rng.uniform(0.6, 1.3), waves, rng.uniform(15, 25)
+        )
     if hard < 0.5:  # layering in both occipital horns below a fluid level (dependent = posterior)
         centre = np.array([0.0, rng.uniform(22, 32), anatomy.ventricle_height - 4.0])
         return Lesion(subtype, rng.uniform(55, 80), centre, 60.0, 0.0, waves, variant="layering")

@@ -1,4 +1,5 @@
-"""Labelled montage of the phantom's skull-base anatomy and hemorrhage mimics: ``python -m synthetic.mimic_montage PNG``.
+"""Labelled montage of the phantom's skull-base anatomy and hemorrhage mimics:
+``python -m synthetic.mimic_montage PNG``.
 
 One head (fixed seed, scanned without tilt) with every mimic switched on, and one thin subdural plus a little
 sulcal subarachnoid blood for contrast (outlined in red: the only voxels labelled hemorrhage). Slices are
@@ -46,9 +47,15 @@ def _head() -> SyntheticHead:
             Calcification("choroid plexus calcification", anatomy.atrium(1.0), np.array([2.5, 4.5, 2.5]), 300.0),
             Calcification("basal ganglia calcification", anatomy.globus_pallidus(-1.0), np.full(3, 2.8), 250.0),
             Calcification("basal ganglia calcification", anatomy.globus_pallidus(1.0), np.full(3, 2.8), 230.0),
-            Calcification("dural calcification", np.array([0.0, -25.0, anatomy.vertex - 30.0]), np.array([1.2, 9.0, 7.0]), 500.0),
+            Calcification(
+                "dural calcification", np.array([0.0, -25.0, anatomy.vertex - 30.0]), np.array([1.2, 9.0, 7.0]), 500.0
+            ),
         ],
-        scalp=[ScalpCollection("scalp haematoma", np.array([-0.7 * anatomy.semi_axes[0], -0.7 * anatomy.semi_axes[1], anatomy.vertex - 42.0]), 45.0, 14.0, 68.0)],
+        scalp=[ScalpCollection(
+            "scalp haematoma",
+            np.array([-0.7 * anatomy.semi_axes[0], -0.7 * anatomy.semi_axes[1], anatomy.vertex - 42.0]),
+            45.0, 14.0, 68.0,
+        )],
     )
     waves = PlaneWaves.sample(rng, 6, (15, 45))
     b = anatomy.semi_axes[1]
@@ -56,8 +63,10 @@ def _head() -> SyntheticHead:
     sdh_w = anatomy.vertex - 45.0
     shrink = np.sqrt(1 - (sdh_w / anatomy.semi_axes[2]) ** 2)
     head.lesions = [
-        Lesion(SUBTYPES.index("subdural"), 62.0, np.array([anatomy.semi_axes[0] * shrink - inset, 20.0, sdh_w]), 55.0, 3.0, waves, variant="thin"),
-        Lesion(SUBTYPES.index("subarachnoid"), 60.0, np.array([0.0, -(b * shrink - inset) * 0.93, sdh_w + 8.0]), 10.0, 0.0, waves, variant="sulcal"),
+        Lesion(SUBTYPES.index("subdural"), 62.0, np.array([anatomy.semi_axes[0] * shrink - inset, 20.0, sdh_w]),
+               55.0, 3.0, waves, variant="thin"),
+        Lesion(SUBTYPES.index("subarachnoid"), 60.0, np.array([0.0, -(b * shrink - inset) * 0.93, sdh_w + 8.0]),
+               10.0, 0.0, waves, variant="sulcal"),
     ]
     return head
 
@@ -76,7 +85,9 @@ def _point(mask: np.ndarray) -> tuple[int, int] | None:
     return int(cols[best]), int(rows[best])
 
 
-def _annotate(image: np.ndarray, target: tuple[int, int] | None, text: str, anchor: tuple[int, int], colour=YELLOW) -> None:
+def _annotate(
+    image: np.ndarray, target: tuple[int, int] | None, text: str, anchor: tuple[int, int], colour=YELLOW
+) -> None:
     if target is None:
         return
     scale = TILE / 512
@@ -113,7 +124,8 @@ def main(argv: list[str] | None = None) -> None:
 
     plan = [  # (head height, window, title, [(tissue or marker, label, anchor)])
         (base - 14.0, (600.0, 2800.0), "skull base, bone window", [
-            ("petrous bone", "petrous bone >1500 HU", (330, 400)), ("mastoid air cells", "mastoid air cells", (80, 395)),
+            ("petrous bone", "petrous bone >1500 HU", (330, 400)),
+            ("mastoid air cells", "mastoid air cells", (80, 395)),
             ("globe", "globe", (60, 40)), ("sinus air", "ethmoid air cells", (250, 30))]),
         (base - 14.0, (40.0, 80.0), "same slice, brain window", [
             ("streak", "beam hardening (Hounsfield bar)", (210, 300)), ("lens", "lens", (120, 30)),
@@ -132,7 +144,8 @@ def main(argv: list[str] | None = None) -> None:
             ("dural calcification", "falx plaque", (300, 40)), ("venous sinus", "superior sagittal sinus", (210, 408)),
             ("cupping", "cupping (denser under skull)", (330, 250))]),
         (anatomy.vertex - 42.0, (40.0, 80.0), "extracranial vs intracranial", [
-            ("scalp haematoma", "scalp haematoma (label 0)", (110, 30)), ("subdural", "thin SDH (label)", (330, 380), RED),
+            ("scalp haematoma", "scalp haematoma (label 0)", (110, 30)),
+            ("subdural", "thin SDH (label)", (330, 380), RED),
             ("subarachnoid", "sulcal SAH (label)", (300, 30), RED)]),
     ]
     tiles = []
@@ -150,7 +163,9 @@ def main(argv: list[str] | None = None) -> None:
             elif key == "streak":
                 bone = ndimage.label(tissues[0] == TISSUES["petrous bone"])[0]
                 centres = ndimage.center_of_mass(bone > 0, bone, [1, 2]) if bone.max() >= 2 else []
-                target = (int(np.mean([c[1] for c in centres])), int(np.mean([c[0] for c in centres]))) if centres else None
+                target = None
+                if centres:
+                    target = (int(np.mean([c[1] for c in centres])), int(np.mean([c[0] for c in centres])))
             elif key == "fourth":
                 csf = (tissues[0] == TISSUES["csf"]) & (np.abs(np.arange(512) - 255.5)[None, :] < 12)
                 target = _point(csf)

@@ -17,7 +17,9 @@ import numpy as np
 
 from synthetic.anatomy import TISSUES, HeadAnatomy
 
-CALCIFICATIONS = ("pineal calcification", "choroid plexus calcification", "basal ganglia calcification", "dural calcification")
+CALCIFICATIONS = (
+    "pineal calcification", "choroid plexus calcification", "basal ganglia calcification", "dural calcification"
+)
 SCALP_COLLECTIONS = ("scalp haematoma", "soft-tissue swelling")
 
 
@@ -31,7 +33,9 @@ class Calcification:
     hu: float
 
     def region(self, u: np.ndarray, v: np.ndarray, w: np.ndarray) -> np.ndarray:
-        du, dv, dw = (u - self.centre[0]) / self.radii[0], (v - self.centre[1]) / self.radii[1], (w - self.centre[2]) / self.radii[2]
+        du = (u - self.centre[0]) / self.radii[0]
+        dv = (v - self.centre[1]) / self.radii[1]
+        dw = (w - self.centre[2]) / self.radii[2]
         return du * du + dv * dv + dw * dw < 1.0
 
 
@@ -45,7 +49,9 @@ class ScalpCollection:
     thickness: float  # mm of swelling beyond the normal scalp surface
     hu: float
 
-    def region(self, fields: dict[str, np.ndarray], u: np.ndarray, v: np.ndarray, w: np.ndarray, scalp: float) -> np.ndarray:
+    def region(
+        self, fields: dict[str, np.ndarray], u: np.ndarray, v: np.ndarray, w: np.ndarray, scalp: float
+    ) -> np.ndarray:
         """Voxels of the collection: between the outer table and the swollen surface (never inside the skull)."""
         du, dv, dw = u - self.centre[0], v - self.centre[1], w - self.centre[2]
         fraction = np.clip(1.0 - (du * du + dv * dv + dw * dw) / self.radius**2, 0, None)
@@ -65,7 +71,7 @@ class Mimics:
         return sorted({c.name for c in self.calcifications} | {s.name for s in self.scalp})
 
     @classmethod
-    def sample(cls, rng: np.random.Generator, anatomy: HeadAnatomy, rich: bool = False) -> "Mimics":
+    def sample(cls, rng: np.random.Generator, anatomy: HeadAnatomy, rich: bool = False) -> Mimics:
         """Random mimics; ``rich`` (used for most studies without hemorrhage) makes each more likely."""
         boost = 1.6 if rich else 1.0
         calcifications: list[Calcification] = []
@@ -78,7 +84,8 @@ class Mimics:
             for side in sides:
                 calcifications.append(Calcification(
                     "choroid plexus calcification", anatomy.atrium(side) + rng.uniform(-2, 2, 3),
-                    np.array([rng.uniform(1.5, 3.5), rng.uniform(2.5, 6.0), rng.uniform(1.5, 3.5)]), rng.uniform(100, 450)))
+                    np.array([rng.uniform(1.5, 3.5), rng.uniform(2.5, 6.0), rng.uniform(1.5, 3.5)]),
+                    rng.uniform(100, 450)))
         if rng.random() < min(0.15 * boost, 0.95):
             for side in (-1.0, 1.0):
                 calcifications.append(Calcification(
@@ -88,17 +95,21 @@ class Mimics:
             for _ in range(int(rng.integers(1, 4))):
                 centre = np.array([0.0, rng.uniform(-45, 45), anatomy.vertex - rng.uniform(18, 45)])
                 calcifications.append(Calcification(
-                    "dural calcification", centre, np.array([rng.uniform(0.8, 1.6), rng.uniform(3, 10), rng.uniform(2, 8)]),
-                    rng.uniform(200, 600)))
+                    "dural calcification", centre,
+                    np.array([rng.uniform(0.8, 1.6), rng.uniform(3, 10), rng.uniform(2, 8)]), rng.uniform(200, 600)))
         scalp: list[ScalpCollection] = []
         if rng.random() < min(0.3 * boost, 0.9):
             for _ in range(int(rng.choice([1, 2], p=[0.8, 0.2]))):
                 name = SCALP_COLLECTIONS[int(rng.random() < 0.35)]
                 hu = rng.uniform(50, 80) if name == "scalp haematoma" else rng.uniform(20, 45)
-                scalp.append(ScalpCollection(name, _outer_surface_point(anatomy, rng), rng.uniform(25, 55), rng.uniform(5, 18), hu))
+                scalp.append(ScalpCollection(
+                    name, _outer_surface_point(anatomy, rng), rng.uniform(25, 55), rng.uniform(5, 18), hu
+                ))
         return cls(calcifications, scalp)
 
-    def paint(self, fields: dict[str, np.ndarray], anatomy: HeadAnatomy, u: np.ndarray, v: np.ndarray, w: np.ndarray) -> None:
+    def paint(
+        self, fields: dict[str, np.ndarray], anatomy: HeadAnatomy, u: np.ndarray, v: np.ndarray, w: np.ndarray
+    ) -> None:
         """Write the mimics into the slice's tissue and HU maps (in place)."""
         tissue, hu = fields["tissue"], fields["hu"]
         for collection in self.scalp:

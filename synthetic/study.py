@@ -52,14 +52,15 @@ def make_study(number: int, seed: int, root: Path, max_slices: int | None = None
 
     series = load_single_series(folder / "ct")  # read back: the ground truth is aligned to what readers see
     np.savez_compressed(
-        folder / "labels.npz", labels=labels, tissues=tissues, sop_instance_uids=[str(h.SOPInstanceUID) for h in series.headers]
+        folder / "labels.npz", labels=labels, tissues=tissues,
+        sop_instance_uids=[str(h.SOPInstanceUID) for h in series.headers],
     )
     segments = subtype_segments(labels) or [SegmentMask("Intracranial hemorrhage", "any", labels > 0)]
     seg = build_seg(series.headers, segments, GROUND_TRUTH_AUTHOR, "Ground truth (synthetic)")
     write_atomically(seg, folder / "ground_truth_seg.dcm")
 
     rows = []
-    for header, label_slice in zip(series.headers, labels):
+    for header, label_slice in zip(series.headers, labels, strict=True):
         for subtype, (x0, y0, x1, y1) in lesion_boxes(label_slice):
             rows.append((
                 identity.study_uid, identity.series_uid, str(header.SOPInstanceUID), SUBTYPES[subtype].capitalize(),

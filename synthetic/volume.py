@@ -61,7 +61,7 @@ class Acquisition:
     windows: tuple[tuple[float, float], ...] = ((40.0, 80.0),)  # header presets, primary first; () = none
 
     @classmethod
-    def sample(cls, rng: np.random.Generator, anatomy: HeadAnatomy, max_slices: int | None = None) -> "Acquisition":
+    def sample(cls, rng: np.random.Generator, anatomy: HeadAnatomy, max_slices: int | None = None) -> Acquisition:
         top = anatomy.vertex + rng.uniform(-5, 5)
         lowest = anatomy.skull_base_height - rng.uniform(25, 45)  # from below the orbits to the vertex
         thickness = float(rng.choice(THICKNESSES, p=THICKNESS_P))
@@ -172,7 +172,7 @@ class SyntheticHead:
     mimics: Mimics = field(default_factory=Mimics)
 
     @classmethod
-    def sample(cls, rng: np.random.Generator, max_slices: int | None = None) -> "SyntheticHead":
+    def sample(cls, rng: np.random.Generator, max_slices: int | None = None) -> SyntheticHead:
         anatomy = HeadAnatomy.sample(rng)
         lesions = sample_lesions(anatomy, rng)
         acquisition = Acquisition.sample(rng, anatomy, max_slices)
@@ -198,12 +198,15 @@ class SyntheticHead:
         for lesion in self.lesions:
             blood = lesion.region(fields, u, v, w)
             if blood.any():
-                slice_hu[blood] = lesion.density(self.anatomy.texture_waves(u[blood], v[blood], w[blood]), u[blood], v[blood], w[blood])
+                texture = self.anatomy.texture_waves(u[blood], v[blood], w[blood])
+                slice_hu[blood] = lesion.density(texture, u[blood], v[blood], w[blood])
                 tissue[blood] = TISSUES["blood"]
                 labels[blood] = lesion.subtype + 1
         return fields, labels
 
-    def render(self, rng: np.random.Generator, indices: list[int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def render(
+        self, rng: np.random.Generator, indices: list[int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(HU float32, subtype labels uint8, tissue codes uint8), each (slices, matrix, matrix), ascending in z.
 
         ``indices`` renders only those slices (for quick looks and tests); the default is the whole series.
@@ -241,7 +244,9 @@ class SyntheticHead:
                 dy, dx, weight = acq.motion[index]
                 ghost = ndimage.shift(hu[out], (dy, dx), order=1, mode="nearest")
                 hu[out] = ndimage.gaussian_filter((1 - weight) * hu[out] + weight * ghost, 0.6)
-        noise = ndimage.gaussian_filter(rng.normal(size=hu.shape).astype(np.float32), sigma=(0, acq.noise_correlation, acq.noise_correlation))
+        noise = ndimage.gaussian_filter(
+            rng.normal(size=hu.shape).astype(np.float32), sigma=(0, acq.noise_correlation, acq.noise_correlation)
+        )
         factors = acq.slice_noise[chosen] if acq.slice_noise is not None else np.ones(len(chosen), np.float32)
         noise *= np.float32(acq.noise_sigma / noise.std()) * factors[:, None, None].astype(np.float32)
         hu += noise  # correlated noise of the sampled sigma, varying a little from slice to slice
@@ -252,7 +257,8 @@ class SyntheticHead:
         acq = self.acquisition
         cavity = fields["cavity"]
         if acq.cupping_hu:
-            slice_hu = slice_hu + np.where(cavity, acq.cupping_hu * np.exp(-np.maximum(fields["inner_depth"], 0) / acq.cupping_mm), 0).astype(np.float32)
+            cupping = acq.cupping_hu * np.exp(-np.maximum(fields["inner_depth"], 0) / acq.cupping_mm)
+            slice_hu = slice_hu + np.where(cavity, cupping, 0).astype(np.float32)
         if acq.streak_hu:
             petrous = fields["tissue"] == TISSUES["petrous bone"]
             if petrous.sum() > 40:
@@ -274,5 +280,6 @@ class SyntheticHead:
         distance = np.hypot(rows - start[0] - t * d[0], cols - start[1] - t * d[1]) * acq.pixel_spacing
         width = acq.streak_mm
         taper = np.sin(np.pi * np.clip(t, 0.05, 0.95))  # strongest midway between the bones
-        band = -acq.streak_hu * np.exp(-((distance / width) ** 2)) + 0.4 * acq.streak_hu * np.exp(-(((distance - 2.2 * width) / width) ** 2))
+        band = (-acq.streak_hu * np.exp(-((distance / width) ** 2))
+                + 0.4 * acq.streak_hu * np.exp(-(((distance - 2.2 * width) / width) ** 2)))
         return np.where(inside, band * taper, 0).astype(np.float32)

@@ -20,8 +20,10 @@ def study_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from synthetic.__main__ import main
 
     root = tmp_path_factory.mktemp("synthetic")
-    main(["--out", str(root / "negative"), "--studies", "1", "--first", str(NEGATIVE_STUDY), "--seed", str(TEST_SEED), "--workers", "1"])
-    main(["--out", str(root / "positive"), "--studies", "1", "--first", str(POSITIVE_STUDY), "--seed", str(TEST_SEED), "--workers", "1"])
+    main(["--out", str(root / "negative"), "--studies", "1", "--first", str(NEGATIVE_STUDY),
+          "--seed", str(TEST_SEED), "--workers", "1"])
+    main(["--out", str(root / "positive"), "--studies", "1", "--first", str(POSITIVE_STUDY),
+          "--seed", str(TEST_SEED), "--workers", "1"])
     return root
 
 

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 from pydicom.dataset import Dataset
 
-from ichseg import __version__
+from ichseg import __version__, cli
 from ichseg.dicom_series import DicomInputError, load_single_series
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,6 +35,11 @@ def environment(tmp_path_factory: pytest.TempPathFactory):
         yield patch
 
 
+def nothing_written(output_folder: Path) -> bool:
+    """A refused run leaves no output: the folder is absent (refused before the SDK made it) or empty."""
+    return not output_folder.exists() or not any(output_folder.iterdir())
+
+
 def run_app(input_folder: Path, output_folder: Path, models: Path = MODELS) -> int:
     import app
 
@@ -44,6 +49,8 @@ def run_app(input_folder: Path, output_folder: Path, models: Path = MODELS) -> i
 def check_outputs(study_ct: Path, output: Path) -> tuple[dict, np.ndarray, hd.seg.Segmentation]:
     """Assertions every successful run must pass; returns the report, the pipeline's mask and the SEG."""
     assert {p.name for p in output.iterdir()} == OUTPUTS, "exactly the outputs, no staging folder left"
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in output.iterdir()}
+    assert modes == dict.fromkeys(OUTPUTS, "0o644"), "readable by a forwarder running as another user"
     report = json.loads((output / "ich_report.json").read_text())
     saved = np.load(output / "ich_mask.npz")
     mask = saved["mask"]
@@ -53,15 +60,20 @@ def check_outputs(study_ct: Path, output: Path) -> tuple[dict, np.ndarray, hd.se
 
     seg = hd.seg.segread(output / "ich_seg.dcm")
     assert seg.NumberOfFrames == len(series.headers), "one frame per source slice, empty ones kept"
-    frames = seg.get_pixels_by_source_instance(source_sop_instance_uids=list(saved["sop_instance_uids"]), segment_numbers=[1])
+    frames = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=list(saved["sop_instance_uids"]), segment_numbers=[1]
+    )
     np.testing.assert_array_equal(frames[..., 0].astype(bool), mask)
     headers = {str(h.SOPInstanceUID): h for h in series.headers}
     referenced = []
-    for frame in seg.PerFrameFunctionalGroupsSequence:  # highdicom may store frames in another order: match by reference
+    # highdicom may store frames in another order: match by reference
+    for frame in seg.PerFrameFunctionalGroupsSequence:
         header = headers[frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID]
         referenced.append(str(header.SOPInstanceUID))
         position = frame.PlanePositionSequence[0].ImagePositionPatient
-        np.testing.assert_allclose([float(v) for v in position], [float(v) for v in header.ImagePositionPatient], atol=1e-3)
+        np.testing.assert_allclose(
+            [float(v) for v in position], [float(v) for v in header.ImagePositionPatient], atol=1e-3
+        )
     assert sorted(referenced) == sorted(headers), "each source slice referenced by exactly one frame"
     assert seg.FrameOfReferenceUID == series.headers[0].FrameOfReferenceUID
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series.series_uid
@@ -100,7 +112,9 @@ def check_outputs(study_ct: Path, output: Path) -> tuple[dict, np.ndarray, hd.se
 def test_graph_is_wired_as_designed(tmp_path: Path) -> None:
     from app import ICHSegmentationApp
 
-    application = ICHSegmentationApp(["python", "app.py", "-i", str(tmp_path), "-o", str(tmp_path / "out"), "-m", str(tmp_path)])
+    application = ICHSegmentationApp(
+        ["python", "app.py", "-i", str(tmp_path), "-o", str(tmp_path / "out"), "-m", str(tmp_path)]
+    )
     application.compose()
     graph = application.graph
     edges = {
@@ -124,7 +138,7 @@ def test_graph_is_wired_as_designed(tmp_path: Path) -> None:
         ("box_merger", "preview"): {"boxes": {"boxes"}},
         ("anatomical_guard", "preview"): {"mask": {"mask"}},
         ("dicom_series_loader", "report"): {"series": {"series"}, "selection": {"selection"}},
-        ("yolo_detector", "report"): {"detections": {"detections"}},
+        ("yolo_detector", "report"): {"detections": {"detections"}, "confidence": {"confidence"}},
         ("box_merger", "report"): {"boxes": {"boxes"}},
         ("transdeeplab_segmenter", "report"): {"mask": {"unguarded"}},
         ("anatomical_guard", "report"): {"mask": {"mask"}, "guard": {"guard"}},
@@ -133,7 +147,8 @@ def test_graph_is_wired_as_designed(tmp_path: Path) -> None:
     }
 
 
-def _header(description: str, modality: str = "CT", kernel: str = "STANDARD", image_type: tuple[str, ...] = ("ORIGINAL", "PRIMARY", "AXIAL"),
+def _header(description: str, modality: str = "CT", kernel: str = "STANDARD",
+            image_type: tuple[str, ...] = ("ORIGINAL", "PRIMARY", "AXIAL"),
             orientation: tuple[int, ...] = (1, 0, 0, 0, 1, 0)) -> Dataset:
     header = Dataset()
     header.SeriesDescription, header.Modality, header.ConvolutionKernel = description, modality, kernel
@@ -143,7 +158,7 @@ def _header(description: str, modality: str = "CT", kernel: str = "STANDARD", im
 
 
 def test_series_selection_follows_the_rules() -> None:
-    from operators.ct_series_loader_operator import SelectionRules, select_series
+    from ichseg.series_selection import SelectionRules, select_series
 
     rules = SelectionRules.load(REPO / "series_selection_rules.json")
     series = {
@@ -170,16 +185,16 @@ def test_series_selection_follows_the_rules() -> None:
 
 def test_missing_model_fails_first_with_exit_status(tmp_path: Path) -> None:
     """``python <app folder>`` (what the MAP runs) refuses to start without models, before reading any DICOM."""
-    import app
 
     (tmp_path / "no_models").mkdir()
     result = subprocess.run(
-        [sys.executable, str(REPO), "-i", str(tmp_path), "-o", str(tmp_path / "out"), "-m", str(tmp_path / "no_models")],
+        [sys.executable, str(REPO), "-i", str(tmp_path), "-o", str(tmp_path / "out"),
+         "-m", str(tmp_path / "no_models")],
         capture_output=True, text=True, cwd=tmp_path, timeout=600,
     )
-    assert result.returncode == app.EXIT_MODEL
+    assert result.returncode == cli.EXIT_MODEL
     assert "model problem" in result.stderr and str(tmp_path / "no_models" / "detector") in result.stderr
-    assert not any((tmp_path / "out").iterdir()), "nothing written"
+    assert nothing_written(tmp_path / "out"), "nothing written"
 
 
 @pytest.mark.parametrize("variable, value", [
@@ -188,19 +203,20 @@ def test_missing_model_fails_first_with_exit_status(tmp_path: Path) -> None:
 ])
 def test_bad_setting_is_a_usage_error(variable: str, value: str, tmp_path: Path, environment: pytest.MonkeyPatch,
                                       capfd: pytest.CaptureFixture[str]) -> None:
-    import app
 
     environment.setenv(variable, value)
     try:
-        assert run_app(tmp_path, tmp_path / "out", models=tmp_path) == app.EXIT_USAGE
+        assert run_app(tmp_path, tmp_path / "out", models=tmp_path) == cli.EXIT_USAGE
     finally:
         environment.delenv(variable)
     assert value in capfd.readouterr().err
-    assert not any((tmp_path / "out").iterdir())
+    assert nothing_written(tmp_path / "out")
 
 
 def test_help_explains_inputs_outputs_and_options() -> None:
-    result = subprocess.run([sys.executable, str(REPO), "--help"], capture_output=True, text=True, cwd=REPO, timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(REPO), "--help"], capture_output=True, text=True, cwd=REPO, timeout=300
+    )
     assert result.returncode == 0
     for text in ("--input", "--output", "--model", "ICH_CONFIDENCE", "ICH_MERGE", "ICH_GUARD", "ich_seg.dcm",
                  "ich_report.json", "exit status"):
@@ -213,6 +229,10 @@ def test_positive_study(positive_study: Path, tmp_path: Path) -> None:
     truth = np.load(positive_study / "labels.npz")["labels"] > 0
     assert report["hemorrhage_detected"] and report["subtypes_detected"]
     assert (mask & truth).sum() > 0, "the mask overlaps the true hemorrhage"
+    operating_point = json.loads((MODELS / "detector" / "manifest.json").read_text())["operating_confidence"]
+    assert report["settings"]["confidence"] == operating_point, (
+        "no ICH_CONFIDENCE: the threshold used is the manifest's"
+    )
     guard = report["guard"]
     assert guard["applied"] and report["settings"]["guard"] and report["settings"]["merge"] == "slice"
     assert guard["settings"]["hu_range"] == report["settings"]["guard_hu"]
@@ -220,7 +240,9 @@ def test_positive_study(positive_study: Path, tmp_path: Path) -> None:
     assert all(len(entry["merged_boxes"]) <= 1 for entry in report["slices"]), "slice merge: one box per slice"
 
 
-def test_negative_result_still_writes_an_empty_seg(negative_study: Path, tmp_path: Path, environment: pytest.MonkeyPatch) -> None:
+def test_negative_result_still_writes_an_empty_seg(
+    negative_study: Path, tmp_path: Path, environment: pytest.MonkeyPatch
+) -> None:
     environment.setenv("ICH_CONFIDENCE", "0.999")  # no box passes: the no-finding path, whatever the weights
     environment.setenv("ICH_GUARD", "0")
     try:
@@ -258,7 +280,9 @@ def test_non_512_matrix_gives_seg_on_source_grid(
     for entry in report["slices"]:  # merged boxes on the source grid, none overlapping another of its slice
         boxes = entry["merged_boxes"]
         assert all(0 <= v <= 256 + 1 for box in boxes for v in box)
-        assert all(a[2] < b[0] or b[2] < a[0] or a[3] < b[1] or b[3] < a[1] for a, b in zip(boxes, boxes[1:]))
+        assert all(
+            a[2] < b[0] or b[2] < a[0] or a[3] < b[1] or b[3] < a[1] for a, b in zip(boxes, boxes[1:], strict=False)
+        )
 
 
 def _missing_slice(study_ct: Path, folder: Path) -> str:
@@ -272,8 +296,9 @@ def _missing_slice(study_ct: Path, folder: Path) -> str:
 
 
 @pytest.mark.parametrize("case", ["empty folder", "non-DICOM files", "missing slice"])
-def test_bad_input_is_refused_without_output(case: str, positive_study: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
-    import app
+def test_bad_input_is_refused_without_output(
+    case: str, positive_study: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
 
     folder = tmp_path / "in"
     folder.mkdir()
@@ -285,14 +310,13 @@ def test_bad_input_is_refused_without_output(case: str, positive_study: Path, tm
         _missing_slice(positive_study / "ct", folder)
         expected = "missing slice"
     status = run_app(folder, tmp_path / "out")
-    assert status == app.EXIT_INPUT
+    assert status == cli.EXIT_INPUT
     assert expected in capfd.readouterr().err
-    assert not any((tmp_path / "out").iterdir()), "no SEG, no report, no staging folder"
+    assert nothing_written(tmp_path / "out"), "no SEG, no report, no staging folder"
 
 
 def test_exit_status_of_the_process(positive_study: Path, tmp_path: Path) -> None:
     """``python <app folder>`` (what the MAP runs) exits non-zero with the problem on stderr."""
-    import app
 
     folder = tmp_path / "in"
     folder.mkdir()
@@ -301,6 +325,6 @@ def test_exit_status_of_the_process(positive_study: Path, tmp_path: Path) -> Non
         [sys.executable, str(REPO), "-i", str(folder), "-o", str(tmp_path / "out"), "-m", str(MODELS)],
         capture_output=True, text=True, cwd=tmp_path, timeout=600,
     )
-    assert result.returncode == app.EXIT_INPUT
+    assert result.returncode == cli.EXIT_INPUT
     assert "input refused" in result.stderr and "missing slice" in result.stderr
-    assert not any((tmp_path / "out").iterdir())
+    assert nothing_written(tmp_path / "out")

@@ -68,3 +68,16 @@ def test_negative_slices_stay_empty(models, negative_study: Path) -> None:
     middle = len(series.hu) // 2
     result = pipeline.run(slices_of(series, middle - 2, middle + 2), models[1], models[0])
     assert not result.mask.any()
+
+
+def test_positive_study_dice_floor(models, positive_study: Path) -> None:
+    """Product Dice (detector → merge → segmenter → guard, the app's defaults) of the whole positive study.
+
+    Measured 0.531 with the bundled v0.2.0 weights (CPU, 1 thread). The floor, about 80 % of it, fails on a real
+    regression (weights, preprocessing, box mapping, guard), not on numeric noise; re-measure after retraining.
+    """
+    series = load_single_series(positive_study / "ct")
+    truth = np.load(positive_study / "labels.npz")["labels"] > 0
+    mask = pipeline.run(series, models[1], models[0]).mask
+    dice = 2.0 * int((mask & truth).sum()) / (int(mask.sum()) + int(truth.sum()))
+    assert dice >= 0.42, f"Dice {dice:.3f} on the positive study (measured 0.531)"

@@ -13,9 +13,10 @@ import pytest
 import yaml
 
 from ichseg.boxes import lesion_boxes
-from ichseg.detector import INPUT_SIZE, Detection, HemorrhageDetector, detector_input, to_bgr
+from ichseg.detector import INPUT_SIZE, KEEP_EVERY_BOX, Detection, HemorrhageDetector, to_bgr
 from ichseg.dicom_series import load_single_series
 from ichseg.model_manifest import ModelError, ModelManifest
+from ichseg.pipeline import window_series
 from ichseg.subtypes import SUBTYPES
 from training.detector_dataset import convert, read_boxes
 
@@ -25,7 +26,9 @@ def ultralytics_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """ultralytics' config folder, a fresh temporary one unless another test module imported ultralytics first."""
     if "ultralytics" not in sys.modules:
         os.environ["YOLO_CONFIG_DIR"] = str(tmp_path_factory.mktemp("yolo-config"))
-    import ichseg.ultralytics_offline  # noqa: F401  (switches ultralytics offline)
+    import ichseg.ultralytics_offline  # noqa: F401  (switches ultralytics offline, before its first import)
+
+    # isort: split
     from ultralytics.utils import USER_CONFIG_DIR
 
     return Path(USER_CONFIG_DIR)
@@ -81,13 +84,13 @@ def test_converter_labels_equal_mask_boxes(tmp_path: Path, positive_study: Path,
     summary = convert(boxes_csv, dicom_root, out, studies_csv)
     series = load_single_series(positive_study / "ct")
     labels = np.load(positive_study / "labels.npz")
-    windowed = detector_input(series)
+    windowed = window_series(series).detector
     positives = [i for i, label in enumerate(labels["labels"]) if label.any()]
     assert positives and summary.positives["train"] == len(positives)
     assert summary.images["train"] == len(series.headers) and summary.images["test"] == 0
     assert summary.images["val"] > 0 and summary.positives["val"] == 0
     assert summary.unmatched_boxes == summary.lost_boxes == summary.empty_boxes == 0
-    for index, (header, label_slice) in enumerate(zip(series.headers, labels["labels"])):
+    for index, (header, label_slice) in enumerate(zip(series.headers, labels["labels"], strict=True)):
         assert str(header.SOPInstanceUID) == str(labels["sop_instance_uids"][index])
         got = sorted(read_label(out / "labels" / "train" / f"pos_{header.SOPInstanceUID}.txt"))
         want = sorted((b.subtype, b.box) for b in lesion_boxes(label_slice))
@@ -123,9 +126,10 @@ def test_bhx_data_column_layout(tmp_path: Path) -> None:
 
 def test_ultralytics_is_offline(ultralytics_config: Path, tmp_path: Path) -> None:
     """The fonts check_font would download are local, and nothing is allowed to go online or pip-install."""
-    from ichseg.ultralytics_offline import install_fonts
     from ultralytics.utils import AUTOINSTALL, ONLINE, SETTINGS
     from ultralytics.utils.checks import check_font
+
+    from ichseg.ultralytics_offline import install_fonts
 
     assert not ONLINE and not AUTOINSTALL and not SETTINGS["sync"] and SETTINGS["api_key"] == ""
     for name in ("Arial.ttf", "Arial.Unicode.ttf"):
@@ -157,8 +161,8 @@ def test_tiny_training_gives_a_loadable_detector(
     assert 0.0 <= manifest.training["mAP50_95"] <= manifest.training["mAP50"] <= 1.0
     assert (tmp_path / "runs" / "train" / "weights" / "best.pt").is_file()
 
-    detector = HemorrhageDetector(model_dir, confidence=0.001)
-    windowed = detector_input(load_single_series(positive_study / "ct"))[:3]
+    detector = HemorrhageDetector(model_dir, confidence=KEEP_EVERY_BOX)
+    windowed = window_series(load_single_series(positive_study / "ct")).detector[:3]
     blank = detector.detect(np.zeros((2, INPUT_SIZE, INPUT_SIZE), dtype=np.uint8))
     slices = detector.detect(windowed, batch_size=2)
     assert len(blank) == 2 and all(isinstance(d, list) for d in blank) and len(slices) == 3

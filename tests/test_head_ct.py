@@ -16,7 +16,7 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from ichseg import head_ct
+from ichseg import cli, head_ct
 from ichseg.dicom_series import DicomInputError, load_single_series
 
 MATRIX = 512
@@ -173,7 +173,8 @@ def write_series(hu: np.ndarray, folder: Path, pixel_mm: float, slice_mm: float 
         ds.RescaleIntercept, ds.RescaleSlope = "-1024", "1"
         ds.PixelData = np.clip(np.rint(slice_hu + 1024), 0, 4095).astype(np.uint16).tobytes()
         ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         path = folder / f"{index:04d}.dcm"
         ds.save_as(path, enforce_file_format=True)
@@ -311,7 +312,7 @@ def test_check_cost_is_small(positive_study: Path, record_property) -> None:
 
 def test_head_series_is_chosen_over_a_chest_series(negative_study: Path, tmp_path: Path) -> None:
     """A study with a chest series (more slices) and a head series: the body part steers the choice."""
-    from operators.ct_series_loader_operator import load_chosen_series
+    from ichseg.series_selection import load_chosen_series
 
     folder = tmp_path / "study"
     write_series(body_volume("chest", slices=40)[:, ::2, ::2], folder / "chest", 1.4, body_part="CHEST")
@@ -326,14 +327,16 @@ def test_head_series_is_chosen_over_a_chest_series(negative_study: Path, tmp_pat
 
 
 def test_loader_refuses_a_chest_unless_switched_off(tmp_path: Path) -> None:
-    from operators.ct_series_loader_operator import load_chosen_series
+    from ichseg.series_selection import load_chosen_series
 
     chest = body_volume("chest", slices=4)[:, ::2, ::2]
     write_series(chest, tmp_path / "labelled", 1.4, body_part="CHEST")
     write_series(chest, tmp_path / "unlabelled", 1.4)
     with pytest.raises(head_ct.NotHeadCTError, match="BodyPartExamined 'CHEST'"):
         load_chosen_series(tmp_path / "labelled", _rules(), head_check=True)
-    with pytest.raises(head_ct.NotHeadCTError, match=f"in {tmp_path / 'unlabelled'}: not a head CT: 4 of 4 slices show a body"):
+    with pytest.raises(
+        head_ct.NotHeadCTError, match=f"in {tmp_path / 'unlabelled'}: not a head CT: 4 of 4 slices show a body"
+    ):
         load_chosen_series(tmp_path / "unlabelled", _rules(), head_check=True)
     for folder in ("labelled", "unlabelled"):
         selection, series = load_chosen_series(tmp_path / folder, _rules(), head_check=False)
@@ -342,7 +345,7 @@ def test_loader_refuses_a_chest_unless_switched_off(tmp_path: Path) -> None:
 
 def test_refusal_lists_every_series(tmp_path: Path) -> None:
     """No candidate left: the message says why each series was not taken, body part included."""
-    from operators.ct_series_loader_operator import load_chosen_series
+    from ichseg.series_selection import load_chosen_series
 
     small = body_volume("chest", slices=3)[:, ::2, ::2]
     write_series(small, tmp_path / "chest", 1.4, body_part="CHEST")
@@ -363,28 +366,31 @@ def app_environment(tmp_path_factory: pytest.TempPathFactory):
 
 
 def run_app(input_folder: Path, output_folder: Path) -> int:
-    import app
+    from test_app import run_app as run_bundled_app
 
-    models = Path(__file__).resolve().parents[1] / "models"
-    return app.main(["python", "app.py", "-i", str(input_folder), "-o", str(output_folder), "-m", str(models)])
+    return run_bundled_app(input_folder, output_folder)
+
+
+def nothing_written(output_folder: Path) -> bool:
+    from test_app import nothing_written as nothing_in
+
+    return nothing_in(output_folder)
 
 
 @pytest.mark.parametrize("kind", ["chest", "abdomen"])
 def test_app_refuses_body_ct(kind: str, tmp_path: Path, app_environment, capfd: pytest.CaptureFixture[str]) -> None:
-    import app
 
     folder = tmp_path / kind
     write_series(body_volume(kind), folder, 0.7, description=f"{kind} 5mm")  # no BodyPartExamined
-    assert run_app(folder, tmp_path / "out") == app.EXIT_INPUT
+    assert run_app(folder, tmp_path / "out") == cli.EXIT_INPUT
     err = capfd.readouterr().err
     assert "input refused" in err and "not a head CT" in err and "body cross-section" in err
     assert f"{kind} 5mm" in err and str(folder) in err and "ICH_HEAD_CHECK=0" in err
-    assert not any((tmp_path / "out").iterdir()), "no SEG, no report, no staging folder"
+    assert nothing_written(tmp_path / "out"), "no SEG, no report, no staging folder"
 
 
 def test_app_refuses_head_study_labelled_chest(negative_study: Path, tmp_path: Path, app_environment,
                                               capfd: pytest.CaptureFixture[str]) -> None:
-    import app
 
     folder = tmp_path / "labelled"
     folder.mkdir()
@@ -392,9 +398,9 @@ def test_app_refuses_head_study_labelled_chest(negative_study: Path, tmp_path: P
         ds = pydicom.dcmread(path)
         ds.BodyPartExamined = "CHEST"
         ds.save_as(folder / path.name)
-    assert run_app(folder, tmp_path / "out") == app.EXIT_INPUT
+    assert run_app(folder, tmp_path / "out") == cli.EXIT_INPUT
     assert "not a head CT: BodyPartExamined 'CHEST'" in capfd.readouterr().err
-    assert not any((tmp_path / "out").iterdir())
+    assert nothing_written(tmp_path / "out")
 
 
 @pytest.mark.parametrize("value, expected", [("", True), ("1", True), ("0", False), ("no", False)])
@@ -403,7 +409,9 @@ def test_switch_reaches_the_loader(value: str, expected: bool, tmp_path: Path, a
 
     app_environment.setenv("ICH_HEAD_CHECK", value)
     try:
-        application = ICHSegmentationApp(["python", "app.py", "-i", str(tmp_path), "-o", str(tmp_path / "out"), "-m", str(tmp_path)])
+        application = ICHSegmentationApp(
+            ["python", "app.py", "-i", str(tmp_path), "-o", str(tmp_path / "out"), "-m", str(tmp_path)]
+        )
         application.compose()
     finally:
         app_environment.delenv("ICH_HEAD_CHECK")
@@ -412,18 +420,17 @@ def test_switch_reaches_the_loader(value: str, expected: bool, tmp_path: Path, a
 
 
 def test_bad_switch_is_a_usage_error(tmp_path: Path, app_environment, capfd: pytest.CaptureFixture[str]) -> None:
-    import app
 
     app_environment.setenv("ICH_HEAD_CHECK", "maybe")
     try:
-        assert run_app(tmp_path, tmp_path / "out") == app.EXIT_USAGE
+        assert run_app(tmp_path, tmp_path / "out") == cli.EXIT_USAGE
     finally:
         app_environment.delenv("ICH_HEAD_CHECK")
     assert "ICH_HEAD_CHECK='maybe'" in capfd.readouterr().err
-    assert not any((tmp_path / "out").iterdir())
+    assert nothing_written(tmp_path / "out")
 
 
 def _rules():
-    from operators.ct_series_loader_operator import SelectionRules
+    from ichseg.series_selection import SelectionRules
 
     return SelectionRules.load(Path(__file__).resolve().parents[1] / "series_selection_rules.json")

@@ -1,4 +1,5 @@
-"""``monai-deploy package`` up to the image build: app.json, pkg.json and the Dockerfile from app.yaml + requirements.txt.
+"""``monai-deploy package`` up to the image build: app.json, pkg.json and the Dockerfile from app.yaml +
+requirements.txt.
 
 No network and no image build in tests: the artifacts manifest the CLI would download is given as a local
 ``--source`` file, and a stand-in ``docker`` first on PATH fails, so the packager stops right after writing its
@@ -22,7 +23,9 @@ import yaml
 from ichseg import __version__
 
 REPO = Path(__file__).resolve().parents[1]
-APP_CONTENT = ("app.py", "__main__.py", "app.yaml", "requirements.txt", "series_selection_rules.json", "operators", "ichseg")
+APP_CONTENT = (
+    "app.py", "__main__.py", "app.yaml", "requirements.txt", "series_selection_rules.json", "operators", "ichseg"
+)
 HOLOSCAN_VERSION = "4.2.0"
 BASE_IMAGE = "nvcr.io/nvidia/cuda:13.0.0-runtime-ubuntu24.04"
 TAG = "ich-seg:test"
@@ -119,7 +122,9 @@ def test_pkg_json_carries_resources_and_models(packaged: tuple[subprocess.Comple
     assert pkg["version"] == config["application"]["version"] == __version__
 
 
-def test_dockerfile_installs_requirements_and_copies_app_and_models(packaged: tuple[subprocess.CompletedProcess, Path]) -> None:
+def test_dockerfile_installs_requirements_and_copies_app_and_models(
+    packaged: tuple[subprocess.CompletedProcess, Path],
+) -> None:
     result, _ = packaged
     log = result.stdout + result.stderr
     dockerfile = block(log, "Dockerfile")
@@ -138,6 +143,8 @@ def test_dockerfile_installs_requirements_and_copies_app_and_models(packaged: tu
 def test_staged_app_folder_is_self_contained(packaged: tuple[subprocess.CompletedProcess, Path]) -> None:
     """What goes into /opt/holoscan/app imports and starts on its own (``python <folder>``, as app.json runs it)."""
     _, app_dir = packaged
-    result = subprocess.run([sys.executable, str(app_dir), "--help"], capture_output=True, text=True, cwd=app_dir.parent, timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(app_dir), "--help"], capture_output=True, text=True, cwd=app_dir.parent, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "ICH_CONFIDENCE" in result.stdout

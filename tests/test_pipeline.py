@@ -1,10 +1,8 @@
-"""The two-stage core (``ichseg.pipeline``): per-cluster box merging, source/detector grids, and the evaluation
-running it on a series that is not 512×512 (it used to hand source-grid slices to the 512-only detector)."""
+"""The two-stage core (``ichseg.pipeline``): per-cluster box merging and the source/detector grids (the evaluation
+on a series that is not 512×512: ``test_evaluation.py``)."""
 
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 
 import numpy as np
@@ -90,11 +88,11 @@ def test_cluster_mode_crops_each_cluster_and_unions_the_masks(segmenter, positiv
     assert crops == 1, "overlapping boxes: one crop"
 
 
-def downsampled_study(study: Path, folder: Path, slices: int = 10) -> Path:
-    """The study at 256×256 (every second pixel, spacing doubled), only ``slices`` slices around the largest lesion."""
+def downsampled_series(study: Path, folder: Path, slices: int) -> Path:
+    """The study's series at 256×256 (every second pixel, spacing doubled), ``slices`` slices around the largest
+    lesion."""
     series = load_single_series(study / "ct")
-    saved = np.load(study / "labels.npz")
-    labels = saved["labels"]
+    labels = np.load(study / "labels.npz")["labels"]
     centre = int((labels > 0).reshape(len(labels), -1).sum(axis=1).argmax())
     start = max(0, min(centre - slices // 2, len(labels) - slices))
     (folder / "ct").mkdir(parents=True)
@@ -104,56 +102,13 @@ def downsampled_study(study: Path, folder: Path, slices: int = 10) -> Path:
         ds.Rows, ds.Columns = ds.Rows // 2, ds.Columns // 2
         ds.PixelSpacing = [f"{float(v) * 2:.6f}" for v in ds.PixelSpacing]
         ds.save_as(folder / "ct" / path.name)
-    np.savez_compressed(folder / "labels.npz", labels=labels[start:start + slices, ::2, ::2])
-    return folder
+    return folder / "ct"
 
 
 def test_windowing_gives_both_grids(positive_study: Path, tmp_path: Path) -> None:
-    small = load_single_series(downsampled_study(positive_study, tmp_path / "s", slices=3) / "ct")
+    small = load_single_series(downsampled_series(positive_study, tmp_path / "s", slices=3))
     windowed = pipeline.window_series(small)
     assert windowed.source.shape[1:] == (256, 256) and windowed.detector.shape[1:] == (512, 512)
     assert windowed.scale == (0.5, 0.5)
     moved = pipeline.to_source_grid(Detection(2, 0.5, (100.0, 50.0, 200.0, 150.0)), windowed.scale)
     assert moved.box == (50.0, 25.0, 100.0, 75.0) and moved.subtype == 2 and moved.confidence == 0.5
-
-
-def test_evaluation_on_a_non_512_series(positive_study: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from evaluation.evaluate import main as evaluate_main
-
-    monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "yolo"))
-    data = tmp_path / "data"
-    downsampled_study(positive_study, data / "small")
-    with (data / "studies.csv").open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerows([("study_id", "split"), ("small", "test")])
-    out = tmp_path / "results"
-    evaluate_main(["--data", str(data), "--detector", str(MODELS / "detector"),
-                   "--segmenter", str(MODELS / "segmenter"), "--merge", "slice", "--out", str(out)])
-    results = json.loads((out / "evaluation.json").read_text())
-    assert set(results["rows"]) == {"oracle", "oracle+guard", "product", "product+guard"}
-    oracle = results["rows"]["oracle"]
-    assert oracle["positive_slices"] > 0 and oracle["slice_dice"] > 0.2, "GT boxes on the source grid find the lesion"
-    assert oracle["fp_slices"] == 0, "oracle masks stay inside the ground-truth boxes"
-    guarded = results["rows"]["product+guard"]
-    assert guarded["guard_removed_ml"].keys() == {"cavity", "density", "size"}
-    assert results["detector"]["test_mAP50"] is not None, "detections compared with boxes on the same grid"
-    assert "YOLO + TransDeepLab (product), slice merge + guard" in (out / "evaluation.md").read_text()
-
-
-def test_choose_guard_writes_its_choice(positive_study: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``--choose-guard`` on a (tiny) validation split: the sweep, the best setting, the defaults and no guard."""
-    from evaluation.evaluate import main as evaluate_main
-    from evaluation.guard_choice import sweep_options
-
-    monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "yolo"))
-    data = tmp_path / "data"
-    downsampled_study(positive_study, data / "small", slices=4)
-    (data / "studies.csv").write_text("study_id,split\nsmall,val\n")
-    out = tmp_path / "choice"
-    evaluate_main(["--data", str(data), "--detector", str(MODELS / "detector"), "--segmenter",
-                   str(MODELS / "segmenter"), "--choose-guard", "--out", str(out)])
-    choice = json.loads((out / "guard_choice.json").read_text())
-    assert len(choice["sweep"]) == 2 * (len(sweep_options()) + 1), "both merges × (grid + guard off)"
-    assert choice["best"]["objective"] >= max(r["objective"] for r in choice["unguarded"].values())
-    assert set(choice["current_defaults"]) == {"slice", "cluster"} and choice["split"] == "val"
-    assert "Guard and merge choice" in (out / "guard_choice.md").read_text()

@@ -33,7 +33,7 @@ def test_apply_window_maps_level_and_edges() -> None:
 def test_windows_come_from_headers_with_fallback(positive_study: Path, negative_study: Path) -> None:
     for study in (positive_study, negative_study):
         series = load_single_series(study / "ct")
-        for header, window in zip(series.headers, series.windows):
+        for header, window in zip(series.headers, series.windows, strict=True):
             if "WindowCenter" in header:  # several presets: the first is the primary one
                 centre, width = (v[0] if header[k].VM > 1 else v for k, v in
                                  (("WindowCenter", header.WindowCenter), ("WindowWidth", header.WindowWidth)))
@@ -99,7 +99,10 @@ def _copy_series(study: Path, destination: Path) -> list[Path]:
     destination.mkdir()
     for path in (study / "ct").glob("*.dcm"):
         shutil.copy(path, destination / path.name)
-    return sorted(destination.glob("*.dcm"), key=lambda p: float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]))
+    return sorted(
+        destination.glob("*.dcm"),
+        key=lambda p: float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]),
+    )
 
 
 def test_missing_slice_is_refused_naming_files(negative_study: Path, tmp_path: Path) -> None:
@@ -135,3 +138,18 @@ def test_truncated_file_is_refused_naming_it(negative_study: Path, tmp_path: Pat
     files[3].write_bytes(files[3].read_bytes()[:5000])
     with pytest.raises(DicomInputError, match=files[3].name):
         load_single_series(tmp_path / "ct")
+
+
+def test_box_of_mask_matches_torchvision_masks_to_boxes() -> None:
+    """The paper derives boxes with torchvision's masks_to_boxes (inclusive maxima): ours are the same, +1 exclusive."""
+    import torch
+    from torchvision.ops import masks_to_boxes
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        mask = np.zeros((64, 80), dtype=bool)
+        y, x = rng.integers(0, 50), rng.integers(0, 60)
+        mask[y:y + rng.integers(1, 14), x:x + rng.integers(1, 20)] = True
+        mask[rng.integers(0, 64), rng.integers(0, 80)] = True  # a stray pixel widens the box
+        x0, y0, x1, y1 = masks_to_boxes(torch.from_numpy(mask)[None])[0].tolist()
+        assert box_of_mask(mask) == (x0, y0, x1 + 1.0, y1 + 1.0)

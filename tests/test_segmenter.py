@@ -11,19 +11,37 @@ import pytest
 import torch
 
 from evaluation.evaluate import (
-    DetectionRecords, Scores, match_detections, pooled_dice, sensitivity_specificity, slice_dice_iou,
+    DetectionRecords,
+    Scores,
+    match_detections,
+    pooled_dice,
+    sensitivity_specificity,
+    slice_dice_iou,
 )
 from evaluation.evaluate import main as evaluate_main
 from ichseg.boxes import pixel_bounds
 from ichseg.crops import crop_to_input, paste_probability
+from ichseg.labelled_study import Study, ground_truth_box, load_study
 from ichseg.model_manifest import WEIGHTS_NAME, ModelManifest
 from ichseg.runtime import autocast_dtype, cpu_has_native_bf16
-from ichseg.segmenter import ARCHITECTURES, CLASSES, HemorrhageSegmenter, build_network
-from training.segmenter_data import (
-    JITTER, SegmentationDataset, Study, crop_samples, ground_truth_box, jitter_box, jitter_reach, load_study,
-    whole_slice_samples,
+from ichseg.segmenter import (
+    ARCHITECTURES,
+    CLASSES,
+    CROP_MODE,
+    WHOLE_SLICE_MODE,
+    HemorrhageSegmenter,
+    build_network,
+    whole_slice_box,
 )
 from training.lr_schedule import FLOOR, LrPlan
+from training.segmenter_data import (
+    JITTER,
+    SegmentationDataset,
+    crop_samples,
+    jitter_box,
+    jitter_reach,
+    whole_slice_samples,
+)
 from training.train_segmenter import CHECKPOINT_NAME, half_state
 from training.train_segmenter import main as train_main
 
@@ -60,16 +78,16 @@ def constant_model(folder: Path, mode: str) -> Path:
 
 
 def test_crop_targets_paste_back_to_ground_truth(study: Study) -> None:
-    """Un-augmented crop samples equal the inference crop of the full slice, and their targets paste back onto the GT."""
+    """Un-augmented crop samples equal the inference crop of the full slice; their targets paste back onto the GT."""
     positive = [i for i, s in enumerate(study.labels) if s.any()]
     samples = crop_samples(study, JITTER)
     assert len(samples) == len(positive) > 0
     dataset = SegmentationDataset(samples, augment=False)
     checked = 0
-    for index, (image, target) in zip(positive, dataset):
+    for index, (image, target) in zip(positive, dataset, strict=True):
         truth = study.labels[index] > 0
         box = ground_truth_box(study.labels[index])
-        torch.testing.assert_close(image, crop_to_input(study.windowed[index], box))
+        torch.testing.assert_close(image, crop_to_input(study.windowed.source[index], box))
         if truth.sum() < 50:
             continue
         pasted = paste_probability(target.float(), box, truth.shape)
@@ -107,7 +125,7 @@ def trained(positive_study: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     root = tmp_path_factory.mktemp("segmenter")
     data = data_folder(root / "data", positive_study, ("train", "val"))
     out = root / "model"
-    train_main(["--data", str(data), "--out", str(out), "--mode", "crops", "--network", "monai-unet",
+    train_main(["--data", str(data), "--out", str(out), "--mode", CROP_MODE, "--network", "monai-unet",
                 "--epochs", "3", "--batch", "4", "--max-slices", "8", "--val-slices", "4", "--lr", "0.01",
                 "--warmup-steps", "0", "--seed", "0"])
     return out
@@ -119,7 +137,7 @@ def test_training_lowers_loss_and_exports(trained: Path) -> None:
     assert history[-1]["loss"] < history[0]["loss"]
     manifest = json.loads((trained / "manifest.json").read_text())
     assert manifest["task"] == "segmentation" and manifest["input_size"] == 224
-    assert manifest["training"]["mode"] == "crops" and manifest["training"]["network"] == "monai-unet"
+    assert manifest["training"]["mode"] == CROP_MODE and manifest["training"]["network"] == "monai-unet"
     assert 0 <= manifest["training"]["val_dice"] <= 1
     state = torch.load(trained / WEIGHTS_NAME, weights_only=True)
     assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
@@ -129,8 +147,9 @@ def test_training_lowers_loss_and_exports(trained: Path) -> None:
 def test_resume_with_more_epochs_extends_the_lr_plan(trained: Path, tmp_path: Path) -> None:
     """A run stopped early by its budget continues with a longer plan; a finished poly decay refuses to restart at 0."""
     data = trained.parent / "data"
-    common = ["--data", str(data), "--out", str(tmp_path), "--mode", "crops", "--network", "monai-unet", "--batch", "4",
-              "--max-slices", "8", "--val-slices", "4", "--optimizer", "sgd", "--lr", "0.1", "--seed", "0"]
+    common = ["--data", str(data), "--out", str(tmp_path), "--mode", CROP_MODE, "--network", "monai-unet",
+              "--batch", "4", "--max-slices", "8", "--val-slices", "4", "--optimizer", "sgd", "--lr", "0.1",
+              "--seed", "0"]
     train_main([*common, "--epochs", "3", "--max-minutes", "0.0001"])  # the budget stops it after one epoch
     assert len(torch.load(tmp_path / CHECKPOINT_NAME, weights_only=False)["state"]["history"]) == 1
     train_main([*common, "--epochs", "4", "--resume"])
@@ -172,10 +191,11 @@ def in_box(mask: np.ndarray, box: tuple) -> bool:
 def test_segment_skips_none_and_stays_in_box(trained: Path, study: Study) -> None:
     boxes = [ground_truth_box(s) for s in study.labels]
     chosen = [i for i, box in enumerate(boxes) if box is None][:2] + [i for i, box in enumerate(boxes) if box][:4]
-    masks = HemorrhageSegmenter(trained).segment(study.windowed[chosen], [boxes[i] for i in chosen], batch_size=4)
+    windowed = study.windowed.source[chosen]
+    masks = HemorrhageSegmenter(trained).segment(windowed, [boxes[i] for i in chosen], batch_size=4)
     assert masks.shape == (len(chosen), *study.labels.shape[1:]) and masks.dtype == bool
     assert not masks[:2].any()
-    assert all(in_box(mask, boxes[i]) for mask, i in zip(masks[2:], chosen[2:]))
+    assert all(in_box(mask, boxes[i]) for mask, i in zip(masks[2:], chosen[2:], strict=True))
 
 
 def test_transdeeplab_export_loads_as_float32(tmp_path: Path, study: Study) -> None:
@@ -186,7 +206,7 @@ def test_transdeeplab_export_loads_as_float32(tmp_path: Path, study: Study) -> N
     folder.mkdir()
     torch.save(half_state(network), folder / WEIGHTS_NAME)
     ModelManifest("t", "0", ARCHITECTURES["transdeeplab"], 224, CLASSES, "segmentation",
-                  {"mode": "crops", "network": "transdeeplab"}).save(folder)
+                  {"mode": CROP_MODE, "network": "transdeeplab"}).save(folder)
     segmenter = HemorrhageSegmenter(folder)
     loaded = segmenter.network.state_dict()
     for key, value in network.state_dict().items():
@@ -194,22 +214,22 @@ def test_transdeeplab_export_loads_as_float32(tmp_path: Path, study: Study) -> N
         assert torch.equal(loaded[key], value.half().float() if value.is_floating_point() else value)
     index = next(i for i, s in enumerate(study.labels) if s.any())
     box = ground_truth_box(study.labels[index])
-    masks = segmenter.segment(study.windowed[index:index + 2], [box, None])
+    masks = segmenter.segment(study.windowed.source[index:index + 2], [box, None])
     assert in_box(masks[0], box) and not masks[1].any()
 
 
 def test_constant_models_fill_box_or_slice(tmp_path: Path, study: Study) -> None:
     """An always-foreground model gives exactly the box (crop model) or the whole slice (whole-slice model)."""
-    windowed = study.windowed[:4]
-    boxes = [(10.0, 20.0, 60.0, 90.5), None, (0.0, 0.0, 512.0, 512.0), (300.0, 301.0, 301.0, 302.0)]
-    masks = HemorrhageSegmenter(constant_model(tmp_path / "crops", "crops")).segment(windowed, boxes)
-    for mask, box in zip(masks, boxes):
+    windowed = study.windowed.source[:4]
+    boxes = [(10.0, 20.0, 60.0, 90.5), None, whole_slice_box(windowed.shape[1:]), (300.0, 301.0, 301.0, 302.0)]
+    masks = HemorrhageSegmenter(constant_model(tmp_path / "crops", CROP_MODE)).segment(windowed, boxes)
+    for mask, box in zip(masks, boxes, strict=True):
         expected = np.zeros(mask.shape, dtype=bool)
         if box is not None:
             row0, row1, col0, col1 = pixel_bounds(box, *mask.shape)
             expected[row0:row1, col0:col1] = True
         assert np.array_equal(mask, expected)
-    whole = HemorrhageSegmenter(constant_model(tmp_path / "whole", "whole-slice"))
+    whole = HemorrhageSegmenter(constant_model(tmp_path / "whole", WHOLE_SLICE_MODE))
     assert whole.segment(windowed, [None] * 4).all()
 
 
@@ -267,8 +287,8 @@ def test_detection_matching_and_map() -> None:
 def test_evaluation_command(tmp_path: Path, positive_study: Path) -> None:
     """The CLI on one test study with always-foreground models: oracle fills GT boxes, whole-slice flags every slice."""
     data = data_folder(tmp_path / "data", positive_study, ("test",))
-    crops = constant_model(tmp_path / "crops", "crops")
-    whole = constant_model(tmp_path / "whole", "whole-slice")
+    crops = constant_model(tmp_path / "crops", CROP_MODE)
+    whole = constant_model(tmp_path / "whole", WHOLE_SLICE_MODE)
     out = tmp_path / "results"
     evaluate_main(["--data", str(data), "--detector", str(tmp_path / "missing"), "--segmenter", str(crops),
                    "--single-stage", str(whole), "--out", str(out)])

@@ -11,9 +11,9 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
+import torch
 from scipy import ndimage
 from torchvision.ops import masks_to_boxes
-import torch
 
 from ichseg.boxes import merge_boxes
 from ichseg.dicom_series import load_single_series
@@ -144,7 +144,9 @@ def test_ground_truth_seg_matches_mask_frame_by_frame(study_fixture: str, reques
         name = description.SegmentLabel.split()[0].lower()
         expected = labels["labels"] == (SUBTYPES.index(name) + 1) if name in SUBTYPES else labels["labels"] > 0
         for index in range(len(uids)):
-            np.testing.assert_array_equal(pixels[index] > 0, expected[index], err_msg=f"segment {number}, slice {index}")
+            np.testing.assert_array_equal(
+                pixels[index] > 0, expected[index], err_msg=f"segment {number}, slice {index}"
+            )
 
 
 def _dciodvfy(path: Path) -> str:
@@ -202,18 +204,19 @@ def test_negative_fraction_and_mimic_rich_negatives() -> None:
     assert {h.acquisition.matrix for h in heads} == {256, 512, 768}
     assert {h.acquisition.kernel for h in heads} == {"SOFT", "STANDARD", "SHARP"}
     assert any(h.acquisition.windows == () for h in heads)
-    assert {h.acquisition.windows[0] for h in heads if h.acquisition.windows} >= {WINDOW_PRESETS["stroke"], WINDOW_PRESETS["bone"]}
+    first_windows = {h.acquisition.windows[0] for h in heads if h.acquisition.windows}
+    assert first_windows >= {WINDOW_PRESETS["stroke"], WINDOW_PRESETS["bone"]}
 
 
 def test_same_seed_same_head() -> None:
     first, second = (SyntheticHead.sample(np.random.default_rng([5, 17])) for _ in range(2))
     assert first.acquisition.slice_count == second.acquisition.slice_count
-    assert [(l.subtype, l.blood_hu) for l in first.lesions] == [(l.subtype, l.blood_hu) for l in second.lesions]
+    assert [(a.subtype, a.blood_hu) for a in first.lesions] == [(b.subtype, b.blood_hu) for b in second.lesions]
     assert first.mimics.names == second.mimics.names
     index = first.acquisition.slice_count // 2
     one = first.render(np.random.default_rng(0), [index])
     two = second.render(np.random.default_rng(0), [index])
-    for a, b in zip(one, two):
+    for a, b in zip(one, two, strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -247,9 +250,13 @@ def test_mimics_are_where_asked_and_labelled_zero() -> None:
             Calcification("pineal calcification", anatomy.pineal(), np.full(3, 3.0), 400.0),
             Calcification("choroid plexus calcification", anatomy.atrium(1.0), np.array([2.5, 4.0, 2.5]), 300.0),
             Calcification("basal ganglia calcification", anatomy.globus_pallidus(-1.0), np.full(3, 3.0), 250.0),
-            Calcification("dural calcification", np.array([0.0, 10.0, anatomy.vertex - 25.0]), np.array([1.2, 8.0, 6.0]), 500.0),
+            Calcification(
+                "dural calcification", np.array([0.0, 10.0, anatomy.vertex - 25.0]), np.array([1.2, 8.0, 6.0]), 500.0
+            ),
         ],
-        scalp=[ScalpCollection("scalp haematoma", np.array([anatomy.semi_axes[0] * 0.95, 0.0, 25.0]), 40.0, 12.0, 65.0)],
+        scalp=[
+            ScalpCollection("scalp haematoma", np.array([anatomy.semi_axes[0] * 0.95, 0.0, 25.0]), 40.0, 12.0, 65.0)
+        ],
     )
     head = _upright_head(2, lesions=[], mimics=mimics)
     for mimic in mimics.calcifications:
@@ -302,7 +309,12 @@ def test_acquisition_geometry_reads_back(thickness: float, matrix: int, tmp_path
     assert all(float(h.SliceThickness) == thickness for h in series.headers)
 
 
-@pytest.mark.parametrize("windows", [(), ((40.0, 80.0), WINDOW_PRESETS["bone"]), ((75.0, 200.0),), (WINDOW_PRESETS["stroke"],)])
+@pytest.mark.parametrize("windows", [
+    (),
+    ((40.0, 80.0), WINDOW_PRESETS["bone"]),
+    ((75.0, 200.0),),
+    (WINDOW_PRESETS["stroke"],),
+])
 def test_header_window_presets(windows: tuple, tmp_path: Path) -> None:
     head = _upright_head(5, lesions=[], mimics=Mimics())
     acq = head.acquisition
@@ -326,14 +338,15 @@ def test_harder_hemorrhages() -> None:
         lesion = sample_lesion(anatomy, rng, subtype)
         drawn.setdefault(f"{lesion.name}/{lesion.variant}", []).append(lesion)
     assert {"subdural/thin", "subarachnoid/sulcal", "intraparenchymal/tiny", "intraventricular/layering"} <= set(drawn)
-    assert all(2.0 <= l.thickness <= 4.0 for l in drawn["subdural/thin"])
-    lesions = [l for group in drawn.values() for l in group]
-    assert any(l.mix == "swirl" for l in lesions) and any(l.mix == "level" for l in lesions)
-    assert any(35 <= l.blood_hu <= 50 for l in lesions), "hyperacute blood"
+    assert all(2.0 <= lesion.thickness <= 4.0 for lesion in drawn["subdural/thin"])
+    lesions = [lesion for group in drawn.values() for lesion in group]
+    assert any(lesion.mix == "swirl" for lesion in lesions) and any(lesion.mix == "level" for lesion in lesions)
+    assert any(35 <= lesion.blood_hu <= 50 for lesion in lesions), "hyperacute blood"
     # a fluid level: the dependent (posterior, +v) part is denser than the non-dependent part
-    level = next(l for l in lesions if l.mix == "level")
+    level = next(lesion for lesion in lesions if lesion.mix == "level")
     v = np.array([level.centre[1] - 3.0, level.centre[1] + 3.0], np.float32)
-    front, back = level.density(np.zeros(2, np.float32), np.zeros(2, np.float32) + level.centre[0], v, np.zeros(2, np.float32) + level.centre[2])
+    zeros = np.zeros(2, np.float32)
+    front, back = level.density(zeros, zeros + level.centre[0], v, zeros + level.centre[2])
     assert back > front
     # tiny clots stay under 0.5 mL: count the voxels of the region on a fine 3D grid
     tiny = drawn["intraparenchymal/tiny"][0]
@@ -349,7 +362,8 @@ def test_harder_hemorrhages() -> None:
 def test_ivh_layering_is_dependent() -> None:
     anatomy = HeadAnatomy.sample(np.random.default_rng(10))
     rng = np.random.default_rng(11)
-    lesion = next(l for l in (sample_lesion(anatomy, rng, SUBTYPES.index("intraventricular")) for _ in range(50)) if l.variant == "layering")
+    candidates = (sample_lesion(anatomy, rng, SUBTYPES.index("intraventricular")) for _ in range(50))
+    lesion = next(candidate for candidate in candidates if candidate.variant == "layering")
     head = _upright_head(6, lesions=[lesion], mimics=Mimics())
     head.anatomy = anatomy
     head.lesions = [lesion]
@@ -397,8 +411,10 @@ def test_artefacts_kernels_cupping_and_streaks() -> None:
     assert (streaked - clean).min() < -20.0 and (streaked - clean).max() > 5.0
     # sharp kernel: more noise than a soft one in the air of the same slice
     air = ndimage.binary_erosion(tissues == TISSUES["air"], iterations=10)
-    soft, _ = _render_one(head, index, noise_sigma=5.0 * 0.8, noise_correlation=0.9, blur_sigma=0.9, edge_gain=0.0, streak_hu=0.0)
-    sharp, _ = _render_one(head, index, noise_sigma=5.0 * 1.4, noise_correlation=0.4, blur_sigma=0.4, edge_gain=0.6, streak_hu=0.0)
+    soft, _ = _render_one(head, index, noise_sigma=5.0 * 0.8, noise_correlation=0.9, blur_sigma=0.9, edge_gain=0.0,
+                          streak_hu=0.0)
+    sharp, _ = _render_one(head, index, noise_sigma=5.0 * 1.4, noise_correlation=0.4, blur_sigma=0.4, edge_gain=0.6,
+                           streak_hu=0.0)
     assert sharp[air].std() > 1.3 * soft[air].std()
     # motion: a ghost of the head shifted by a few pixels, on the moved slice only
     still, _ = _render_one(head, index, **plain)

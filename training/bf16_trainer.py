@@ -14,9 +14,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from ichseg.runtime import configure_threads
 from ultralytics.engine import trainer as trainer_module
 from ultralytics.models.yolo.detect import DetectionTrainer
+
+from ichseg.runtime import configure_threads
 
 _ULTRALYTICS_AUTOCAST = trainer_module.autocast
 

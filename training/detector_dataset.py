@@ -1,7 +1,7 @@
 """BHX-style box CSV + DICOM study folders → ultralytics detection dataset for the stage-1 detector.
 
 Writes under ``--out`` (replacing its ``images/`` and ``labels/``): ``images/<split>/*.png`` (grey 512×512
-slices made by ``ichseg.detector.detector_input``, the function inference uses), ``labels/<split>/*.txt``
+slices made by ``ichseg.pipeline.window_series``, the function inference uses), ``labels/<split>/*.txt``
 (``class cx cy w h`` normalised, one line per box), ``slices.csv`` (which slice each image is) and
 ``data.yaml`` (absolute ``path:``, no ``download:`` key).
 
@@ -21,6 +21,7 @@ import shutil
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -28,8 +29,8 @@ import yaml
 from tqdm import tqdm
 
 from ichseg.boxes import LabelledBox
-from ichseg.detector import detector_input
 from ichseg.dicom_series import DicomInputError, group_series, load_series
+from ichseg.pipeline import window_series
 from ichseg.subtypes import SUBTYPES, subtype_index
 
 SPLITS = ("train", "val", "test")
@@ -133,20 +134,31 @@ def write_data_yaml(out: Path) -> Path:
     return path
 
 
-def convert(
-    boxes_csv: Path, dicom_root: Path, out: Path, studies_csv: Path | None = None,
-    negatives_per_positive: float | None = None, seed: int = 0, ignore_labels: tuple[str, ...] = (),
-) -> Summary:
-    """Write the dataset under ``out``; returns what was written and what was lost."""
-    boxes, excluded = read_boxes(boxes_csv, ignore_labels)
-    splits = assign_splits(dicom_root, studies_csv, seed)
-    summary = Summary()
+@dataclass
+class SeriesToWrite:
+    """One CT series found in pass 1, by its header entries (pixels not decoded yet)."""
 
-    # Pass 1, headers only: which slices exist, so that negatives can be sampled per split before decoding pixels.
-    series_of: list[tuple[str, str, list]] = []  # (study, split, header entries of one CT series)
-    negatives: dict[str, list[str]] = defaultdict(list)
-    positives: dict[str, int] = defaultdict(int)
-    seen: set[str] = set()
+    study: str
+    split: str
+    entries: list  # (path, header) pairs of ``group_series``
+
+
+@dataclass
+class HeaderScan:
+    """Pass 1, headers only: which slices exist, so that negatives can be sampled per split before decoding."""
+
+    series: list[SeriesToWrite] = field(default_factory=list)
+    negatives: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))  # split → hemorrhage-free SOPs
+    positives: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # split → slices with a box
+    seen: set[str] = field(default_factory=set)  # every CT SOPInstanceUID found
+
+
+def scan_headers(
+    dicom_root: Path, splits: dict[str, str], boxes: dict[str, list[LabelledBox]], excluded: set[str],
+    summary: Summary,
+) -> HeaderScan:
+    """Read the headers of every listed study; unreadable folders are noted in ``summary`` and skipped."""
+    scan = HeaderScan()
     for study, split in tqdm(sorted(splits.items()), desc="headers", unit="study"):
         try:
             grouped = group_series(dicom_root / study)
@@ -156,58 +168,95 @@ def convert(
         for entries in grouped.values():
             if str(entries[0][1].get("Modality", "")) != "CT":
                 continue  # e.g. the ground-truth SEG beside a synthetic series
-            series_of.append((study, split, entries))
+            scan.series.append(SeriesToWrite(study, split, entries))
             for _, header in entries:
                 sop = str(header.SOPInstanceUID)
-                seen.add(sop)
+                scan.seen.add(sop)
                 if sop in excluded:
                     continue
                 if sop in boxes:
-                    positives[split] += 1
+                    scan.positives[split] += 1
                 else:
-                    negatives[split].append(sop)
-    keep = (select_negatives(negatives, positives, negatives_per_positive, seed) | set(boxes)) - excluded
+                    scan.negatives[split].append(sop)
+    return scan
 
-    # Pass 2: decode, window and write the kept slices, into emptied folders (a rerun must not mix datasets).
+
+def empty_folders(out: Path) -> None:
+    """Fresh ``images/<split>`` and ``labels/<split>`` folders: a rerun must not mix datasets."""
     for folder in ("images", "labels"):
         shutil.rmtree(out / folder, ignore_errors=True)
     for split in SPLITS:
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
         (out / "labels" / split).mkdir(parents=True, exist_ok=True)
-    written: set[str] = set()
-    index_rows = []
-    for study, split, entries in tqdm(series_of, desc="series", unit="series"):
-        if not any(str(h.SOPInstanceUID) in keep for _, h in entries):
-            continue
-        try:
-            series = load_series(entries)
-        except DicomInputError as error:
-            summary.skipped_series.append(str(error))
-            continue
-        images = detector_input(series)
-        rows, columns = series.hu.shape[1:]
-        for header, image in zip(series.headers, images):
-            sop = str(header.SOPInstanceUID)
-            if sop not in keep:
-                continue
-            slice_boxes = boxes.get(sop, [])
-            lines = yolo_lines(slice_boxes, rows, columns)
-            summary.empty_boxes += len(slice_boxes) - len(lines)
-            name = f"{safe_name(study)}_{sop}"
-            cv2.imwrite(str(out / "images" / split / f"{name}.png"), image)
-            (out / "labels" / split / f"{name}.txt").write_text("".join(line + "\n" for line in lines))
-            written.add(sop)
-            summary.images[split] += 1
-            summary.positives[split] += bool(lines)
-            summary.boxes += len(lines)
-            index_rows.append((f"images/{split}/{name}.png", split, study, series.series_uid, sop, len(lines)))
-    summary.unmatched_boxes = sum(len(v) for sop, v in boxes.items() if sop not in seen)
-    summary.lost_boxes = sum(len(v) for sop, v in boxes.items() if sop in seen and sop not in written)
 
+
+class IndexRow(NamedTuple):
+    """One line of ``slices.csv``."""
+
+    image: str
+    split: str
+    study_id: str
+    series_uid: str
+    sop_instance_uid: str
+    boxes: int
+
+
+def write_series(
+    item: SeriesToWrite, keep: set[str], boxes: dict[str, list[LabelledBox]], out: Path, summary: Summary,
+) -> list[IndexRow]:
+    """Pass 2 for one series: decode, window as the app does, write its kept slices; their ``slices.csv`` rows."""
+    try:
+        series = load_series(item.entries)
+    except DicomInputError as error:
+        summary.skipped_series.append(str(error))
+        return []
+    images = window_series(series).detector
+    rows, columns = series.hu.shape[1:]
+    index_rows: list[IndexRow] = []
+    for header, image in zip(series.headers, images, strict=True):
+        sop = str(header.SOPInstanceUID)
+        if sop not in keep:
+            continue
+        slice_boxes = boxes.get(sop, [])
+        lines = yolo_lines(slice_boxes, rows, columns)
+        summary.empty_boxes += len(slice_boxes) - len(lines)
+        name = f"{safe_name(item.study)}_{sop}"
+        cv2.imwrite(str(out / "images" / item.split / f"{name}.png"), image)
+        (out / "labels" / item.split / f"{name}.txt").write_text("".join(line + "\n" for line in lines))
+        summary.images[item.split] += 1
+        summary.positives[item.split] += bool(lines)
+        summary.boxes += len(lines)
+        index_rows.append(IndexRow(f"images/{item.split}/{name}.png", item.split, item.study, series.series_uid, sop,
+                                   len(lines)))
+    return index_rows
+
+
+def write_index(out: Path, index_rows: list[IndexRow]) -> None:
+    """``slices.csv``: which slice of which study each image is."""
     with (out / "slices.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(("image", "split", "study_id", "series_uid", "sop_instance_uid", "boxes"))
+        writer.writerow(IndexRow._fields)
         writer.writerows(index_rows)
+
+
+def convert(
+    boxes_csv: Path, dicom_root: Path, out: Path, studies_csv: Path | None = None,
+    negatives_per_positive: float | None = None, seed: int = 0, ignore_labels: tuple[str, ...] = (),
+) -> Summary:
+    """Write the dataset under ``out``; returns what was written and what was lost."""
+    boxes, excluded = read_boxes(boxes_csv, ignore_labels)
+    summary = Summary()
+    scan = scan_headers(dicom_root, assign_splits(dicom_root, studies_csv, seed), boxes, excluded, summary)
+    keep = (select_negatives(scan.negatives, scan.positives, negatives_per_positive, seed) | set(boxes)) - excluded
+    empty_folders(out)
+    index_rows: list[IndexRow] = []
+    for item in tqdm(scan.series, desc="series", unit="series"):
+        if any(str(h.SOPInstanceUID) in keep for _, h in item.entries):
+            index_rows += write_series(item, keep, boxes, out, summary)
+    written = {row.sop_instance_uid for row in index_rows}
+    summary.unmatched_boxes = sum(len(v) for sop, v in boxes.items() if sop not in scan.seen)
+    summary.lost_boxes = sum(len(v) for sop, v in boxes.items() if sop in scan.seen and sop not in written)
+    write_index(out, index_rows)
     write_data_yaml(out)
     return summary
 

@@ -7,9 +7,9 @@ counted as one class) becomes ``operating_confidence`` in the manifest. Class-ag
 all boxes of a slice into one: a box with the wrong subtype still yields the right crop, a missed or spurious box
 does not. The curve is measured with class-agnostic NMS (ultralytics' single-class mode) while the app keeps
 per-class NMS; the two differ only in overlapping boxes of different subtypes, which the merger unites anyway. It
-is written to ``operating_confidence`` in the manifest, which the app uses unless ICH_CONFIDENCE overrides it. Choosing it on
-validation data, never on the test split, keeps the test figures honest. ``training.train_detector`` calls this
-after training.
+is written to ``operating_confidence`` in the manifest, which the app uses unless ICH_CONFIDENCE overrides it.
+Choosing it on validation data, never on the test split, keeps the test figures honest. ``training.train_detector``
+calls this after training.
 """
 
 from __future__ import annotations
@@ -19,18 +19,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ichseg.detector import INPUT_SIZE, NMS_IOU
+from ichseg.detector import INPUT_SIZE, KEEP_EVERY_BOX, NMS_IOU
 from ichseg.model_manifest import ModelManifest, weights_path
 from ichseg.runtime import default_device
 from ichseg.ultralytics_offline import YOLO
-
-CURVE_CONFIDENCE = 0.001  # keep (almost) every box so that the whole F1-confidence curve is measured
 
 
 def operating_confidence(weights: Path, data: Path, project: Path, device: str | None = None) -> float:
     """Confidence at the maximum of the class-agnostic F1 curve on the validation split."""
     metrics = YOLO(str(weights), task="detect").val(
-        data=str(data), split="val", imgsz=INPUT_SIZE, conf=CURVE_CONFIDENCE, iou=NMS_IOU, device=str(default_device(device)),
+        data=str(data), split="val", imgsz=INPUT_SIZE, conf=KEEP_EVERY_BOX, iou=NMS_IOU,
+        device=str(default_device(device)),
         plots=False, project=str(project), name="operating-point", exist_ok=True, verbose=False, single_cls=True,
     )
     f1 = np.asarray(metrics.box.f1_curve).mean(axis=0)  # one row in single-class mode
@@ -48,7 +47,9 @@ def store(model_dir: Path, data: Path, project: Path, device: str | None = None)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m training.detector_operating_point", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m training.detector_operating_point", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--model", type=Path, default=Path("models/detector"), help="model folder")
     parser.add_argument("--data", type=Path, required=True, help="data.yaml with a val split")
     parser.add_argument("--project", type=Path, default=Path("runs/detector"))

@@ -1,7 +1,8 @@
-"""Stage-2 training data from synthetic study folders, preprocessed exactly as inference preprocesses.
+"""Stage-2 training data from labelled study folders, preprocessed exactly as inference preprocesses.
 
-Each slice is windowed with its own header window (``ichseg.windowing``) and cropped/resized with
-``ichseg.crops``, the functions the app uses on detector boxes. Two modes:
+Each slice is windowed with its own header window (``ichseg.labelled_study`` → ``ichseg.pipeline.window_series``)
+and cropped/resized with ``ichseg.crops``, the functions the app uses on detector boxes. Two modes
+(``ichseg.segmenter.MODES``):
 
 * ``crops`` (the paper): every slice with hemorrhage, cropped to the merge of its per-lesion
   ``masks_to_boxes`` boxes — the merged box inference builds from the detector's boxes of a slice;
@@ -17,7 +18,6 @@ that are a little loose, tight or shifted.
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,25 +26,14 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from ichseg.boxes import Box, lesion_boxes, merge_boxes, pixel_bounds
+from ichseg.boxes import Box, pixel_bounds
 from ichseg.crops import CROP_SIZE, crop_mask_to_target, crop_to_input
-from ichseg.dicom_series import CTSeries, load_single_series
-from ichseg.windowing import window_volume
+from ichseg.labelled_study import Study, ground_truth_box, load_study, study_ids
+from ichseg.segmenter import CROP_MODE, MODES, whole_slice_box
 
-MODES = ("crops", "whole-slice")
 JITTER = 0.10  # largest outward move of one box edge, as a fraction of the box side
 MIN_JITTER_SIDE = 16.0  # px: tiny lesions still get a few pixels of jitter, as detector boxes are never exact
 NEGATIVE_FRACTION = 0.2  # whole-slice mode: share of hemorrhage-free training slices kept
-
-
-@dataclass
-class Study:
-    """One study read for training or evaluation: windowed slices, labels and the series geometry."""
-
-    study_id: str
-    windowed: np.ndarray  # (N, H, W) uint8, each slice with its own header window
-    labels: np.ndarray  # (N, H, W) uint8, 0 background, k+1 subtype k
-    series: CTSeries
 
 
 @dataclass
@@ -54,31 +43,6 @@ class SliceSample:
     image: np.ndarray  # uint8 (h, w)
     mask: np.ndarray  # bool (h, w)
     box: Box  # in region coordinates
-
-
-def study_ids(data: Path, split: str) -> list[str]:
-    """Study ids of one split from ``studies.csv``, in file order."""
-    with (Path(data) / "studies.csv").open(newline="") as handle:
-        return [row["study_id"] for row in csv.DictReader(handle) if row["split"] == split]
-
-
-def window_series(series: CTSeries) -> np.ndarray:
-    """(N, H, W) uint8: every slice windowed with its own header window, as at inference."""
-    return window_volume(series.hu, series.windows)
-
-
-def load_study(folder: Path) -> Study:
-    """Read a generated study folder; its labels follow load_single_series' slice order."""
-    series = load_single_series(Path(folder) / "ct")
-    labels = np.load(Path(folder) / "labels.npz")["labels"]
-    if labels.shape != series.hu.shape:
-        raise ValueError(f"{folder}: labels {labels.shape} do not match the series {series.hu.shape}")
-    return Study(Path(folder).name, window_series(series), labels, series)
-
-
-def ground_truth_box(label_slice: np.ndarray) -> Box | None:
-    """The merged box of all lesions of a slice — what inference builds from the detector's boxes."""
-    return merge_boxes(labelled.box for labelled in lesion_boxes(label_slice))
 
 
 def jitter_reach(box: Box, jitter: float) -> Box:
@@ -102,7 +66,7 @@ def crop_samples(study: Study, jitter: float) -> list[SliceSample]:
     """Crop mode: one sample per hemorrhage slice, caching only the region the jittered boxes can reach."""
     samples = []
     height, width = study.labels.shape[1:]
-    for windowed, label_slice in zip(study.windowed, study.labels):
+    for windowed, label_slice in zip(study.windowed.source, study.labels, strict=True):
         box = ground_truth_box(label_slice)
         if box is None:
             continue
@@ -119,14 +83,13 @@ def crop_samples(study: Study, jitter: float) -> list[SliceSample]:
 def whole_slice_samples(study: Study, negative_fraction: float, rng: np.random.Generator) -> list[SliceSample]:
     """Whole-slice mode: hemorrhage slices and a random ``negative_fraction`` of the others, resized to 224."""
     samples = []
-    height, width = study.labels.shape[1:]
-    whole: Box = (0.0, 0.0, float(width), float(height))
-    for windowed, label_slice in zip(study.windowed, study.labels):
+    whole = whole_slice_box(study.labels.shape[1:])
+    for windowed, label_slice in zip(study.windowed.source, study.labels, strict=True):
         if not label_slice.any() and rng.random() >= negative_fraction:
             continue
         image = torch.round(crop_to_input(windowed, whole)[0] * 255.0).to(torch.uint8).numpy()
         mask = crop_mask_to_target(label_slice, whole).numpy().astype(bool)
-        samples.append(SliceSample(image, mask, (0.0, 0.0, float(CROP_SIZE), float(CROP_SIZE))))
+        samples.append(SliceSample(image, mask, whole_slice_box((CROP_SIZE, CROP_SIZE))))
     return samples
 
 
@@ -141,7 +104,7 @@ def load_samples(
     ids = study_ids(data, split)[:limit]
     for number, study_id in enumerate(tqdm(ids, desc=f"loading {split}", unit="study")):
         study = load_study(Path(data) / study_id)
-        if mode == "crops":
+        if mode == CROP_MODE:
             samples += crop_samples(study, jitter)
         else:
             samples += whole_slice_samples(study, negative_fraction, np.random.default_rng([seed, number]))
@@ -155,7 +118,9 @@ def evenly_spaced(samples: list[SliceSample], count: int | None) -> list[SliceSa
     return [samples[i] for i in np.linspace(0, len(samples) - 1, count).round().astype(int)]
 
 
-def rotate_flip(image: torch.Tensor, target: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def rotate_flip(
+    image: torch.Tensor, target: torch.Tensor, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The paper's augmentation: a random multiple of 90° rotation, then a flip along a random axis half the time."""
     turns = int(rng.integers(4))
     image, target = torch.rot90(image, turns, (-2, -1)), torch.rot90(target, turns, (-2, -1))

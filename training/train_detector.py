@@ -5,9 +5,9 @@ SGD, augmentation HSV / translate / scale / horizontal flip / mosaic. ``--tune N
 hyperparameter evolution (the paper's GA) for N iterations and writes ``best_hyperparameters.yaml``;
 ``--hyp`` trains with such a file (flags given on the command line still win).
 
-After training, the best weights are tested on the test split (mAP@0.5 and mAP@0.5:0.95, NMS IoU 0.6 as at
-inference) and written with a manifest to ``--out`` (``model.pt`` + ``manifest.json``), which
-``ichseg.detector.HemorrhageDetector`` loads.
+After training, the best weights are tested on the test split (mAP@0.5 and mAP@0.5:0.95, at the NMS IoU of
+inference, ``ichseg.detector.NMS_IOU``) and written with a manifest to ``--out`` (``model.pt`` + ``manifest.json``),
+which ``ichseg.detector.HemorrhageDetector`` loads.
 """
 
 from __future__ import annotations
@@ -20,17 +20,18 @@ from typing import Any
 import torch
 import yaml
 
-from ichseg.detector import NMS_IOU
+from ichseg.detector import KEEP_EVERY_BOX, NMS_IOU
 from ichseg.model_manifest import WEIGHTS_NAME, ModelError, ModelManifest
 from ichseg.runtime import PRECISIONS, autocast_dtype, default_device
 from ichseg.subtypes import SUBTYPES
 from ichseg.ultralytics_offline import YOLO
 from training.bf16_trainer import Bf16DetectionTrainer
 from training.detector_operating_point import store as store_operating_point
-from ultralytics.utils.torch_utils import strip_optimizer
+
+# isort: split
+from ultralytics.utils.torch_utils import strip_optimizer  # after ichseg.ultralytics_offline has switched it offline
 
 MODEL_NAME = "ich-yolov5-detector"
-TEST_CONFIDENCE = 0.001  # mAP integrates over all confidences: keep (almost) every box
 RECIPE_KEYS = ("model", "optimizer", "lr0", "lrf", "momentum", "weight_decay", "hsv_h", "hsv_s", "hsv_v",
                "translate", "scale", "fliplr", "mosaic", "close_mosaic", "seed", "amp")
 MAX_BYTES_PER_PARAMETER = 3  # FP16 weights are 2; more means an optimizer or EMA copy is still inside
@@ -64,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="auto: bf16 autocast where the hardware has bf16 (weights stay fp32), else fp32")
     parser.add_argument("--pretrained", type=Path, default=None,
-                        help="start from these weights (e.g. models/detector/model.pt) instead of random initialisation")
+                        help="start from these weights (e.g. models/detector/model.pt) "
+                             "instead of random initialisation")
     parser.add_argument("--workers", type=int, default=2, help="dataloader processes")
     parser.add_argument("--cache", choices=("none", "ram", "disk"), default="none", help="decoded-image cache")
     parser.add_argument("--device", default=None, help="torch device (default: CUDA if present, else CPU)")
@@ -100,7 +102,8 @@ def train_settings(args: argparse.Namespace, extra: dict[str, Any], device: torc
         "cache": False if args.cache == "none" else args.cache, "device": str(device), "plots": args.plots,
         # fp16 AMP's check downloads a model; bf16 needs neither the check nor a GradScaler (CPU: Bf16DetectionTrainer)
         "amp": "bf16" if autocast_dtype(device, args.precision) == torch.bfloat16 else False,
-        "pretrained": str(args.pretrained.resolve()) if args.pretrained else False, "project": str(args.project.resolve()), "name": args.name, "exist_ok": True, **extra,
+        "pretrained": str(args.pretrained.resolve()) if args.pretrained else False,
+        "project": str(args.project.resolve()), "name": args.name, "exist_ok": True, **extra,
     }
 
 
@@ -127,7 +130,7 @@ def evaluate(weights: Path, trainer_args: Any, device: torch.device) -> tuple[fl
     """mAP@0.5 and mAP@0.5:0.95 of the exported weights on the test split."""
     metrics = YOLO(str(weights), task="detect").val(
         data=trainer_args.data, split="test", imgsz=trainer_args.imgsz, batch=trainer_args.batch,
-        conf=TEST_CONFIDENCE, iou=NMS_IOU, device=str(device), plots=False,
+        conf=KEEP_EVERY_BOX, iou=NMS_IOU, device=str(device), plots=False,
         project=str(trainer_args.project), name=f"{Path(trainer_args.name).name}-test", exist_ok=True,
     )
     return float(metrics.box.map50), float(metrics.box.map)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -34,9 +35,9 @@ from ichseg.crops import CROP_SIZE
 from ichseg.model_manifest import WEIGHTS_NAME, ModelManifest, weights_path
 from ichseg.networks import TransDeepLab
 from ichseg.runtime import PRECISIONS, autocast, autocast_dtype, configure_threads, default_device
-from ichseg.segmenter import ARCHITECTURES, CLASSES, build_network
+from ichseg.segmenter import ARCHITECTURES, CLASSES, CROP_MODE, MODES, WHOLE_SLICE_MODE, build_network
 from training.lr_schedule import LrPlan
-from training.segmenter_data import JITTER, MODES, SegmentationDataset, evenly_spaced, load_samples
+from training.segmenter_data import JITTER, SegmentationDataset, evenly_spaced, load_samples
 
 CHECKPOINT_NAME = "checkpoint.pt"
 MOMENTUM = 0.9  # SGD
@@ -49,15 +50,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m training.train_segmenter", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="synthetic data folder with studies.csv")
     parser.add_argument("--out", type=Path, required=True, help="model folder to write")
-    parser.add_argument("--mode", choices=MODES, default="crops", help="crops (two-stage) or whole-slice (single-stage)")
+    parser.add_argument("--mode", choices=MODES, default=CROP_MODE,
+                        help=f"{CROP_MODE} (two-stage) or {WHOLE_SLICE_MODE} (single-stage)")
     parser.add_argument("--network", choices=sorted(ARCHITECTURES), default="transdeeplab")
     parser.add_argument("--epochs", type=int, default=300, help="planned epochs; the lr decays to 0 over them")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="adamw",
-                        help="adamw (warm-up + cosine; default, for random initialisation) or sgd (the paper's poly decay)")
+                        help="adamw (warm-up + cosine; default, for random initialisation) "
+                             "or sgd (the paper's poly decay)")
     parser.add_argument("--lr", type=float, default=None, help="peak lr (default: adamw 3e-4, sgd 0.01)")
     parser.add_argument("--weight-decay", type=float, default=None, help="default: adamw 0.05, sgd 1e-4")
-    parser.add_argument("--warmup-steps", type=int, default=None, help="linear warm-up steps (default: adamw 40, sgd 0)")
+    parser.add_argument("--warmup-steps", type=int, default=None,
+                        help="linear warm-up steps (default: adamw 40, sgd 0)")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="auto: bf16 autocast where the hardware has bf16, else fp32 (weights stay fp32)")
     parser.add_argument("--init-weights", type=Path, default=None,
@@ -110,7 +114,9 @@ def lr_plan(args: argparse.Namespace, steps_per_epoch: int) -> LrPlan:
 
 
 @torch.no_grad()
-def validation_dice(model: nn.Module, loader: DataLoader, device: torch.device, dtype: torch.dtype | None = None) -> float:
+def validation_dice(
+    model: nn.Module, loader: DataLoader, device: torch.device, dtype: torch.dtype | None = None
+) -> float:
     """Mean Dice of the hemorrhage class over validation samples with hemorrhage, in the 224×224 input space."""
     model.eval()
     scores = []
@@ -135,7 +141,7 @@ def _finite(value: float | None) -> float | None:
 
 def manifest_for(args: argparse.Namespace, state: dict) -> ModelManifest:
     """The manifest of the exported (best) weights, with how they were made."""
-    stage = "segmenter" if args.mode == "crops" else "single-stage"
+    stage = "segmenter" if args.mode == CROP_MODE else "single-stage"
     return ModelManifest(
         name=f"ich-{args.network}-{stage}",
         version="0.1.0",
@@ -157,7 +163,7 @@ def manifest_for(args: argparse.Namespace, state: dict) -> ModelManifest:
             "optimizer": optimizer_description(args),
             "precision": state.get("precision", "fp32"),
             "init_weights": str(args.init_weights) if args.init_weights else None,
-            "augmentation": "rot90 + flip" + (f" + box jitter {JITTER:.0%}" if args.mode == "crops" else ""),
+            "augmentation": "rot90 + flip" + (f" + box jitter {JITTER:.0%}" if args.mode == CROP_MODE else ""),
             "encoder_init": str(args.init_encoder) if args.init_encoder else "random",
             "seed": args.seed,
         },
@@ -176,10 +182,11 @@ def make_loaders(args: argparse.Namespace) -> tuple[SegmentationDataset, DataLoa
     """Cached, augmented training set with its seeded sampler, and the un-augmented validation loader."""
     train_samples = load_samples(args.data, "train", args.mode, seed=args.seed, limit=args.limit_studies)
     val_samples = load_samples(args.data, "val", args.mode, negative_fraction=0.0, limit=args.limit_studies)
-    train_samples, val_samples = evenly_spaced(train_samples, args.max_slices), evenly_spaced(val_samples, args.val_slices)
+    train_samples = evenly_spaced(train_samples, args.max_slices)
+    val_samples = evenly_spaced(val_samples, args.val_slices)
     if not train_samples:
         raise SystemExit(f"{args.data}: no training slices for mode {args.mode}")
-    train_set = SegmentationDataset(train_samples, augment=True, jitter=JITTER if args.mode == "crops" else 0.0,
+    train_set = SegmentationDataset(train_samples, augment=True, jitter=JITTER if args.mode == CROP_MODE else 0.0,
                                     seed=args.seed)
     generator = torch.Generator()
     per_epoch = args.steps_per_epoch * args.batch if args.steps_per_epoch else None
@@ -227,7 +234,9 @@ def resume(checkpoint_path: Path, args: argparse.Namespace, model: nn.Module, op
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
     made_for = (checkpoint["args"]["mode"], checkpoint["args"]["network"], checkpoint["args"].get("optimizer", "sgd"))
     if made_for != (args.mode, args.network, args.optimizer):
-        raise SystemExit(f"{checkpoint_path}: made for {'/'.join(made_for)}, not {args.mode}/{args.network}/{args.optimizer}")
+        raise SystemExit(
+            f"{checkpoint_path}: made for {'/'.join(made_for)}, not {args.mode}/{args.network}/{args.optimizer}"
+        )
     state = checkpoint["state"]
     old_total = checkpoint.get("plan", {}).get("total_steps", 0)
     if state["steps"] >= old_total and plan.total_steps > old_total:
@@ -239,52 +248,94 @@ def resume(checkpoint_path: Path, args: argparse.Namespace, model: nn.Module, op
     return state
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    invoked = time.perf_counter()
-    configure_threads()
+@dataclass
+class Run:
+    """What one invocation trains with, built once and then stepped epoch by epoch."""
+
+    args: argparse.Namespace
+    device: torch.device
+    dtype: torch.dtype | None  # autocast dtype (None: fp32)
+    train_set: SegmentationDataset
+    train_loader: DataLoader
+    generator: torch.Generator  # the training sampler's, reseeded every epoch
+    val_loader: DataLoader
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: nn.Module
+    plan: LrPlan
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.args.out / CHECKPOINT_NAME
+
+
+def set_up(args: argparse.Namespace) -> Run:
+    """Data, model, optimizer, loss and lr plan for ``args`` (the output folder is created)."""
     device = default_device(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
     train_set, train_loader, generator, val_loader = make_loaders(args)
     model = make_model(args).to(device)
     optimizer = make_optimizer(args, model)
     loss_fn = DiceCELoss(softmax=True, to_onehot_y=True, lambda_ce=0.4, lambda_dice=0.6)
-    dtype = autocast_dtype(device, args.precision)
-    state = {"epoch": 0, "steps": 0, "seconds": 0.0, "loading_seconds": 0.0, "best_dice": None, "best_epoch": None,
-             "history": [], "train_samples": len(train_set), "val_samples": len(val_loader.dataset),
-             "precision": "bf16" if dtype == torch.bfloat16 else "fp32"}
-    checkpoint_path = args.out / CHECKPOINT_NAME
-    plan = lr_plan(args, len(train_loader))
-    if args.resume:
-        state = resume(checkpoint_path, args, model, optimizer, plan)
-    print(f"{args.optimizer} {plan.shape}, peak lr {args.lr}, {state['precision']} on {device}")
+    return Run(args, device, autocast_dtype(device, args.precision), train_set, train_loader, generator, val_loader,
+               model, optimizer, loss_fn, lr_plan(args, len(train_loader)))
 
+
+def fresh_state(run: Run) -> dict:
+    """Progress of a run that starts at epoch 0 (what the checkpoint stores and ``resume`` restores)."""
+    val_samples = len(run.val_loader.dataset)  # type: ignore[arg-type]  # a SegmentationDataset: sized
+    return {"epoch": 0, "steps": 0, "seconds": 0.0, "loading_seconds": 0.0, "best_dice": None, "best_epoch": None,
+            "history": [], "train_samples": len(run.train_set), "val_samples": val_samples,
+            "precision": "bf16" if run.dtype == torch.bfloat16 else "fp32"}
+
+
+def train_and_validate(run: Run, state: dict, epoch: int, started: float) -> tuple[bool, float]:
+    """One epoch and its validation, recorded in ``state``; returns (best so far, seconds spent loading data)."""
+    args = run.args
+    torch.manual_seed(args.seed * 100_003 + epoch)  # dropout/drop-path; repeatable across --resume
+    run.generator.manual_seed(args.seed * 100_003 + epoch)
+    run.train_set.set_epoch(epoch)
+    losses, loading = train_epoch(run.model, run.train_loader, run.loss_fn, run.optimizer, run.plan, state["steps"],
+                                  run.device, run.dtype, f"epoch {epoch}/{args.epochs}")
+    dice = validation_dice(run.model, run.val_loader, run.device, run.dtype)
+    state["epoch"], state["steps"] = epoch, state["steps"] + len(losses)
+    state["seconds"] = time.perf_counter() - started
+    state["loading_seconds"] = state.get("loading_seconds", 0.0) + loading
+    state["history"].append({"epoch": epoch, "steps": state["steps"], "loss": sum(losses) / len(losses),
+                             "val_dice": dice, "seconds": round(state["seconds"], 1)})
+    improved = state["best_dice"] is None or math.isnan(state["best_dice"]) or dice > state["best_dice"]
+    if improved:
+        state["best_dice"], state["best_epoch"] = dice, epoch
+    return improved, loading
+
+
+def save_epoch(run: Run, state: dict, improved: bool) -> None:
+    """The best weights (when this epoch improved), the manifest and the checkpoint for ``--resume``."""
+    if improved:
+        torch.save(half_state(run.model), run.args.out / WEIGHTS_NAME)
+    manifest_for(run.args, state).save(run.args.out)
+    torch.save({"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+                "plan": vars(run.plan), "state": state, "args": vars(run.args)}, run.checkpoint_path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    invoked = time.perf_counter()
+    configure_threads()
+    run = set_up(args)
+    state = resume(run.checkpoint_path, args, run.model, run.optimizer, run.plan) if args.resume else fresh_state(run)
+    print(f"{args.optimizer} {run.plan.shape}, peak lr {args.lr}, {state['precision']} on {run.device}")
     started = time.perf_counter() - state["seconds"]
     budget = args.max_minutes * 60 if args.max_minutes else math.inf
     print(f"{args.network} {args.mode}: {state['train_samples']} train / {state['val_samples']} val slices, "
-          f"{len(train_loader)} steps per epoch on {device}")
+          f"{len(run.train_loader)} steps per epoch on {run.device}")
     for epoch in range(state["epoch"] + 1, args.epochs + 1):
         epoch_started = time.perf_counter()
-        torch.manual_seed(args.seed * 100_003 + epoch)  # dropout/drop-path; repeatable across --resume
-        generator.manual_seed(args.seed * 100_003 + epoch)
-        train_set.set_epoch(epoch)
-        losses, loading = train_epoch(model, train_loader, loss_fn, optimizer, plan, state["steps"], device, dtype,
-                                      f"epoch {epoch}/{args.epochs}")
-        dice = validation_dice(model, val_loader, device, dtype)
-        state["epoch"], state["steps"] = epoch, state["steps"] + len(losses)
-        state["seconds"] = time.perf_counter() - started
-        state["loading_seconds"] = state.get("loading_seconds", 0.0) + loading
-        state["history"].append({"epoch": epoch, "steps": state["steps"], "loss": sum(losses) / len(losses),
-                                 "val_dice": dice, "seconds": round(state["seconds"], 1)})
-        improved = state["best_dice"] is None or math.isnan(state["best_dice"]) or dice > state["best_dice"]
-        if improved:
-            state["best_dice"], state["best_epoch"] = dice, epoch
-            torch.save(half_state(model), args.out / WEIGHTS_NAME)
-        manifest_for(args, state).save(args.out)
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "plan": vars(plan), "state": state, "args": vars(args)}, checkpoint_path)
-        tqdm.write(f"epoch {epoch}: loss {state['history'][-1]['loss']:.4f}, val Dice {dice:.4f}"
-                   f"{' (best)' if improved else ''}, {time.perf_counter() - epoch_started:.0f} s ({loading:.0f} s loading)")
+        improved, loading = train_and_validate(run, state, epoch, started)
+        save_epoch(run, state, improved)
+        tqdm.write(f"epoch {epoch}: loss {state['history'][-1]['loss']:.4f}, "
+                   f"val Dice {state['history'][-1]['val_dice']:.4f}{' (best)' if improved else ''}, "
+                   f"{time.perf_counter() - epoch_started:.0f} s ({loading:.0f} s loading)")
         now = time.perf_counter()
         if (now - invoked) + (now - epoch_started) > budget:  # elapsed + one more epoch like this one
             print(f"stopping: the next epoch would exceed --max-minutes {args.max_minutes}")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file
@@ -77,7 +78,7 @@ class SwinEncoder(nn.Module):
         grid = img_size // 4
         drop_path = calculate_drop_path_rates(DROP_PATH_RATE, list(ENCODER_DEPTHS), stagewise=True)
         stages = []
-        for i, (depth, heads) in enumerate(zip(ENCODER_DEPTHS, ENCODER_HEADS)):
+        for i, (depth, heads) in enumerate(zip(ENCODER_DEPTHS, ENCODER_HEADS, strict=True)):
             # timm downsamples at the start of a stage, so input_resolution is the map before PatchMerging.
             resolution = grid // 2 ** max(i - 1, 0)
             stages.append(
@@ -203,6 +204,25 @@ class SwinDecoder(nn.Module):
         return self.head(x.permute(0, 3, 1, 2))
 
 
+def _unwrap_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The state dict inside a ``{"model": ...}`` and/or ``{"state_dict": ...}`` wrapper, else the checkpoint."""
+    checkpoint = checkpoint.get("model", checkpoint)
+    return checkpoint.get("state_dict", checkpoint)
+
+
+def _rename_legacy_pyramid_keys(
+    module: nn.Module, state_dict: dict[str, torch.Tensor], prefix: str, *_: object
+) -> None:
+    """Load-state-dict pre-hook: ``aspp.*`` → ``swin_spp.*``.
+
+    The pyramid was once stored as ``aspp``; weights saved then (the bundled models/segmenter/model.pt, training
+    checkpoints) keep loading, strictly, under the new name.
+    """
+    old, new = f"{prefix}aspp.", f"{prefix}swin_spp."
+    for key in [k for k in state_dict if k.startswith(old)]:
+        state_dict[new + key[len(old):]] = state_dict.pop(key)
+
+
 class TransDeepLab(nn.Module):
     """TransDeepLab with the published Swin-T / 2-level pyramid defaults; (B, in_chans, S, S) -> (B, classes, S, S).
 
@@ -220,18 +240,19 @@ class TransDeepLab(nn.Module):
         self.in_chans = in_chans
         high_resolution = img_size // 16
         self.encoder = SwinEncoder(img_size, in_chans)
-        self.aspp = SwinSpatialPyramidPooling(
+        self.swin_spp = SwinSpatialPyramidPooling(
             dim=EMBED_DIM * 4,
             resolution=high_resolution,
             out_dim=EMBED_DIM,
             window_sizes=(WINDOW_SIZE, high_resolution),
         )
         self.decoder = SwinDecoder(num_classes, dim=EMBED_DIM, high_resolution=high_resolution)
+        self.register_load_state_dict_pre_hook(_rename_legacy_pyramid_keys)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_chans, img_size, img_size) -> logits (B, num_classes, img_size, img_size)."""
         low_level, high_level = self.encoder(x)
-        return self.decoder(low_level, self.aspp(high_level))
+        return self.decoder(low_level, self.swin_spp(high_level))
 
     def load_encoder_checkpoint(self, path: str | os.PathLike[str]) -> list[str]:
         """Initialise the encoder from a local ImageNet Swin-T state dict; nothing is ever downloaded.
@@ -244,11 +265,9 @@ class TransDeepLab(nn.Module):
         """
         path = Path(path)
         if path.suffix == ".safetensors":
-            state = load_file(str(path))
+            state = _unwrap_checkpoint(load_file(str(path)))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        state = state.get("model", state)
-        state = state.get("state_dict", state)
+            state = _unwrap_checkpoint(torch.load(path, map_location="cpu", weights_only=True))
         # Filter first: timm's filter resolves each relative-position table's module, absent here for stage 3.
         state = {k: v for k, v in state.items() if k.startswith(_ENCODER_KEY_PREFIXES)}
         state = checkpoint_filter_fn(state, self.encoder)

@@ -1,11 +1,12 @@
-"""Per-stage console progress and timings, shared by the operators of one run so the report can list them."""
+"""Per-stage console progress and timings, shared by the start-up checks and the operators of one run so the report
+can list them."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 logger = logging.getLogger("ichseg.app")
 

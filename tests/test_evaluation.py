@@ -1,0 +1,132 @@
+"""The evaluation (``evaluation.evaluate``, ``evaluation.guard_choice``) on a series that is not 512×512, with the
+bundled models: a 256² study written by the synthetic generator. The detector must see the 512 grid and its boxes
+come back on the source grid (the evaluation once handed source-grid slices to the 512-only detector)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from evaluation.evaluate import DetectionRecords, Models, Scores, add_study, parse_args, study_masks
+from evaluation.evaluate import main as evaluate_main
+from ichseg.guard import GuardOptions
+from ichseg.labelled_study import Study, load_study
+from synthetic.ct_writer import StudyIdentity, write_ct_series
+from synthetic.volume import SyntheticHead
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = REPO / "models"
+SEED, NUMBER = 7, 5  # the head of conftest's positive study: intraparenchymal + epidural, 5 mm, no motion
+MATRIX = 256
+
+
+def generated_study(folder: Path, matrix: int = MATRIX, slices: int = 8) -> Path:
+    """Synthetic study (SEED, NUMBER) scanned at ``matrix``² over the same field of view, cut to the ``slices``
+    slices around its largest lesion and written as the generator writes a study (``ct/`` and ``labels.npz``)."""
+    rng = np.random.default_rng([SEED, NUMBER])
+    head = SyntheticHead.sample(rng)
+    scanned = head.acquisition
+    acquisition = dataclasses.replace(
+        scanned, matrix=matrix, pixel_spacing=scanned.pixel_spacing * scanned.matrix / matrix
+    )
+    hu, labels, _ = dataclasses.replace(head, acquisition=acquisition).render(rng)
+    centre = int((labels > 0).reshape(len(labels), -1).sum(axis=1).argmax())
+    start = max(0, min(centre - slices // 2, len(labels) - slices))
+    cut = dataclasses.replace(acquisition, slice_count=slices,
+                              first_slice_w=acquisition.first_slice_w + start * acquisition.slice_thickness)
+    write_ct_series(hu[start:start + slices], cut, StudyIdentity(NUMBER, SEED), folder / "ct", rng)
+    np.savez_compressed(folder / "labels.npz", labels=labels[start:start + slices])
+    return folder
+
+
+def data_folder(root: Path, study: Path, split: str) -> Path:
+    """A data folder listing one study (linked in) under ``split``."""
+    root.mkdir(parents=True)
+    (root / study.name).symlink_to(study, target_is_directory=True)
+    (root / "studies.csv").write_text(f"study_id,split\n{study.name},{split}\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def study_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generated_study(tmp_path_factory.mktemp("matrix") / f"small_{MATRIX}")
+
+
+@pytest.fixture(scope="module")
+def study(study_folder: Path) -> Study:
+    return load_study(study_folder)
+
+
+@pytest.fixture(scope="module")
+def models(study_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Models:
+    """The bundled detector and crop segmenter, loaded as ``evaluate`` loads them."""
+    with pytest.MonkeyPatch.context() as patch:  # ultralytics' config folder, unless imported already
+        patch.setenv("YOLO_CONFIG_DIR", str(tmp_path_factory.mktemp("yolo")))
+        return Models.load(parse_args(["--data", str(study_folder.parent), "--detector", str(MODELS / "detector"),
+                                       "--segmenter", str(MODELS / "segmenter")]))
+
+
+def test_labelled_study_windows_both_grids(study: Study) -> None:
+    assert study.series.hu.shape[1:] == (MATRIX, MATRIX) and study.labels.shape == study.series.hu.shape
+    assert study.windowed.source.shape == study.labels.shape
+    assert study.windowed.detector.shape == (len(study.labels), 512, 512)
+    positive = (study.labels > 0).any(axis=(1, 2))
+    assert positive.sum() >= 5 and not positive.all(), "the lesion spans most of the cut, not all of it"
+
+
+def test_study_masks_on_a_256_series(study: Study, models: Models) -> None:
+    """Per study: masks on the source grid; GT boxes and detector boxes (scaled back from 512) find the lesion."""
+    records = DetectionRecords()
+    masks = study_masks(study, models, ("slice",), GuardOptions(), records)
+    assert set(masks) == {"oracle", "oracle+guard", "product", "product+guard"}
+    for mask, seconds, _ in masks.values():
+        assert mask.shape == study.labels.shape and mask.dtype == bool and seconds >= 0
+    scores: dict[str, Scores] = {}
+    add_study(scores, study, masks)
+    oracle = scores["oracle"].summary()
+    assert oracle["slice_dice"] > 0.3 and oracle["pooled_dice"] > 0.3, "GT boxes on the source grid find the lesion"
+    assert oracle["fp_slices"] == 0 and oracle["study_sensitivity"] == 1.0
+    assert scores["oracle+guard"].summary()["pooled_dice"] > 0.3
+    product = scores["product"].summary()  # boxes left on the 512 grid would land at twice their place: Dice ≈ 0
+    assert product["slice_dice"] > 0.3 and product["pooled_dice"] > 0.3
+
+    assert records.true_classes, "ground-truth boxes were matched against detections"
+    matched = np.concatenate(records.correct)
+    assert matched[:, 0].any(), "some detection hits a lesion box at IoU 0.5: both on the source grid"
+
+
+def test_evaluation_command_on_a_256_series(study_folder: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "yolo"))
+    data = data_folder(tmp_path / "data", study_folder, "test")
+    out = tmp_path / "results"
+    evaluate_main(["--data", str(data), "--detector", str(MODELS / "detector"),
+                   "--segmenter", str(MODELS / "segmenter"), "--merge", "slice", "--out", str(out)])
+    results = json.loads((out / "evaluation.json").read_text())
+    assert set(results["rows"]) == {"oracle", "oracle+guard", "product", "product+guard"}
+    oracle = results["rows"]["oracle"]
+    assert oracle["positive_slices"] >= 5 and oracle["slice_dice"] > 0.3 and oracle["fp_slices"] == 0
+    guarded = results["rows"]["product+guard"]
+    assert guarded["guard_removed_ml"].keys() == {"cavity", "density", "size"}
+    assert results["detector"]["test_mAP50"] > 0, "detections compared with boxes on the same grid"
+    assert "YOLO + TransDeepLab (product), slice merge + guard" in (out / "evaluation.md").read_text()
+
+
+def test_choose_guard_writes_its_choice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--choose-guard`` on a (tiny) validation split: the sweep, the best setting, the defaults and no guard."""
+    from evaluation.guard_choice import sweep_options
+
+    monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "yolo"))
+    data = data_folder(tmp_path / "data", generated_study(tmp_path / "short", slices=4), "val")  # the sweep is slow
+    out = tmp_path / "choice"
+    evaluate_main(["--data", str(data), "--detector", str(MODELS / "detector"), "--segmenter",
+                   str(MODELS / "segmenter"), "--choose-guard", "--out", str(out)])
+    choice = json.loads((out / "guard_choice.json").read_text())
+    assert len(choice["sweep"]) == 2 * (len(sweep_options()) + 1), "both merges × (grid + guard off)"
+    assert choice["best"]["objective"] >= max(r["objective"] for r in choice["unguarded"].values())
+    assert set(choice["current_defaults"]) == {"slice", "cluster"} and choice["split"] == "val"
+    assert "Guard and merge choice" in (out / "guard_choice.md").read_text()
