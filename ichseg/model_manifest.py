@@ -72,3 +72,10 @@ def weights_path(folder: Path) -> Path:
     if not path.is_file():
         raise ModelError(f"{path}: model weights missing")
     return path
+
+
+def portable_path(path: Path | str) -> str:
+    """``path`` as a manifest records it: relative to the working folder when inside it, so that committed manifests
+    carry no build-machine paths."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(Path.cwd())) if resolved.is_relative_to(Path.cwd()) else str(path)

@@ -21,7 +21,7 @@ import torch
 import yaml
 
 from ichseg.detector import KEEP_EVERY_BOX, NMS_IOU
-from ichseg.model_manifest import WEIGHTS_NAME, ModelError, ModelManifest
+from ichseg.model_manifest import WEIGHTS_NAME, ModelError, ModelManifest, portable_path
 from ichseg.runtime import PRECISIONS, autocast_dtype, default_device
 from ichseg.subtypes import SUBTYPES
 from ichseg.ultralytics_offline import YOLO
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
         name=MODEL_NAME, version=args.model_version, architecture=recipe["model"], input_size=trainer.args.imgsz,
         classes=list(SUBTYPES), task="detection",
         training={
-            "data": str(trainer.args.data), "epochs": trainer.epoch + 1, "batch": trainer.args.batch,
+            "data": portable_path(trainer.args.data), "epochs": trainer.epoch + 1, "batch": trainer.args.batch,
             "imgsz": trainer.args.imgsz, "mAP50": round(map50, 4), "mAP50_95": round(map50_95, 4),
             "seconds": round(seconds, 1), "device": device_name(device), "recipe": recipe,
         },

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from tqdm import tqdm
 
 from ichseg.crops import CROP_SIZE
-from ichseg.model_manifest import WEIGHTS_NAME, ModelManifest, weights_path
+from ichseg.model_manifest import WEIGHTS_NAME, ModelManifest, portable_path, weights_path
 from ichseg.networks import TransDeepLab
 from ichseg.runtime import PRECISIONS, autocast, autocast_dtype, configure_threads, default_device
 from ichseg.segmenter import ARCHITECTURES, CLASSES, CROP_MODE, MODES, WHOLE_SLICE_MODE, build_network
@@ -158,13 +158,14 @@ def manifest_for(args: argparse.Namespace, state: dict) -> ModelManifest:
             "steps": state["steps"],
             "seconds": round(state["seconds"]),
             "val_dice": _finite(state["best_dice"]),
-            "data": f"{args.data} (train split {state['train_samples']} slices, val {state['val_samples']})",
+            "data": f"{portable_path(args.data)} (train split {state['train_samples']} slices, "
+                    f"val {state['val_samples']})",
             "loss": LOSS,
             "optimizer": optimizer_description(args),
             "precision": state.get("precision", "fp32"),
-            "init_weights": str(args.init_weights) if args.init_weights else None,
+            "init_weights": portable_path(args.init_weights) if args.init_weights else None,
             "augmentation": "rot90 + flip" + (f" + box jitter {JITTER:.0%}" if args.mode == CROP_MODE else ""),
-            "encoder_init": str(args.init_encoder) if args.init_encoder else "random",
+            "encoder_init": portable_path(args.init_encoder) if args.init_encoder else "random",
             "seed": args.seed,
         },
     )
