@@ -26,11 +26,13 @@ import numpy as np
 from scipy import ndimage
 
 BONE_HU = 250.0  # cortical bone 700-1500 and diploe 250-600; calcified falx/plexus stay mostly below
-# Defaults, provisional: from `python -m evaluation.evaluate --choose-guard` on 12 new-generator phantoms with the
-# weights bundled before retraining (pooled Dice 0.065 → 0.194, specificity 0 → 0.57); rerun it after retraining.
-BLOOD_HU = (35.0, 130.0)  # smoothed HU kept: hyperacute blood from ~35; 130 keeps the partial-volume rim of a clot
-MIN_COMPONENT_ML = 0.1  # smallest kept 3D component (a 5.8 mm sphere): most leftover false positives are smaller
-CAVITY_MARGIN_MM = 0.5  # kept distance from bone (≈ 1 px at 0.45 mm: the inner table's partial-volume rim)
+# Defaults chosen on the validation split with the bundled weights (detector v0.3.0, segmenter v0.2.0):
+# `python -m evaluation.evaluate --choose-guard` (results/guard/guard_choice.md) — objective 0.558 → 0.618, study
+# specificity 0.43 → 0.57 at sensitivity 0.82 → 0.88 against the earlier 35–130 HU, 0.5 mm, 0.1 mL. Synthetic data:
+# rerun the sweep on real validation studies before relying on them.
+BLOOD_HU = (40.0, 200.0)  # 3×3-smoothed HU kept: from 40 (below: oedema, CSF mixing); 200 keeps a clot's rim by bone
+MIN_COMPONENT_ML = 0.2  # smallest kept 3D component (a 7.3 mm sphere): most leftover false positives are smaller
+CAVITY_MARGIN_MM = 0.0  # kept distance from bone: the closed inner table itself is the boundary
 CLOSING_MM = 3.0  # closes sutures, emissary foramina, small defects of the ring
 WIDE_CLOSING_MM = 12.0  # second try on an open ring (foramen magnum, burr hole)
 OPEN_RING_RATIO = 0.5  # filled inside / inside of the bone hull below this: the ring is open

@@ -109,5 +109,5 @@ def _hu_range(name: str, default: tuple[float, float]) -> tuple[float, float]:
     except ValueError:
         low, high = 1.0, 0.0
     if not (-1024.0 <= low < high <= 3071.0):
-        raise SettingsError(f"{name}={text!r}: expected LOW,HIGH in HU with LOW < HIGH, e.g. 35,130")
+        raise SettingsError(f"{name}={text!r}: expected LOW,HIGH in HU with LOW < HIGH, e.g. 40,200")
     return low, high
