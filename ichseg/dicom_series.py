@@ -7,6 +7,7 @@ problem: a wrong SEG is worse than no SEG.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,8 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from ichseg.windowing import window_from_header
+
+logger = logging.getLogger(__name__)
 
 AIR_HU = -1024.0
 MAX_HU = 3071.0
@@ -61,8 +64,10 @@ def read_header(path: Path) -> Dataset:
 def group_series(folder: Path) -> dict[str, list[tuple[Path, Dataset]]]:
     """All DICOM files under ``folder`` grouped by SeriesInstanceUID (headers only, recursive).
 
-    Files that are not DICOM at all (no DICM preamble) are skipped; a file that claims to be DICOM but
-    cannot be parsed is an error, because silently dropping a slice would leave a gap.
+    Files that are not DICOM at all (no DICM preamble) are skipped; so are DICOM objects that are not images
+    (a DICOMDIR, structured reports, key-object selections, presentation states: no Rows), which a PACS or a CD
+    export often puts beside the images, each with a log line. A file that claims to be DICOM but cannot be parsed
+    is an error, because silently dropping a slice would leave a gap.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -72,6 +77,9 @@ def group_series(folder: Path) -> dict[str, list[tuple[Path, Dataset]]]:
         if not _looks_like_dicom(path):
             continue
         header = read_header(path)
+        if "Rows" not in header:
+            logger.info("skipped %s: %s, not an image", path, _sop_class_name(header))
+            continue
         uid = str(header.get("SeriesInstanceUID", ""))
         if not uid:
             raise DicomInputError(f"{path}: DICOM file without SeriesInstanceUID")
@@ -79,6 +87,12 @@ def group_series(folder: Path) -> dict[str, list[tuple[Path, Dataset]]]:
     if not series:
         raise DicomInputError(f"{folder}: no DICOM files found")
     return series
+
+
+def _sop_class_name(header: Dataset) -> str:
+    """The object's SOP class by name (a DICOMDIR names it in its file meta only)."""
+    uid = header.get("SOPClassUID") or getattr(header, "file_meta", Dataset()).get("MediaStorageSOPClassUID")
+    return str(getattr(uid, "name", uid) or "no SOP class")
 
 
 def _looks_like_dicom(path: Path) -> bool:
