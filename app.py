@@ -82,7 +82,8 @@ class ICHSegmentationApp(Application):
         )
         merger = BoxMergerOperator(self, name="box_merger", mode=settings.merge, clock=clock)
         segmenter = SegmenterOperator(
-            self, name="transdeeplab_segmenter", model_dir=model_dirs["segmenter"], device=settings.device, clock=clock
+            self, name="transdeeplab_segmenter", model_dir=model_dirs["segmenter"], device=settings.device,
+            precision=settings.precision, clock=clock,
         )
         guard = GuardOperator(self, name="anatomical_guard", options=settings.guard_options(), clock=clock)
         seg_writer = SegWriterOperator(self, name="dicom_seg_writer", output_folder=self.staging, clock=clock)

@@ -63,6 +63,8 @@ environment options:
                         chosen on validation data; 0.25 if it names none)
   ICH_IOU               detector NMS IoU threshold, 0-1 (default 0.6, the paper's)
   ICH_DEVICE            torch device, e.g. cuda:0 or cpu (default: first GPU if any, else CPU)
+  ICH_PRECISION         segmenter precision: auto (default: bf16 autocast where the CPU/GPU has native bf16,
+                        else fp32), bf16 or fp32
   ICH_THREADS           CPU threads for torch (default: all cores)
   ICH_SELECTION_RULES   series selection rules JSON (default: series_selection_rules.json beside app.py)
   ICH_SAVE_MASK         1 = also write ich_mask.npz (mask + SOPInstanceUIDs) for QA (default 0)

@@ -1,7 +1,8 @@
 """Where and how torch runs: CUDA when present, CPU otherwise, with an explicit thread count and precision.
 
 ultralytics lowers torch to cpu_count−1 threads (1 on a 2-core machine, ≈1.7× slower), so every entry point
-calls ``configure_threads`` after importing it.
+calls ``configure_threads`` after importing it. torch is imported by the functions, not by the module: the app's
+settings (``PRECISIONS``) are checked before torch loads.
 """
 
 from __future__ import annotations
@@ -9,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 PRECISIONS = ("auto", "bf16", "fp32")
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with bf16 dot-product instructions
@@ -18,6 +21,8 @@ NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs w
 
 def configure_threads(threads: int | None = None) -> int:
     """Use all cores (or ``ICH_THREADS``/``threads``) for torch's CPU kernels; returns the count set."""
+    import torch
+
     count = threads or int(os.environ.get("ICH_THREADS", "0")) or os.cpu_count() or 1
     torch.set_num_threads(count)
     return count
@@ -25,6 +30,8 @@ def configure_threads(threads: int | None = None) -> int:
 
 def default_device(requested: str | None = None) -> torch.device:
     """The requested device, else the first CUDA GPU when available, else the CPU — no code change needed."""
+    import torch
+
     if requested:
         return torch.device(requested)
     return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
@@ -43,6 +50,8 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
     """The autocast dtype for ``precision`` on ``device``: bf16 where the hardware has it (auto), else None (fp32)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    import torch
+
     if precision == "fp32":
         return None
     if device.type == "cuda":
@@ -58,4 +67,6 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     """Mixed precision for the forward pass (weights stay fp32); a no-op context when ``dtype`` is None."""
     if dtype is None:
         return contextlib.nullcontext()
+    import torch
+
     return torch.autocast(device.type, dtype=dtype)

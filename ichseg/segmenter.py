@@ -21,7 +21,7 @@ from ichseg.boxes import Box
 from ichseg.crops import CROP_SIZE, crop_to_input, paste_probability
 from ichseg.model_manifest import ModelError, ModelManifest, weights_path
 from ichseg.networks import TransDeepLab
-from ichseg.runtime import default_device
+from ichseg.runtime import autocast, autocast_dtype, default_device
 
 CLASSES = ["background", "hemorrhage"]
 CROP_MODE = "crops"  # two-stage: trained on and run over detector boxes
@@ -63,7 +63,9 @@ def boxes_of(entry: SliceBoxes) -> list[Box]:
 class HemorrhageSegmenter:
     """A segmentation model folder (manifest.json + float16 model.pt) ready to segment windowed slices."""
 
-    def __init__(self, model_dir: Path, device: str | None = None) -> None:
+    def __init__(self, model_dir: Path, device: str | None = None, precision: str = "auto") -> None:
+        """``precision``: auto = bf16 autocast where the hardware has it natively (1.8× faster on this project's CPU,
+        masks within Dice 0.998 of fp32: tests/test_bundled_models.py), else fp32; or force bf16 / fp32."""
         self.model_dir = Path(model_dir)
         self.manifest = ModelManifest.load(self.model_dir)
         self.manifest.require("segmentation", CROP_SIZE, CLASSES)
@@ -74,6 +76,7 @@ class HemorrhageSegmenter:
                 f"{self.model_dir}: manifest training.network {network!r} / mode {self.mode!r} unsupported"
             )
         self.device = default_device(device)
+        self.autocast_dtype = autocast_dtype(self.device, precision)
         self.network = build_network(network)
         path = weights_path(self.model_dir)
         try:
@@ -106,7 +109,9 @@ class HemorrhageSegmenter:
         for start in range(0, len(crops), batch_size):
             batch = crops[start:start + batch_size]
             inputs = torch.stack([crop_to_input(windowed[i], box) for i, box in batch]).to(self.device)
-            foreground = torch.softmax(self.network(inputs).float(), dim=1)[:, 1].cpu()
+            with autocast(self.device, self.autocast_dtype):
+                logits = self.network(inputs)
+            foreground = torch.softmax(logits.float(), dim=1)[:, 1].cpu()
             for (index, box), probability in zip(batch, foreground, strict=True):
                 masks[index] |= paste_probability(probability, box, (height, width))
         return masks

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ichseg.boxes import DEFAULT_MERGE, MERGE_MODES
 from ichseg.guard import BLOOD_HU, CAVITY_MARGIN_MM, MIN_COMPONENT_ML, GuardOptions
+from ichseg.runtime import PRECISIONS
 from ichseg.series_selection import BUNDLED_RULES
 
 
@@ -28,6 +29,7 @@ class Settings:
     confidence: float | None = None  # None: the detector manifest's operating point
     iou: float = 0.6
     device: str | None = None
+    precision: str = "auto"  # the segmenter's: bf16 autocast where native, else fp32
     rules: Path = BUNDLED_RULES
     save_mask: bool = False
     head_check: bool = True
@@ -44,6 +46,7 @@ class Settings:
             confidence=_fraction("ICH_CONFIDENCE", cls.confidence),
             iou=cls.iou if iou is None else iou,
             device=os.environ.get("ICH_DEVICE") or None,
+            precision=_choice("ICH_PRECISION", PRECISIONS, cls.precision),
             rules=Path(os.environ.get("ICH_SELECTION_RULES") or cls.rules),
             save_mask=_switch("ICH_SAVE_MASK", cls.save_mask),
             head_check=_switch("ICH_HEAD_CHECK", cls.head_check),

@@ -22,10 +22,12 @@ class SegmenterOperator(Operator):
     """``windowed`` (WindowedSeries) + ``boxes`` (a list of Box per slice) → ``mask`` ((N, rows, columns) bool)."""
 
     def __init__(
-        self, fragment: Fragment, *args: Any, model_dir: Path, device: str | None, clock: StageClock, **kwargs: Any
+        self, fragment: Fragment, *args: Any, model_dir: Path, device: str | None, clock: StageClock,
+        precision: str = "auto", **kwargs: Any
     ):
         self.model_dir = Path(model_dir)
         self.device = device
+        self.precision = precision
         self.clock = clock
         self.segmenter: HemorrhageSegmenter | None = None
         super().__init__(fragment, *args, **kwargs)
@@ -37,9 +39,10 @@ class SegmenterOperator(Operator):
 
     def start(self) -> None:
         with self.clock.stage("load segmenter model"):
-            self.segmenter = HemorrhageSegmenter(self.model_dir, self.device)
+            self.segmenter = HemorrhageSegmenter(self.model_dir, self.device, self.precision)
             manifest = self.segmenter.manifest
-            logger.info("segmenter %s %s on %s", manifest.name, manifest.version, self.segmenter.device)
+            logger.info("segmenter %s %s on %s, %s", manifest.name, manifest.version, self.segmenter.device,
+                        self.segmenter.autocast_dtype or "fp32")
 
     def compute(self, op_input, op_output, context) -> None:
         windowed: pipeline.WindowedSeries = op_input.receive("windowed")

@@ -81,3 +81,18 @@ def test_positive_study_dice_floor(models, positive_study: Path) -> None:
     mask = pipeline.run(series, models[1], models[0]).mask
     dice = 2.0 * int((mask & truth).sum()) / (int(mask.sum()) + int(truth.sum()))
     assert dice >= 0.42, f"Dice {dice:.3f} on the positive study (measured 0.531)"
+
+
+def test_bf16_segmentation_matches_fp32_within_the_stated_tolerance(models, positive_study: Path) -> None:
+    """``ICH_PRECISION=auto`` runs the segmenter under bf16 autocast where the hardware has it: the masks must stay
+    those of fp32 — the same slices non-empty and Dice ≥ 0.98 (measured 0.998 on the demo study)."""
+    series = load_single_series(positive_study / "ct")
+    windowed = pipeline.window_series(series)
+    boxes = pipeline.merge(pipeline.detect(models[0], windowed))
+    assert any(boxes), "the positive study gives the segmenter work"
+    fp32 = HemorrhageSegmenter(MODELS / "segmenter", precision="fp32").segment(windowed.source, boxes)
+    bf16 = HemorrhageSegmenter(MODELS / "segmenter", precision="bf16").segment(windowed.source, boxes)
+    assert fp32.any()
+    np.testing.assert_array_equal(fp32.any(axis=(1, 2)), bf16.any(axis=(1, 2)))
+    dice = 2.0 * int((fp32 & bf16).sum()) / (int(fp32.sum()) + int(bf16.sum()))
+    assert dice >= 0.98, f"bf16 vs fp32 mask Dice {dice:.4f}"
