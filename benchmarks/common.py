@@ -63,18 +63,30 @@ def app_threads(environ: Mapping[str, str] = os.environ) -> int:
     return int(environ.get("ICH_THREADS") or 0) or os.cpu_count() or 1
 
 
+TORCH_FACTS = (
+    "import json, torch; cuda = torch.cuda.is_available(); "
+    "print(json.dumps({'cuda': cuda, 'gpu': torch.cuda.get_device_name(0) if cuda else None, "
+    "'torch': torch.__version__}))"
+)
+
+
+def torch_facts() -> dict:
+    """CUDA, the card and torch's version, asked of a child process: a parent that imported torch (≈ 500 MiB) would
+    pass its resident size on to every child it starts, and Linux reports a child's peak RSS as at least that."""
+    found = subprocess.run([sys.executable, "-c", TORCH_FACTS], capture_output=True, text=True, check=True)
+    return json.loads(found.stdout)
+
+
 def machine_info() -> dict:
     """Device, CPU, cores, threads, versions and the load average (is the machine quiet?)."""
-    import torch  # here: importing this module (tests, the README table) must not need torch
-
-    cuda = torch.cuda.is_available()
+    facts = torch_facts()
     try:
         memory_mib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20)
     except (ValueError, OSError):
         memory_mib = None
     return {
-        "device": os.environ.get("ICH_DEVICE") or ("cuda:0" if cuda else "cpu"),
-        "gpu": torch.cuda.get_device_name(0) if cuda else None,
+        "device": os.environ.get("ICH_DEVICE") or ("cuda:0" if facts["cuda"] else "cpu"),
+        "gpu": facts["gpu"],
         "cpu_model": cpu_model(),
         "cpu_cores": os.cpu_count(),
         "cpu_cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
@@ -82,14 +94,18 @@ def machine_info() -> dict:
         "memory_mib": memory_mib,
         "env": {k: os.environ[k] for k in ("ICH_THREADS", "ICH_DEVICE", "OMP_NUM_THREADS") if k in os.environ},
         "python": platform.python_version(),
-        "torch": torch.__version__,
+        "torch": facts["torch"],
         "platform": platform.platform(),
         "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
     }
 
 
 def run_process(command: Sequence[str], cwd: Path = ROOT, env: Mapping[str, str] | None = None) -> dict:
-    """Run ``command`` to its end: exit status, wall seconds (start to exit), peak RSS, CPU seconds, log tail."""
+    """Run ``command`` to its end: exit status, wall seconds (start to exit), peak RSS, CPU seconds, log tail.
+
+    The peak RSS Linux reports for a child is at least this process's resident size when it started the child (exec
+    keeps the larger of the two): keep the benchmark process small (no torch here) so the figure is the child's.
+    """
     with tempfile.TemporaryFile() as log:
         started = time.perf_counter()
         process = subprocess.Popen(list(command), cwd=cwd, env=None if env is None else dict(env),
