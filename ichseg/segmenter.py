@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.networks.nets import UNet
 from torch import nn
 
 from ichseg.boxes import Box
@@ -39,6 +38,8 @@ def build_network(network: str) -> nn.Module:
     if network == "transdeeplab":
         return TransDeepLab(num_classes=len(CLASSES), img_size=CROP_SIZE, in_chans=3)
     if network == "monai-unet":
+        from monai.networks.nets import UNet  # here: MONAI core's import costs ≈ 3 s, and the app ships TransDeepLab
+
         return UNet(
             spatial_dims=2, in_channels=3, out_channels=len(CLASSES), channels=(16, 32, 64, 128, 256),
             strides=(2, 2, 2, 2), num_res_units=2,

@@ -57,3 +57,12 @@ print("sdk", get_sdk_semver(), "monai", monai.__version__, UNet.__name__)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "core before: 0" in result.stdout
     assert "sdk 4.0.0" in result.stdout and "UNet" in result.stdout
+
+
+def test_the_app_graph_imports_no_monai_core() -> None:
+    """The shipped TransDeepLab path needs neither MONAI core (≈ 3 s to import) nor its networks: only the UNet
+    baseline imports them, when it is built."""
+    script = "import sys, app; print(sorted({m.split('.')[1] for m in sys.modules if m.startswith('monai.')}))"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "['deploy']"
