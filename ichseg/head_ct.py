@@ -23,9 +23,7 @@ integrators with unusual data (phantoms, paediatric or post-operative series the
 from __future__ import annotations
 
 import math
-import os
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -120,16 +118,6 @@ MAX_EXAMINED_SLICES = 48
 
 class NotHeadCTError(DicomInputError):
     """The chosen series is not a head CT (input refused, exit status 3)."""
-
-
-def enabled(environ: Mapping[str, str] = os.environ) -> bool:
-    """``ICH_HEAD_CHECK``: on unless 0/false/no (as app.py reads its switches); ValueError for any other value."""
-    text = environ.get(ENV_SWITCH, "").strip().lower()
-    if text in ("", "1", "true", "yes"):
-        return True
-    if text in ("0", "false", "no"):
-        return False
-    raise ValueError(f"{ENV_SWITCH}={text!r}: expected 1 (check that the input is a head CT, the default) or 0 (skip)")
 
 
 def body_part_refusal(header: Dataset) -> str | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -21,19 +21,12 @@ from ichseg.detector import Detection
 from ichseg.dicom_series import CTSeries
 from ichseg.guard import GuardReport
 from ichseg.model_manifest import ModelManifest
+from ichseg.series_selection import Selection
 from ichseg.subtypes import SUBTYPES
 
 REPORT_NAME = "ich_report.json"
 MASK_NAME = "ich_mask.npz"
 NOTICE = "Synthetic-trained demo weights, not for clinical use."
-
-
-class SeriesChoice(Protocol):
-    """Why the series was chosen (the loader's Selection), without importing the operator that makes it."""
-
-    description: str
-    reason: str
-    rejected: dict[str, str]
 
 
 def _box(box: Box) -> list[float]:
@@ -66,7 +59,7 @@ def slice_entries(
 def build_report(
     *,
     series: CTSeries,
-    selection: SeriesChoice,
+    selection: Selection,
     detections: list[list[Detection]],
     boxes: list[list[Box]],
     unguarded: np.ndarray,

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ichseg import head_ct
 from ichseg.boxes import DEFAULT_MERGE, MERGE_MODES
 from ichseg.guard import BLOOD_HU, CAVITY_MARGIN_MM, MIN_COMPONENT_ML, GuardOptions
 from ichseg.runtime import PRECISIONS
@@ -49,7 +50,7 @@ class Settings:
             precision=_choice("ICH_PRECISION", PRECISIONS, cls.precision),
             rules=Path(os.environ.get("ICH_SELECTION_RULES") or cls.rules),
             save_mask=_switch("ICH_SAVE_MASK", cls.save_mask),
-            head_check=_switch("ICH_HEAD_CHECK", cls.head_check),
+            head_check=_switch(head_ct.ENV_SWITCH, cls.head_check),
             merge=_choice("ICH_MERGE", MERGE_MODES, cls.merge),
             guard=_switch("ICH_GUARD", cls.guard),
             guard_hu=_hu_range("ICH_GUARD_HU", cls.guard_hu),

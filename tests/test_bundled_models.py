@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from evaluation.evaluate import pooled_dice
 from ichseg import pipeline
 from ichseg.detector import HemorrhageDetector
 from ichseg.dicom_series import CTSeries, load_single_series
@@ -80,7 +81,7 @@ def test_positive_study_dice_floor(models, positive_study: Path) -> None:
     series = load_single_series(positive_study / "ct")
     truth = np.load(positive_study / "labels.npz")["labels"] > 0
     mask = pipeline.run(series, models[1], models[0]).mask
-    dice = 2.0 * int((mask & truth).sum()) / (int(mask.sum()) + int(truth.sum()))
+    dice = pooled_dice(int((mask & truth).sum()), int(mask.sum()), int(truth.sum()))
     assert dice >= 0.74, f"Dice {dice:.3f} on the positive study (measured 0.928)"
 
 
@@ -95,5 +96,5 @@ def test_bf16_segmentation_matches_fp32_within_the_stated_tolerance(models, posi
     bf16 = HemorrhageSegmenter(MODELS / "segmenter", precision="bf16").segment(windowed.source, boxes)
     assert fp32.any()
     np.testing.assert_array_equal(fp32.any(axis=(1, 2)), bf16.any(axis=(1, 2)))
-    dice = 2.0 * int((fp32 & bf16).sum()) / (int(fp32.sum()) + int(bf16.sum()))
+    dice = pooled_dice(int((fp32 & bf16).sum()), int(fp32.sum()), int(bf16.sum()))
     assert dice >= 0.98, f"bf16 vs fp32 mask Dice {dice:.4f}"

@@ -18,6 +18,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from ichseg import cli, head_ct
 from ichseg.dicom_series import DicomInputError, load_single_series
+from ichseg.settings import Settings
 
 MATRIX = 512
 
@@ -292,11 +293,18 @@ def test_body_part_examined() -> None:
         assert head_ct.body_part_refusal(header(value)) == f"not a head CT: BodyPartExamined {value!r}", value
 
 
-def test_switch() -> None:
-    assert head_ct.enabled({}) and head_ct.enabled({"ICH_HEAD_CHECK": "1"})
-    assert not head_ct.enabled({"ICH_HEAD_CHECK": "0"}) and not head_ct.enabled({"ICH_HEAD_CHECK": "false"})
+def test_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    def enabled(value: str | None) -> bool:
+        if value is None:
+            monkeypatch.delenv(head_ct.ENV_SWITCH, raising=False)
+        else:
+            monkeypatch.setenv(head_ct.ENV_SWITCH, value)
+        return Settings.from_env().head_check
+
+    assert enabled(None) and enabled("1")
+    assert not enabled("0") and not enabled("false")
     with pytest.raises(ValueError, match="ICH_HEAD_CHECK"):
-        head_ct.enabled({"ICH_HEAD_CHECK": "maybe"})
+        enabled("maybe")
 
 
 def test_check_cost_is_small(positive_study: Path, record_property) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
@@ -15,14 +14,12 @@ from ichseg.dicom_series import CTSeries
 from ichseg.guard import GuardOptions, GuardReport
 from ichseg.model_manifest import ModelManifest
 from ichseg.report import MASK_NAME, REPORT_NAME, build_report, mask_archive, report_bytes
+from ichseg.series_selection import Selection
 from ichseg.subtypes import SUBTYPES
 
 
-@dataclass
-class Choice:
-    description: str = "'Head 5mm' (CT, 4 files)"
-    reason: str = "the only series"
-    rejected: dict[str, str] = field(default_factory=dict)
+def choice() -> Selection:
+    return Selection("1.2.3", "'Head 5mm' (CT, 4 files)", "the only series")
 
 
 def _series(slices: int = 4, size: int = 8) -> CTSeries:
@@ -56,7 +53,7 @@ def report() -> dict:
         GuardOptions(), voxels_in=9, voxels_out=4, removed_voxels={"density": 5}, voxel_volume_ml=1.25e-3
     )
     return build_report(
-        series=series, selection=Choice(), detections=detections, boxes=boxes, unguarded=unguarded, mask=mask,
+        series=series, selection=choice(), detections=detections, boxes=boxes, unguarded=unguarded, mask=mask,
         guard=guard, models={"detector": _manifest("yolo", "detection"), "segmenter": _manifest("tdl", "segmentation")},
         settings={"confidence": None, "iou": 0.6, "merge": "slice"}, confidence=0.42,
         outputs={"seg": "ich_seg.dcm", "preview": "ich_preview.png"}, timings_s={"YOLO detection": 1.5},
@@ -102,7 +99,7 @@ def test_report_serialises_and_empty_mask_reads_no_hemorrhage(report: dict) -> N
     series = _series()
     empty = np.zeros(series.hu.shape, bool)
     nothing = build_report(
-        series=series, selection=Choice(), detections=[[]] * 4, boxes=[[]] * 4, unguarded=empty, mask=empty,
+        series=series, selection=choice(), detections=[[]] * 4, boxes=[[]] * 4, unguarded=empty, mask=empty,
         guard=GuardReport.unchanged(empty, GuardOptions(enabled=False), 1.25e-3), models={}, settings={},
         confidence=0.999, outputs={}, timings_s={},
     )
