@@ -48,7 +48,9 @@ usage: python app.py [-i INPUT] [-o OUTPUT] [-m MODELS] [-w WORKDIR] [-l LEVEL]
        python <app folder> ...        (same options; what the packaged MAP runs)
 
 options (parsed by the MONAI Deploy App SDK):
-  -i, --input INPUT     folder of DICOM files, searched recursively (env HOLOSCAN_INPUT_PATH, default ./input).
+  -i, --input INPUT     folder of DICOM files, searched recursively (env HOLOSCAN_INPUT_PATH, default ./input):
+                        single-frame CT images, or Enhanced / Legacy Converted Enhanced CT (one multi-frame file
+                        per series).
                         One series is chosen by series_selection_rules.json: CT, not a localizer, axial;
                         then soft-tissue kernel, original images, most slices. The log says which and why.
   -o, --output OUTPUT   output folder, created if missing (env HOLOSCAN_OUTPUT_PATH, default ./output)

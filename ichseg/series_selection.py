@@ -2,7 +2,9 @@
 
 A study routed to the app often holds several series (scout, bone and soft-tissue kernels, reformats, other
 modalities). Segmenting the wrong one gives a wrong answer without any error, so the choice follows a JSON rules
-file, and the log and the report say why the chosen series was taken and why each other one was not.
+file, and the log and the report say why the chosen series was taken and why each other one was not. A series
+sent as one multi-frame image (Enhanced CT) is tested on its first frame's header (functional groups flattened,
+``dicom_series.FrameHeader``), and its frames count as its slices.
 
 Two rules-file formats are read; the top-level key tells them apart:
 
@@ -370,8 +372,11 @@ class Selection:
 
 
 def _describe(entries: list[tuple[Path, Dataset]]) -> str:
+    """Description, modality and size; a multi-frame series counts its frames (one entry per frame)."""
     header = entries[0][1]
-    return f"'{header.get('SeriesDescription', '')}' ({header.get('Modality', '?')}, {len(entries)} files)"
+    files = len({path for path, _ in entries})
+    size = f"{files} files" if files == len(entries) else f"{len(entries)} frames in {files} file(s)"
+    return f"'{header.get('SeriesDescription', '')}' ({header.get('Modality', '?')}, {size})"
 
 
 def _fails(rules: SelectionRules, failed: list[tuple[Criteria, list[str]]]) -> str:

@@ -4,43 +4,20 @@ come back on the source grid (the evaluation once handed source-grid slices to t
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from small_study import MATRIX, generated_study
 
 from evaluation.evaluate import DetectionRecords, Models, Scores, add_study, parse_args, study_masks
 from evaluation.evaluate import main as evaluate_main
 from ichseg.guard import GuardOptions
 from ichseg.labelled_study import Study, load_study
-from synthetic.ct_writer import StudyIdentity, write_ct_series
-from synthetic.volume import SyntheticHead
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "models"
-SEED, NUMBER = 7, 5  # the head of conftest's positive study: intraparenchymal + epidural, 5 mm, no motion
-MATRIX = 256
-
-
-def generated_study(folder: Path, matrix: int = MATRIX, slices: int = 8) -> Path:
-    """Synthetic study (SEED, NUMBER) scanned at ``matrix``² over the same field of view, cut to the ``slices``
-    slices around its largest lesion and written as the generator writes a study (``ct/`` and ``labels.npz``)."""
-    rng = np.random.default_rng([SEED, NUMBER])
-    head = SyntheticHead.sample(rng)
-    scanned = head.acquisition
-    acquisition = dataclasses.replace(
-        scanned, matrix=matrix, pixel_spacing=scanned.pixel_spacing * scanned.matrix / matrix
-    )
-    hu, labels, _ = dataclasses.replace(head, acquisition=acquisition).render(rng)
-    centre = int((labels > 0).reshape(len(labels), -1).sum(axis=1).argmax())
-    start = max(0, min(centre - slices // 2, len(labels) - slices))
-    cut = dataclasses.replace(acquisition, slice_count=slices,
-                              first_slice_w=acquisition.first_slice_w + start * acquisition.slice_thickness)
-    write_ct_series(hu[start:start + slices], cut, StudyIdentity(NUMBER, SEED), folder / "ct", rng)
-    np.savez_compressed(folder / "labels.npz", labels=labels[start:start + slices])
-    return folder
 
 
 def data_folder(root: Path, study: Path, split: str) -> Path:
