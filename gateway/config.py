@@ -112,7 +112,7 @@ def load_config(path: Path) -> GatewayConfig:
     """Read and check ``path``; relative paths in it are taken from the file's folder."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_bytes())  # bytes: PyYAML decodes, a bad encoding is a YAMLError
     except OSError as error:
         raise ConfigError(f"{path}: cannot read the configuration ({error.strerror})") from error
     except yaml.YAMLError as error:
@@ -159,7 +159,7 @@ def parse_config(raw: Any, path: Path) -> GatewayConfig:
 
 def _path(base: Path, value: str) -> Path:
     candidate = Path(value).expanduser()
-    return candidate if candidate.is_absolute() else base / candidate
+    return (candidate if candidate.is_absolute() else base / candidate).resolve()
 
 
 def _peer(check: _Checker, index: int, raw: Any, destinations: dict[str, Destination]) -> Peer:

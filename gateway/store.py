@@ -162,8 +162,9 @@ class Store:
                     "INSERT INTO studies (study_uid, calling_ae, peer_host, state, first_arrival, last_arrival) "
                     "VALUES (?, ?, ?, ?, ?, ?)", (study_uid, calling_ae, peer_host, RECEIVED, now, now))
                 latest = db.execute("SELECT * FROM studies WHERE id = ?", (cursor.lastrowid,)).fetchone()
-            elif latest["state"] == READY:
-                db.execute("UPDATE studies SET state = ? WHERE id = ?", (RECEIVED, latest["id"]))
+            else:  # its quiet time restarts now: not promoted (and run) while this instance is being written
+                db.execute("UPDATE studies SET state = ?, last_arrival = MAX(last_arrival, ?) WHERE id = ?",
+                           (RECEIVED, now, latest["id"]))
             return _study(latest), NEW
 
     def add_instance(self, study_id: int, sop_uid: str, size: int, now: float | None = None) -> None:

@@ -18,6 +18,9 @@ def _first_value(value: object) -> float:
     return float(value)  # type: ignore[arg-type]
 
 
+WIDEST_WINDOW = 4096.0  # wider than CT's whole HU range: a placeholder (converters write 32768/65536), not a window
+
+
 def window_from_header(dataset: Dataset) -> tuple[float, float]:
     """(centre, width) from a slice's VOI LUT module, or the brain window 40/80 when absent or unusable."""
     try:
@@ -25,7 +28,7 @@ def window_from_header(dataset: Dataset) -> tuple[float, float]:
         width = _first_value(dataset.WindowWidth)
     except (AttributeError, IndexError, TypeError, ValueError, KeyError):
         return BRAIN_WINDOW
-    if not np.isfinite(centre) or not np.isfinite(width) or width <= 1:
+    if not np.isfinite(centre) or not np.isfinite(width) or width <= 1 or width > WIDEST_WINDOW:
         return BRAIN_WINDOW
     return centre, width
 

@@ -36,18 +36,14 @@ VARIANTS = ("legacy", "enhanced")
 def legacy_converted(study_ct: Path, folder: Path) -> Path:
     """The series as one Legacy Converted Enhanced CT file in ``folder``.
 
-    The converter gives a frame whose source slice has no window a full-range one (centre 32768, width 65536),
-    where the single-frame reader falls back to the brain window; such frames lose it again, so that both
-    series say the same.
+    The converter gives a frame whose source slice has no window a full-range one (centre 32768, width 65536);
+    the reader takes such a width for no window (``ichseg.windowing.WIDEST_WINDOW``) and falls back to the brain
+    window, as for a single-frame slice without one, so both series say the same.
     """
     sources = [pydicom.dcmread(path) for path in sorted(study_ct.glob("*.dcm"))]
     image = LegacyConvertedEnhancedCTImage(
         sources, series_instance_uid=hd.UID(), series_number=3, sop_instance_uid=hd.UID(), instance_number=1
     )
-    windowed = {str(s.SOPInstanceUID) for s in sources if "WindowCenter" in s}
-    for frame in image.PerFrameFunctionalGroupsSequence:
-        if str(frame.ConversionSourceAttributesSequence[0].ReferencedSOPInstanceUID) not in windowed:
-            del frame.FrameVOILUTSequence
     folder.mkdir()
     image.save_as(folder / MULTIFRAME, enforce_file_format=True)
     return folder

@@ -23,6 +23,10 @@ def test_window_from_header_and_fallback() -> None:
     assert window_from_header(ds) == (40.0, 80.0)
     ds.WindowWidth = "0"
     assert window_from_header(ds) == BRAIN_WINDOW
+    ds.WindowCenter, ds.WindowWidth = "32768", "65536"  # highdicom's legacy converter fills missing windows so
+    assert window_from_header(ds) == BRAIN_WINDOW  # (full range): a placeholder, not a window
+    ds.WindowCenter, ds.WindowWidth = "500", "3000"  # a real bone window stays
+    assert window_from_header(ds) == (500.0, 3000.0)
 
 
 def test_apply_window_maps_level_and_edges() -> None:
