@@ -83,7 +83,7 @@ class HemorrhageSegmenter:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
             self.network.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-        except (RuntimeError, OSError, ValueError) as error:
+        except Exception as error:  # torch/pickle raise many types for a corrupt or foreign file (UnpicklingError…)
             raise ModelError(f"{path}: weights do not load into {network} ({error})") from error
         self.network.to(self.device).eval()
 

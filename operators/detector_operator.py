@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ichseg import pipeline
+from ichseg import model_cache, pipeline
 from ichseg.detector import HemorrhageDetector
 from ichseg.sdk import Fragment, Operator, OperatorSpec
 from ichseg.stage_clock import StageClock
@@ -40,7 +40,7 @@ class DetectorOperator(Operator):
 
     def start(self) -> None:
         with self.clock.stage("load detector model"):
-            self.detector = HemorrhageDetector(self.model_dir, self.confidence, self.iou, self.device)
+            self.detector = model_cache.detector(self.model_dir, self.confidence, self.iou, self.device)
             logger.info(
                 "detector %s %s on %s, confidence threshold %.3f", self.detector.manifest.name,
                 self.detector.manifest.version, self.detector.device, self.detector.confidence,

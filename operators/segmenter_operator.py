@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ichseg import pipeline
+from ichseg import model_cache, pipeline
 from ichseg.boxes import Box
 from ichseg.sdk import Fragment, Operator, OperatorSpec
 from ichseg.segmenter import HemorrhageSegmenter
@@ -39,7 +39,7 @@ class SegmenterOperator(Operator):
 
     def start(self) -> None:
         with self.clock.stage("load segmenter model"):
-            self.segmenter = HemorrhageSegmenter(self.model_dir, self.device, self.precision)
+            self.segmenter = model_cache.segmenter(self.model_dir, self.device, self.precision)
             manifest = self.segmenter.manifest
             logger.info("segmenter %s %s on %s, %s", manifest.name, manifest.version, self.segmenter.device,
                         self.segmenter.autocast_dtype or "fp32")

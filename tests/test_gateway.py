@@ -426,15 +426,19 @@ def run_study(runner: Runner, input_folder: Path, root: Path, name: str) -> Run:
     return Run(runner.run(input_folder, output, log), output, log)
 
 
+def log_tail(path: Path) -> str:
+    return path.read_text(errors="replace")[-3000:] if path.exists() else f"(no {path.name})"
+
+
 def assert_succeeded(run: Run) -> None:
-    assert run.outcome.status == 0, (run.outcome, run.log.read_text()[-3000:])
+    assert run.outcome.status == 0, (run.outcome, log_tail(run.log))
     assert run.outcome.message == ""
     assert {"ich_seg.dcm", "ich_report.json", "ich_preview.png"} <= {p.name for p in run.output.iterdir()}
     assert dcmread(run.output / "ich_seg.dcm", stop_before_pixels=True).Modality == "SEG"
 
 
 def assert_refused(run: Run) -> None:
-    assert run.outcome.status == 3, (run.outcome, run.log.read_text()[-3000:])
+    assert run.outcome.status == 3, (run.outcome, log_tail(run.log))
     assert run.outcome.retry is False
     assert "input refused" in run.outcome.message
     assert not (run.output / "ich_seg.dcm").exists()
