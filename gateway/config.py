@@ -169,6 +169,9 @@ def _peer(check: _Checker, index: int, raw: Any, destinations: dict[str, Destina
         raise ConfigError(f"{check.path}: {where} needs 'ae_title'")
     send_to = tuple(check.text(name, f"{where}.send_to") for name in check.sequence(section.get("send_to", []),
                                                                                      f"{where}.send_to"))
+    if not send_to:
+        raise ConfigError(f"{check.path}: {where}.send_to is empty: the results of {section['ae_title']!r} would go "
+                          "nowhere")
     for name in send_to:
         if name not in destinations:
             raise ConfigError(f"{check.path}: {where}.send_to names '{name}', which is not under 'destinations'")

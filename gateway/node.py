@@ -21,7 +21,7 @@ from gateway.preview_sc import preview_secondary_capture
 from gateway.runners import Runner, WarmRunner, make_runner
 from gateway.sender import SendError, send_file
 from gateway.spool import Spool
-from gateway.store import Store, Study
+from gateway.store import DONE, FAILED, Store, Study
 
 logger = logging.getLogger("gateway")
 
@@ -52,6 +52,9 @@ class Node:
             logger.error("study %d (%s): failed, interrupted %d times", study.id, study.study_uid, study.attempts)
         if partials:
             logger.info("removed %d partly written instance(s) (never acknowledged)", partials)
+        finished = self.store.ids(DONE) | (set() if self.config.keep_failed else self.store.ids(FAILED))
+        for study_id in finished & self.spool.study_ids():  # a crash between delivery and clean-up
+            self.spool.remove_study(study_id)
         self.listener.start()
         for target, name in ((self._run_loop, "runs"), (self._send_loop, "sends")):
             thread = threading.Thread(target=target, name=name, daemon=True)
@@ -111,10 +114,11 @@ class Node:
             except (OSError, ValueError) as error:
                 logger.error("study %d: preview not sent (%s)", study.id, error)
         peer = self.config.peer(study.calling_ae, study.peer_host)
-        destinations = peer.send_to if peer else ()
-        if not destinations:
-            logger.warning("study %d: no destination configured for %s; results stay in %s", study.id,
-                           study.calling_ae, output)
+        if peer is None:  # the configuration changed since the study came in
+            self.store.fail_run(study.id, outcome.seconds, f"{study.calling_ae} is no longer an allowed peer", False)
+            logger.error("study %d: %s is no longer in peers; results kept in %s", study.id, study.calling_ae, output)
+            return
+        destinations = peer.send_to
         summary = result_summary(output / REPORT_NAME)
         self.store.finish_run(study.id, outcome.seconds, summary,
                               [(name, str(path)) for name in destinations for path in files])

@@ -64,6 +64,10 @@ class Spool:
             partial.unlink(missing_ok=True)
         return len(partials)
 
+    def study_ids(self) -> set[int]:
+        """Ids of the study folders on disk."""
+        return {int(path.name) for path in (self.root / "studies").iterdir() if path.name.isdigit()}
+
     def remove_study(self, study_id: int) -> None:
         shutil.rmtree(self.study_folder(study_id), ignore_errors=True)
 

@@ -314,6 +314,12 @@ class Store:
                                             (study_id,)).fetchall()
         return [Send(**dict(row)) for row in rows]
 
+    def ids(self, *states: str) -> set[int]:
+        """Ids of the studies in any of ``states``."""
+        with self._lock:
+            return {row[0] for row in self._connection.execute(
+                f"SELECT id FROM studies WHERE state IN ({_marks(states)})", states)}
+
     def count(self, state: str) -> int:
         with self._lock:
             return self._connection.execute("SELECT COUNT(*) FROM studies WHERE state = ?", (state,)).fetchone()[0]

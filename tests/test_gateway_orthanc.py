@@ -90,7 +90,7 @@ def settings(port: int, orthanc: Orthanc, second: Orthanc | None = None, **overr
         "peers": [{"ae_title": "ORTHANC", "host": "127.0.0.1", "send_to": ["pacs"]},
                   {"ae_title": "SENDER1", "send_to": ["pacs"]},
                   {"ae_title": "SENDER2", "send_to": ["web"]},
-                  {"ae_title": "SENDER3", "send_to": ["pacs2"] if second is not None else []}],
+                  *([{"ae_title": "SENDER3", "send_to": ["pacs2"]}] if second is not None else [])],
         "destinations": destinations,
         "runner": {"kind": "warm", "models": str(REPO / "models"), "app": str(REPO / "app.py"),
                    "timeout_seconds": RUN_TIMEOUT},
