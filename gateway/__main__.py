@@ -64,7 +64,7 @@ def status(config: GatewayConfig, limit: int, as_json: bool) -> int:
     from gateway.store import Store
 
     if not config.database.exists():
-        print(f"no database yet at {config.database}: the node has not run with this config")
+        print("[]" if as_json else f"no database yet at {config.database}: the node has not run with this config")
         return 0
     store = Store(config.database)
     studies = store.studies(limit)

@@ -6,6 +6,7 @@ is wrong, not surface as a refused association hours later.
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -277,7 +278,8 @@ class _Checker:
 
     def number(self, value: Any, key: str, minimum: float | None = None, maximum: float | None = None,
                integer: bool = False) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float) or (integer and value != int(value)):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+                or (integer and value != int(value)):
             raise self.fail(key, "an integer" if integer else "a number", value)
         if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
             bounds = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"

@@ -174,7 +174,10 @@ class WarmRunner:
         reply = self._read_reply(self.config.timeout_seconds)
         seconds = time.monotonic() - started
         if reply is None:
-            died = self.process.poll()
+            try:  # end of file comes before a dying worker can be waited for: give it a moment, else it is hung
+                died: int | None = self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                died = None
             if died is None:
                 _kill_group(self.process)
             self.close()

@@ -17,6 +17,7 @@ import resource
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -109,6 +110,8 @@ ERROR_CASES: list[tuple[str, dict[str, Any], tuple[str, ...]]] = [
     ("unknown destination key", {"destinations": {"pacs": {"kind": "dimse", "ae_title": "PACS", "host": HOST,
                                                            "port": 104, "aet": "X"}}}, ("'aet'", "destinations.pacs")),
     ("port above 65535", {"port": 70000}, ("'port'", "between 1 and 65535")),
+    ("quiet time not a number", {"quiet_seconds": float("nan")}, ("'quiet_seconds'", "a number")),
+    ("port infinite", {"port": float("inf")}, ("'port'", "an integer")),
     ("port zero", {"port": 0}, ("'port'", "between 1 and 65535")),
     ("port not an integer", {"port": 104.5}, ("'port'", "an integer")),
     ("port as a string", {"port": "11112"}, ("'port'", "an integer")),
@@ -116,6 +119,7 @@ ERROR_CASES: list[tuple[str, dict[str, Any], tuple[str, ...]]] = [
                                                     "port": 99999}}}, ("destinations.pacs.port",)),
     ("send_to an unknown destination", {"peers": [{"ae_title": "PACS", "send_to": ["archive"]}]},
      ("peers[0].send_to", "'archive'")),
+    ("a peer sending nowhere", {"peers": [{"ae_title": "PACS"}]}, ("peers[0].send_to", "empty")),
     ("map runner without image", {"runner": {"kind": "map"}}, ("runner.image", "map")),
     ("stow url not http", {"destinations": {"pacs": {"kind": "stow", "url": "ftp://pacs/dicom-web"}}},
      ("destinations.pacs.url",)),
@@ -571,6 +575,28 @@ def test_warm_runner_reports_a_refused_input(warm: WarmRunner, empty_input: Path
     assert warm.process is not None and warm.process.pid == pid and alive(pid)
 
 
+def test_warm_worker_killed_mid_study_is_a_failed_retryable_run(warm: WarmRunner, small_study: Path,
+                                                                tmp_path: Path) -> None:
+    """Killed mid-run (out of memory, a crash in native code): reported as a death within seconds, not as the
+    timeout, and retryable."""
+    if warm.process is None:
+        warm.start()
+    assert warm.process is not None
+    pid = warm.process.pid
+    log = tmp_path / "study" / "run.log"
+    runs: list[Run] = []
+    thread = threading.Thread(target=lambda: runs.append(run_study(warm, small_study, tmp_path, "study")))
+    thread.start()
+    wait_for(lambda: log.exists() and "ICH segmentation" in log.read_text(errors="replace"), 120,
+             "the app to start on the study")
+    os.kill(pid, signal.SIGKILL)
+    thread.join(timeout=60)
+    [run] = runs
+    assert run.outcome.status == -signal.SIGKILL, run.outcome
+    assert run.outcome.retry and "died" in run.outcome.message
+    assert warm.process is None and not (run.output / "ich_seg.dcm").exists()
+
+
 def test_killed_warm_worker_is_restarted_for_the_next_study(warm: WarmRunner, small_study: Path,
                                                             tmp_path: Path) -> None:
     if warm.process is None:
@@ -578,7 +604,7 @@ def test_killed_warm_worker_is_restarted_for_the_next_study(warm: WarmRunner, sm
     assert warm.process is not None
     pid = warm.process.pid
     os.kill(pid, signal.SIGKILL)  # e.g. the kernel's OOM killer between two studies
-    wait_for(lambda: not alive(pid), 10, "the worker to die")
+    os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # dead, not reaped: the runner must find out by itself
     run = run_study(warm, small_study, tmp_path, "after-kill")
     assert_succeeded(run)
     assert warm.process is not None and warm.process.pid != pid and alive(warm.process.pid)
@@ -648,7 +674,8 @@ def test_status_json_lists_a_study_with_its_sends(tmp_path: Path) -> None:
 
 def test_status_before_the_first_start_creates_nothing(tmp_path: Path) -> None:
     config = write_config(tmp_path, valid_settings())
-    result = subprocess.run([sys.executable, "-m", "gateway", "status", "--config", str(config), "--json"],
-                            cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0 and "no database yet" in result.stdout
+    for extra, expected in (([], "no database yet"), (["--json"], "[]")):
+        result = subprocess.run([sys.executable, "-m", "gateway", "status", "--config", str(config), *extra],
+                                cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0 and expected in result.stdout
     assert not (tmp_path / "spool").exists()
