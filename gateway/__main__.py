@@ -95,7 +95,10 @@ def echo(config: GatewayConfig, name: str | None) -> int:
     ae.add_requested_context("1.2.840.10008.1.1")  # Verification
     assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
     if not assoc.is_established:
-        print(f"{name}: association {'rejected' if assoc.is_rejected else 'failed'}", file=sys.stderr)
+        why = ("rejected (is our AE title known to it?)" if assoc.is_rejected
+               else "failed (is it running, is the port right?)")
+        print(f"{name} ({destination.ae_title}@{destination.host}:{destination.port}): association {why}",
+              file=sys.stderr)
         return 1
     result = assoc.send_c_echo()
     assoc.release()
