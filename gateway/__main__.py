@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -45,14 +46,20 @@ def serve(config: GatewayConfig) -> int:
     """Run until SIGTERM or SIGINT, then drain."""
     from gateway.node import Node
 
-    node = Node(config)
+    log = logging.getLogger("gateway")
+    try:
+        node = Node(config)
+    except (OSError, sqlite3.Error) as error:
+        log.error("cannot open the spool %s or its database %s: %s", config.spool, config.database, error)
+        return 1
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     try:
         node.start()
     except OSError as error:
-        logging.getLogger("gateway").error("cannot listen on %s:%d: %s", config.bind_address, config.port, error)
+        log.error("cannot start (listening on %s:%d, spool %s): %s", config.bind_address, config.port, config.spool,
+                  error)
         return 1
     stop.wait()
     node.stop()

@@ -9,14 +9,17 @@ answered with success and not kept, so it never breaks a study.
 from __future__ import annotations
 
 import logging
-import socket
-from collections.abc import Callable
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from pydicom.uid import UID
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 
 from gateway.config import GatewayConfig
+from gateway.sender import no_delay
 from gateway.spool import Spool
 from gateway.store import DUPLICATE, REFUSED, Store
 
@@ -29,19 +32,34 @@ SUCCESS = 0x0000
 NOT_AUTHORIZED = 0x0124  # Refused: not authorized (a known AE title from a host not allowed for it)
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
-PROCESSING_FAILURE = 0x0110
+REFUSED_SECONDS = 24 * 3600  # a study refused for a limit stays refused (its tail and PACS retries) this long
 
 
 class Listener:
     """Accepts associations from the allow-list and stores CT instances durably into the spool."""
 
-    def __init__(self, config: GatewayConfig, store: Store, spool: Spool,
-                 on_instance: Callable[[], None] | None = None) -> None:
+    def __init__(self, config: GatewayConfig, store: Store, spool: Spool) -> None:
         self.config = config
         self.store = store
         self.spool = spool
-        self.on_instance = on_instance or (lambda: None)
         self.server: Any = None
+        self._writing: Counter[int] = Counter()  # study id → instances being written now
+        self._writing_lock = threading.Lock()
+
+    def busy_studies(self) -> frozenset[int]:
+        """Studies with an instance being written: not complete, whatever their quiet time says."""
+        with self._writing_lock:
+            return frozenset(study_id for study_id, count in self._writing.items() if count)
+
+    @contextmanager
+    def _writing_into(self, study_id: int) -> Iterator[None]:
+        with self._writing_lock:
+            self._writing[study_id] += 1
+        try:
+            yield
+        finally:
+            with self._writing_lock:
+                self._writing[study_id] -= 1
 
     def start(self) -> None:
         ae = AE(ae_title=self.config.ae_title)
@@ -61,22 +79,28 @@ class Listener:
                     self.config.bind_address, self.config.port, ", ".join(ae.require_calling_aet))
 
     def stop(self) -> None:
-        """Accept no more associations (those in progress are cut; their unacknowledged instances are resent)."""
+        """Accept no more associations and cut those in progress (their unacknowledged instances are resent)."""
         if self.server is not None:
+            for assoc in list(self.server.active_associations):
+                assoc.abort()
             self.server.shutdown()
             self.server = None
 
     def allowed_host(self, request: Any, address: tuple[str, int]) -> bool:
-        """Connections from hosts no peer may come from are closed before any DICOM is read."""
-        if any(peer.host is None for peer in self.config.peers) or address[0] in {p.host for p in self.config.peers}:
-            return True
-        logger.warning("connection from %s refused: no peer is allowed from this host", address[0])
-        return False
+        """Connections are closed before any DICOM is read from hosts no peer may come from, and while the spool's
+        disk is below its reserve (the sender retries later; nothing of a study is half taken)."""
+        if not any(peer.host is None for peer in self.config.peers) and \
+                address[0] not in {p.host for p in self.config.peers}:
+            logger.warning("connection from %s refused: no peer is allowed from this host", address[0])
+            return False
+        if self.spool.free_bytes() < self.config.limits.min_free_disk_bytes:
+            logger.error("connection from %s refused: less than %d bytes free in the spool "
+                         "(limits.min_free_disk_bytes)", address[0], self.config.limits.min_free_disk_bytes)
+            return False
+        return True
 
     def handle_open(self, event: Any) -> None:
-        sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
-        if sock is not None:  # small PDUs otherwise wait ≈ 40 ms each (Nagle)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        no_delay(event.assoc)
 
     def handle_rejected(self, event: Any) -> None:
         logger.warning("association from %s (%s) to %s refused", event.assoc.requestor.ae_title,
@@ -102,25 +126,25 @@ class Listener:
         except Exception as error:  # any decoding problem is the sender's
             logger.warning("C-STORE %s from %s: cannot read the dataset (%s)", sop_uid, calling, error)
             return CANNOT_UNDERSTAND
-        study, outcome = self.store.open_study(study_uid, calling, host, sop_uid,
-                                               refuse_seconds=max(self.config.quiet_seconds, 5.0))
+        study, outcome = self.store.open_study(study_uid, calling, host, sop_uid, refuse_seconds=REFUSED_SECONDS)
         if outcome == DUPLICATE:
             return SUCCESS
         if outcome == REFUSED:
+            logger.warning("%s of study %d from %s refused: %s", sop_uid, study.id, calling, study.error)
             return OUT_OF_RESOURCES
-        over = self.over_limit(study.instances, study.bytes, len(data))
-        if over:
-            logger.error("study %d (%s) from %s refused: %s", study.id, study_uid, calling, over)
-            self.store.refuse_study(study.id, f"refused while receiving: {over}")
-            self.spool.remove_study(study.id)
-            return OUT_OF_RESOURCES
-        try:
-            self.spool.write_instance(study.id, sop_uid, data)
-        except (OSError, ValueError) as error:
-            logger.error("C-STORE %s from %s not stored: %s", sop_uid, calling, error)
-            return OUT_OF_RESOURCES if isinstance(error, OSError) else CANNOT_UNDERSTAND
-        self.store.add_instance(study.id, sop_uid, len(data))
-        self.on_instance()
+        with self._writing_into(study.id):
+            over = self.over_limit(study.instances, study.bytes, len(data))
+            if over:
+                logger.error("study %d (%s) from %s refused: %s", study.id, study_uid, calling, over)
+                self.store.refuse_study(study.id, f"refused while receiving: {over}")
+                self.spool.remove_study(study.id)
+                return OUT_OF_RESOURCES
+            try:
+                self.spool.write_instance(study.id, sop_uid, data)
+            except (OSError, ValueError) as error:
+                logger.error("C-STORE %s from %s not stored: %s", sop_uid, calling, error)
+                return OUT_OF_RESOURCES if isinstance(error, OSError) else CANNOT_UNDERSTAND
+            self.store.add_instance(study.id, sop_uid, len(data))
         return SUCCESS
 
     def over_limit(self, instances: int, size: int, incoming: int) -> str:

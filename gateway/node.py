@@ -52,6 +52,8 @@ class Node:
             logger.error("study %d (%s): failed, interrupted %d times", study.id, study.study_uid, study.attempts)
         if partials:
             logger.info("removed %d partly written instance(s) (never acknowledged)", partials)
+        for study_id in self.store.empty_abandoned_studies():  # opened, never given an instance, before a crash
+            self.spool.remove_study(study_id)
         finished = self.store.ids(DONE) | (set() if self.config.keep_failed else self.store.ids(FAILED))
         for study_id in finished & self.spool.study_ids():  # a crash between delivery and clean-up
             self.spool.remove_study(study_id)
@@ -81,16 +83,20 @@ class Node:
             except (OSError, RuntimeError) as error:
                 logger.error("%s (it is started again for the next study)", error)
         while not self.stopping.is_set():
-            for study in self.store.promote_quiet_studies(self.config.quiet_seconds):
+            for study in self.store.promote_quiet_studies(self.config.quiet_seconds,
+                                                          busy=self.listener.busy_studies()):
                 logger.info("study %d (%s) from %s: %d instances, %.1f MB, ready", study.id, study.study_uid,
                             study.calling_ae, study.instances, study.bytes / 1e6)
-            for study_id in self.store.empty_abandoned_studies(self.config.quiet_seconds):
-                self.spool.remove_study(study_id)
             claimed = self.store.claim_ready()
             if claimed is None:
                 self.stopping.wait(POLL_SECONDS)
                 continue
-            self._run(claimed)
+            try:
+                self._run(claimed)
+            except Exception as error:  # the run thread must outlive any one study
+                logger.exception("study %d: the node failed running it", claimed.id)
+                self.store.fail_run(claimed.id, 0.0, f"node error: {error}",
+                                    claimed.attempts < self.config.runner.max_attempts)
 
     def _run(self, study: Study) -> None:
         logger.info("study %d: running the application (attempt %d, %s runner)", study.id, study.attempts,
@@ -138,7 +144,7 @@ class Node:
                     if destination is None:
                         raise SendError(f"destination '{send.destination}' is no longer configured")
                     send_file(Path(send.path), destination, self.config.ae_title)
-                except (SendError, OSError, ValueError) as error:
+                except Exception as error:  # any failure of one send is that send's, retried; the thread goes on
                     failed = self.store.retry_send(send.id, str(error), self.config.send_retry_seconds,
                                                    self.config.max_send_attempts)
                     logger.warning("study %d: send to %s failed (attempt %d): %s%s", send.study_id, send.destination,

@@ -41,6 +41,7 @@ def c_store(path: Path, destination: Destination, calling_ae: str) -> None:
     dataset = dcmread(path)
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = destination.timeout_seconds
+    ae.connection_timeout = destination.timeout_seconds  # a host that drops packets: not the kernel's ≈ 2 min
     ae.add_requested_context(dataset.SOPClassUID, dataset.file_meta.TransferSyntaxUID)
     where = f"{destination.name} ({destination.ae_title}@{destination.host}:{destination.port})"
     assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
@@ -54,7 +55,8 @@ def c_store(path: Path, destination: Destination, calling_ae: str) -> None:
     code = getattr(status, "Status", None)
     if code is None:
         raise SendError(f"{where}: no C-STORE response (connection lost or timed out)")
-    if code not in (0x0000, 0xB000, 0xB007, 0xB006):  # success, or success with warnings
+    if code not in (0x0000, 0xB000, 0xB007, 0xB006, 0x0111):  # success, with warnings, or already held (a resend
+        # of the same SOP instance after a crash: 0x0111 Duplicate SOP Instance means it is there)
         raise SendError(f"{where}: C-STORE status 0x{code:04X}")
 
 

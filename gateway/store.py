@@ -19,14 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 RECEIVED, READY, RUNNING, SENDING, DONE, FAILED = "received", "ready", "running", "sending", "done", "failed"
-STATES = (RECEIVED, READY, RUNNING, SENDING, DONE, FAILED)
 UNFINISHED = (RECEIVED, READY, RUNNING, SENDING)
 PENDING, SENT = "pending", "sent"
 NEW, DUPLICATE, REFUSED = "new", "duplicate", "refused"  # what an arriving instance is
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS studies (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: a spool folder name is never ambiguous
     study_uid TEXT NOT NULL,
     calling_ae TEXT NOT NULL,
     peer_host TEXT NOT NULL,
@@ -179,23 +178,25 @@ class Store:
                        "state = CASE WHEN state = ? THEN ? ELSE state END WHERE id = ?",
                        (size, now, READY, RECEIVED, study_id))
 
-    def promote_quiet_studies(self, quiet_seconds: float, now: float | None = None) -> list[Study]:
-        """Studies with no new instance for ``quiet_seconds`` become ready; returns them."""
+    def promote_quiet_studies(self, quiet_seconds: float, now: float | None = None,
+                              busy: frozenset[int] = frozenset()) -> list[Study]:
+        """Studies with no new instance for ``quiet_seconds`` become ready; returns them. ``busy``: studies with an
+        instance being written right now (never promoted under it, however slow the write)."""
         now = time.time() if now is None else now
         with self._transaction() as db:
-            rows = db.execute("SELECT * FROM studies WHERE state = ? AND last_arrival <= ? AND instances > 0",
-                              (RECEIVED, now - quiet_seconds)).fetchall()
+            rows = [row for row in db.execute(
+                "SELECT * FROM studies WHERE state = ? AND last_arrival <= ? AND instances > 0",
+                (RECEIVED, now - quiet_seconds)).fetchall() if row["id"] not in busy]
             for row in rows:
                 db.execute("UPDATE studies SET state = ? WHERE id = ?", (READY, row["id"]))
         return [_study(row) for row in rows]
 
-    def empty_abandoned_studies(self, quiet_seconds: float, now: float | None = None) -> list[int]:
-        """Studies opened but never given an instance (a crash between the two); removed, ids returned."""
-        now = time.time() if now is None else now
+    def empty_abandoned_studies(self) -> list[int]:
+        """At start-up (nothing is being received): studies opened but never given an instance (a crash between the
+        two) are removed; ids returned."""
         with self._transaction() as db:
-            ids = [row["id"] for row in db.execute(
-                "SELECT id FROM studies WHERE state = ? AND instances = 0 AND last_arrival <= ?",
-                (RECEIVED, now - quiet_seconds))]
+            ids = [row["id"] for row in db.execute("SELECT id FROM studies WHERE state = ? AND instances = 0",
+                                                   (RECEIVED,))]
             db.executemany("DELETE FROM studies WHERE id = ?", [(study_id,) for study_id in ids])
         return ids
 
@@ -259,11 +260,6 @@ class Store:
             rows = self._connection.execute("SELECT * FROM sends WHERE state = ? AND next_try <= ? ORDER BY next_try",
                                             (PENDING, now)).fetchall()
         return [Send(**dict(row)) for row in rows]
-
-    def next_send_time(self) -> float | None:
-        with self._lock:
-            row = self._connection.execute("SELECT MIN(next_try) FROM sends WHERE state = ?", (PENDING,)).fetchone()
-        return row[0]
 
     def mark_sent(self, send_id: int) -> Study | None:
         """A send succeeded; when it was the study's last, the study is done and returned."""

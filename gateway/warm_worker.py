@@ -56,7 +56,7 @@ def run_one(app: ModuleType, app_path: Path, request: dict, worker_log_fd: int) 
             status = app.main([sys.executable, str(app_path), "-i", request["input"], "-o", request["output"],
                                "-m", request["models"]])
         except SystemExit as stop:  # the SDK exits on a usage error
-            status = stop.code if isinstance(stop.code, int) else 2
+            status = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 2)
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
