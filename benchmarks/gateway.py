@@ -25,13 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from pydicom import dcmread
-from pydicom.uid import generate_uid
-
 from benchmarks.common import ROOT, finish, machine_info, write_json
 
 sys.path.insert(0, str(ROOT / "tests"))
 from pacs import GatewayNode, Orthanc, free_port, network_is_private  # noqa: E402
+from small_study import copy_as_new_study  # noqa: E402
 
 from gateway.store import Store  # noqa: E402
 
@@ -42,17 +40,9 @@ POLL = 0.05
 
 
 def uncompressed_copy(source: Path, target: Path) -> tuple[str, int]:
-    """The series in ``source`` as a new study in ``target``, decompressed (what a PACS usually sends)."""
-    study_uid, series_uid = generate_uid(), generate_uid()
-    target.mkdir(parents=True)
-    files = sorted(path for path in source.iterdir() if path.is_file())
-    for path in files:
-        ds = dcmread(path)
-        ds.decompress()
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        ds.save_as(target / path.name, enforce_file_format=True)
-    return study_uid, len(files)
+    """The series in ``source`` as a new, decompressed study in ``target``; returns its UID and instance count."""
+    study_uid, _ = copy_as_new_study(source, target, "GWBENCH", decompress=True)
+    return study_uid, len(list(target.iterdir()))
 
 
 def storescu(folder: Path, port: int) -> float:

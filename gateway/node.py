@@ -22,11 +22,11 @@ from gateway.runners import Runner, WarmRunner, make_runner
 from gateway.sender import SendError, send_file
 from gateway.spool import Spool
 from gateway.store import DONE, FAILED, Store, Study
+from ichseg.report import PREVIEW_NAME, REPORT_NAME, SEG_NAME
 
 logger = logging.getLogger("gateway")
 
-SEG_NAME, REPORT_NAME, PREVIEW_NAME, PREVIEW_SC_NAME = "ich_seg.dcm", "ich_report.json", "ich_preview.png", \
-    "ich_preview_sc.dcm"
+PREVIEW_SC_NAME = "ich_preview_sc.dcm"
 POLL_SECONDS = 0.2
 
 

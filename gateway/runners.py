@@ -72,13 +72,6 @@ def map_command(config: RunnerConfig, input_folder: Path, output_folder: Path) -
     return ["monai-deploy", "run", config.image, "-i", str(input_folder), "-o", str(output_folder)]
 
 
-def child_environment() -> dict[str, str]:
-    env = dict(os.environ)
-    env.setdefault("YOLO_CONFIG_DIR", str(REPOSITORY / ".ultralytics"))
-    env.setdefault("YOLO_OFFLINE", "1")
-    return env
-
-
 def _prepare_child() -> None:
     """In the child before exec: a 32 MB stack, and death with the node (a SIGKILLed node leaves no app behind
     to write into a study the restarted node runs again)."""
@@ -111,7 +104,7 @@ class CommandRunner:
         started = time.monotonic()
         with open(log_path, "wb") as log:
             process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                       env=child_environment(), cwd=REPOSITORY, start_new_session=True,
+                                       cwd=REPOSITORY, start_new_session=True,
                                        preexec_fn=_prepare_child)
             try:
                 status = process.wait(timeout=self.config.timeout_seconds)
@@ -145,7 +138,7 @@ class WarmRunner:
         log = open(self.log_path, "ab")  # noqa: SIM115 (the worker keeps it open)
         self.process = subprocess.Popen(
             [self.config.python, "-m", "gateway.warm_worker", "--app", str(self.config.app)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=child_environment(), cwd=REPOSITORY,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=REPOSITORY,
             start_new_session=True, preexec_fn=_prepare_child)
         log.close()
         self.runs = 0

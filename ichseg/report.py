@@ -25,6 +25,8 @@ from ichseg.series_selection import Selection
 from ichseg.subtypes import SUBTYPES
 
 REPORT_NAME = "ich_report.json"
+SEG_NAME = "ich_seg.dcm"  # the app's outputs, named once: the operators write them, the gateway sends them
+PREVIEW_NAME = "ich_preview.png"
 MASK_NAME = "ich_mask.npz"
 NOTICE = "Synthetic-trained demo weights, not for clinical use."
 

@@ -15,10 +15,10 @@ import numpy as np
 from ichseg import pipeline
 from ichseg.boxes import Box, outline
 from ichseg.preview import key_slices, save_montage
+from ichseg.report import PREVIEW_NAME
 from ichseg.sdk import Fragment, Operator, OperatorSpec
 from ichseg.stage_clock import StageClock
 
-PREVIEW_NAME = "ich_preview.png"
 KEY_SLICES = 8
 FRAME_GREY = 255
 

@@ -21,12 +21,12 @@ import numpy as np
 from ichseg import __version__
 from ichseg.dicom_seg import ANY_HEMORRHAGE, SegAuthor, SegmentMask, build_seg, write_atomically
 from ichseg.dicom_series import CTSeries
+from ichseg.report import SEG_NAME
 from ichseg.sdk import Fragment, Operator, OperatorSpec
 from ichseg.stage_clock import StageClock
 
 logger = logging.getLogger("ichseg.app")
 
-SEG_NAME = "ich_seg.dcm"
 SEGMENT_LABEL = "Intracranial hemorrhage"
 AUTHOR = SegAuthor(
     "ICH two-stage segmentation (YOLO + TransDeepLab)", __version__, automatic=True, manufacturer="ICH-MAP"

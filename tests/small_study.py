@@ -35,13 +35,15 @@ def generated_study(folder: Path, matrix: int = MATRIX, slices: int = 8) -> Path
     return folder
 
 
-def copy_as_new_study(series: Path, target: Path, patient_id: str) -> tuple[str, str]:
-    """Copy a CT series folder with new Study, Series and SOP Instance UIDs (a distinct study for a PACS);
-    returns (StudyInstanceUID, SeriesInstanceUID)."""
+def copy_as_new_study(series: Path, target: Path, patient_id: str, decompress: bool = False) -> tuple[str, str]:
+    """Copy a CT series folder with new Study, Series and SOP Instance UIDs (a distinct study for a PACS),
+    ``decompress``ed on request (what a PACS usually sends); returns (StudyInstanceUID, SeriesInstanceUID)."""
     study_uid, series_uid = generate_uid(), generate_uid()
     target.mkdir(parents=True, exist_ok=True)
     for path in sorted(series.iterdir()):
         ds = dcmread(path)
+        if decompress:
+            ds.decompress()
         ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
         ds.PatientID = patient_id

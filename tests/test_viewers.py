@@ -23,7 +23,8 @@ import pytest
 from pydicom.dataset import Dataset
 
 from ichseg.dicom_seg import HEMORRHAGE_RGB
-from operators.seg_writer_operator import SEG_NAME, SEGMENT_LABEL
+from ichseg.report import SEG_NAME
+from operators.seg_writer_operator import SEGMENT_LABEL
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "models"
