@@ -175,3 +175,21 @@ def test_tiny_training_gives_a_loadable_detector(
     manifest.save(model_dir)
     with pytest.raises(ModelError, match="classes"):
         HemorrhageDetector(model_dir)
+
+
+def test_nms_keeps_every_image_on_a_starved_cpu(ultralytics_config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ultralytics' NMS returns the images after its deadline empty; on a loaded CPU that would drop detections.
+
+    The clock NMS reads jumps 10 s per reading (a CPU starved by other work), the deadline of a 4-image batch is
+    2.2 s: every image must still get its box (the predictor and validator call this same function).
+    """
+    import torch
+    from ultralytics.utils import nms
+
+    readings = iter(range(0, 10_000, 10))
+    monkeypatch.setattr(nms, "time", type("StarvedClock", (), {"time": staticmethod(lambda: float(next(readings)))}))
+    prediction = torch.zeros(4, 4 + 5, 10)  # (batch, xywh + 5 class scores, candidates)
+    prediction[:, :4, 0] = torch.tensor([100.0, 120.0, 40.0, 30.0])
+    prediction[:, 4 + 2, 0] = 0.9  # candidate 0 of every image: subarachnoid, confident
+    kept = nms.non_max_suppression(prediction, conf_thres=0.25, iou_thres=0.6)
+    assert [len(boxes) for boxes in kept] == [1, 1, 1, 1]
