@@ -25,9 +25,10 @@ Detector mAP@0.5 and mAP@0.5:0.95 are computed on the same test studies from det
 ultralytics' validator does and averaged with ultralytics' ``ap_per_class``; the figures in the detector's manifest
 (from its training run) are shown beside.
 
-``--choose-guard`` instead sweeps the guard's settings and both merge modes over the *validation* split's product
-masks (``evaluation.guard_choice``) and writes the best by ``--objective`` to ``guard_choice.json``: the defaults of
-``ichseg.guard`` and ``ichseg.boxes`` are to be set from it.
+``--choose-guard`` instead sweeps detector confidences, both merge modes and the guard's settings over the
+*validation* split's product masks (``evaluation.guard_choice``) and writes the best by ``--objective`` to
+``guard_choice.json``: the detector manifest's ``operating_confidence`` and the defaults of ``ichseg.guard`` and
+``ichseg.boxes`` are to be set from it.
 """
 
 from __future__ import annotations
@@ -437,7 +438,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--guard-margin-mm", type=float, default=CAVITY_MARGIN_MM,
                         help="guard rows: distance from bone (mm)")
     parser.add_argument("--choose-guard", action="store_true",
-                        help="sweep guard settings and merge modes on the validation split; write guard_choice.json")
+                        help="sweep detector confidences, merge modes and guard settings on the validation split; "
+                             "write guard_choice.json")
+    parser.add_argument("--confidences", type=_confidences, default=None,
+                        help="--choose-guard: comma-separated detector confidences to try (default: a grid from "
+                             "0.05 to 0.4); the manifest's operating point is always tried")
     parser.add_argument("--objective", choices=sorted(OBJECTIVES), default="balanced",
                         help="what --choose-guard maximises")
     parser.add_argument("--limit", type=int, default=None, help="use the first N studies of the split only")
@@ -450,6 +455,16 @@ def _merges(text: str) -> tuple[str, ...]:
     if not modes or any(m not in MERGE_MODES for m in modes):
         raise argparse.ArgumentTypeError(f"expected merge modes from {', '.join(MERGE_MODES)}")
     return modes
+
+
+def _confidences(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError as error:
+        raise argparse.ArgumentTypeError("expected comma-separated numbers") from error
+    if not values or not all(0.0 < v < 1.0 for v in values):
+        raise argparse.ArgumentTypeError("expected confidences between 0 and 1")
+    return values
 
 
 def _hu_range(text: str) -> tuple[float, float]:

@@ -95,15 +95,22 @@ def test_evaluation_command_on_a_256_series(study_folder: Path, tmp_path: Path,
 
 def test_choose_guard_writes_its_choice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``--choose-guard`` on a (tiny) validation split: the sweep, the best setting, the defaults and no guard."""
-    from evaluation.guard_choice import sweep_options
+    from evaluation.guard_choice import sweep_confidences, sweep_options
 
     monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "yolo"))
     data = data_folder(tmp_path / "data", generated_study(tmp_path / "short", slices=4), "val")  # the sweep is slow
     out = tmp_path / "choice"
     evaluate_main(["--data", str(data), "--detector", str(MODELS / "detector"), "--segmenter",
-                   str(MODELS / "segmenter"), "--choose-guard", "--out", str(out)])
+                   str(MODELS / "segmenter"), "--choose-guard", "--confidences", "0.3", "--out", str(out)])
     choice = json.loads((out / "guard_choice.json").read_text())
-    assert len(choice["sweep"]) == 2 * (len(sweep_options()) + 1), "both merges × (grid + guard off)"
+    confidences = sweep_confidences(choice["current_confidence"], (0.3,))
+    assert choice["current_confidence"] == json.loads((MODELS / "detector" / "manifest.json").read_text())[
+        "operating_confidence"] and choice["current_confidence"] in confidences
+    assert len(choice["sweep"]) == len(confidences) * 2 * (len(sweep_options()) + 1), \
+        "confidences × both merges × (grid + guard off)"
+    assert {r["confidence"] for r in choice["sweep"]} == set(confidences)
     assert choice["best"]["objective"] >= max(r["objective"] for r in choice["unguarded"].values())
+    assert choice["best"]["objective"] >= max(r["objective"] for r in choice["best_at_current_confidence"].values())
+    assert all(r["confidence"] == choice["current_confidence"] for r in choice["current_defaults"].values())
     assert set(choice["current_defaults"]) == {"slice", "cluster"} and choice["split"] == "val"
-    assert "Guard and merge choice" in (out / "guard_choice.md").read_text()
+    assert "Confidence, merge and guard choice" in (out / "guard_choice.md").read_text()
