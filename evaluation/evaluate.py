@@ -124,7 +124,10 @@ class Scores:
     slices: int = 0
     guard_removed_ml: dict[str, float] = field(default_factory=dict)
 
-    def add(self, predicted: np.ndarray, truth: np.ndarray, voxel_ml: float, seconds: float) -> None:
+    def add(
+        self, predicted: np.ndarray, truth: np.ndarray, voxel_ml: float, seconds: float, empty_slices: int = 0
+    ) -> None:
+        """One study; ``empty_slices``: further slices of it, cut away, with nothing predicted and nothing true."""
         dice, iou = slice_dice_iou(predicted, truth)
         positive = truth.any(axis=(1, 2))
         self.slice_dice += dice[positive].tolist()
@@ -135,10 +138,10 @@ class Scores:
         self.study_truth.append(bool(positive.any()))
         self.study_predicted.append(bool(predicted.any()))
         self.fp_slices += int(predicted[~positive].any(axis=(1, 2)).sum())
-        self.negative_slices += int((~positive).sum())
+        self.negative_slices += int((~positive).sum()) + empty_slices
         self.volume_errors.append(abs(int(predicted.sum()) - int(truth.sum())) * voxel_ml)
         self.seconds += seconds
-        self.slices += len(truth)
+        self.slices += len(truth) + empty_slices
 
     def summary(self) -> dict[str, Any]:
         sensitivity, specificity = sensitivity_specificity(self.study_truth, self.study_predicted)

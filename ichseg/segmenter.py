@@ -8,7 +8,7 @@ segment every slice through the whole-slice box, whatever boxes the caller passe
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from numbers import Real
 from pathlib import Path
 
@@ -27,6 +27,7 @@ CROP_MODE = "crops"  # two-stage: trained on and run over detector boxes
 WHOLE_SLICE_MODE = "whole-slice"  # single-stage baselines: every slice through the whole-slice box
 MODES = (CROP_MODE, WHOLE_SLICE_MODE)
 SliceBoxes = Box | Sequence[Box] | None  # one box, a list of boxes, or None/[] (slice not run)
+Crop = tuple[int, Box]  # (slice index, box)
 ARCHITECTURES = {
     "transdeeplab": "TransDeepLab (Swin-T, 2-level Swin SPP)",
     "monai-unet": "MONAI UNet 2D (channels 16-256, 4 strided levels, 2 residual units)",
@@ -107,12 +108,20 @@ class HemorrhageSegmenter:
             raise ValueError(f"a crop segmenter needs one entry of boxes (or None) per slice ({count} slices)")
         crops = [(index, box) for index, entry in enumerate(boxes) for box in boxes_of(entry)]
         masks = np.zeros(windowed.shape, dtype=bool)
+        for (index, _), crop_mask in zip(crops, self.crop_masks(windowed, crops, batch_size), strict=True):
+            masks[index] |= crop_mask
+        return masks
+
+    @torch.inference_mode()
+    def crop_masks(self, windowed: np.ndarray, crops: Sequence[Crop], batch_size: int = 8) -> Iterator[np.ndarray]:
+        """One (H, W) bool mask per (slice index, box), pasted back on its slice, in order: the unit ``segment``
+        unions (yielded, so a long series never holds every crop's mask at once)."""
+        height, width = windowed.shape[1:]
         for start in range(0, len(crops), batch_size):
             batch = crops[start:start + batch_size]
             inputs = torch.stack([crop_to_input(windowed[i], box) for i, box in batch]).to(self.device)
             with autocast(self.device, self.autocast_dtype):
                 logits = self.network(inputs)
             foreground = torch.softmax(logits.float(), dim=1)[:, 1].cpu()
-            for (index, box), probability in zip(batch, foreground, strict=True):
-                masks[index] |= paste_probability(probability, box, (height, width))
-        return masks
+            for (_, box), probability in zip(batch, foreground, strict=True):
+                yield paste_probability(probability, box, (height, width))

@@ -6,6 +6,7 @@ blob lies; "blood density" is made by writing blood HU into the series' HU volum
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -196,6 +197,7 @@ def test_report_is_json_ready(negative) -> None:
 def test_sweep_gives_what_the_guard_gives(negative) -> None:
     """``--choose-guard`` scores each option from one labelling per HU range and margin, on a cropped volume:
     the masks must be those ``apply_guard`` gives."""
+    from evaluation.evaluate import Scores
     from evaluation.guard_choice import crop_to, sweep_masks, sweep_options
 
     series, tissues = negative
@@ -205,9 +207,14 @@ def test_sweep_gives_what_the_guard_gives(negative) -> None:
     mask = big | small | square_on(tissues == TISSUES["air"], middle_slice(series), 5)
     anatomy = read_anatomy(series.hu, series.pixel_spacing, series.slice_spacing)
     options = sweep_options()[::7]
-    cropped, (rows, columns) = crop_to(anatomy, [mask])
-    swept = sweep_masks(mask[:, rows, columns], cropped, options)
+    cropped, box = crop_to(anatomy, [mask])
+    assert len(cropped.inside) < len(mask), "slices without any mask are cut away"
+    swept = sweep_masks(mask[box], cropped, options)
     for option in options:
         expected, _ = apply_guard(mask, anatomy, option)
-        assert expected[:, rows, columns].sum() == expected.sum(), "nothing guarded lies outside the crop"
-        np.testing.assert_array_equal(swept[option], expected[:, rows, columns], err_msg=str(option))
+        assert expected[box].sum() == expected.sum(), "nothing guarded lies outside the crop"
+        np.testing.assert_array_equal(swept[option], expected[box], err_msg=str(option))
+        full, cut = Scores(), Scores()  # the cut-away slices are counted: the scores equal those of the whole volume
+        full.add(expected, big, series.voxel_volume_ml, 0.0)
+        cut.add(swept[option], big[box], series.voxel_volume_ml, 0.0, empty_slices=len(mask) - len(cropped.inside))
+        assert json.dumps(full.summary()) == json.dumps(cut.summary())

@@ -198,6 +198,25 @@ def test_segment_skips_none_and_stays_in_box(trained: Path, study: Study) -> Non
     assert all(in_box(mask, boxes[i]) for mask, i in zip(masks[2:], chosen[2:], strict=True))
 
 
+def test_crop_memo_runs_each_crop_once(trained: Path, study: Study) -> None:
+    """``--choose-guard`` segments a study under many box sets through ``CropMemo``: the masks are the plain
+    segmenter's, and a crop seen before is not run again."""
+    from evaluation.guard_choice import CropMemo
+
+    plain = HemorrhageSegmenter(trained, precision="fp32")
+    memo = CropMemo(plain)
+    chosen = [i for i, s in enumerate(study.labels) if s.any()][:3]
+    windowed = study.windowed.source[chosen]
+    boxes = [ground_truth_box(study.labels[i]) for i in chosen]
+    wider = [(x0 - 6.0, y0 - 6.0, x1 + 6.0, y1 + 6.0) for x0, y0, x1, y1 in boxes]
+    for entries, memo_size in (([boxes[0], boxes[1], None], 2), ([boxes[0], [boxes[1], wider[1]], wider[2]], 4)):
+        masks = memo.segment(windowed, entries)
+        assert len(memo.memo) == memo_size, "only the crops not seen before are added"
+        assert masks.any() and np.array_equal(masks, plain.segment(windowed, entries))
+    memo.forget()
+    assert not memo.memo
+
+
 def test_transdeeplab_export_loads_as_float32(tmp_path: Path, study: Study) -> None:
     """A float16 TransDeepLab export loads back into float32 weights equal to the rounded originals."""
     torch.manual_seed(0)
