@@ -13,7 +13,8 @@ box per group of nearby boxes), and every row once without and once with the ana
 
 Metrics, all on the full-resolution pasted masks against the full ground-truth masks (any subtype = hemorrhage):
 * slice Dice / IoU: mean over the slices whose ground truth has hemorrhage (the paper's per-slice Dice and IoU;
-  a slice the pipeline leaves empty scores 0), computed with ``monai.metrics.compute_dice`` / ``compute_iou``;
+  a slice the pipeline leaves empty scores 0), computed with
+  ``monai.metrics.compute_dice`` (IoU = Dice / (2 − Dice), equal to ``compute_iou``);
 * pooled Dice: 2·Σ|P∩G| / (Σ|P| + Σ|G|) over every voxel of every test study;
 * study sensitivity / specificity: a study is called positive when any voxel is predicted;
 * FP slices: slices without hemorrhage in the ground truth that get any predicted voxel;
@@ -43,7 +44,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.metrics import compute_dice, compute_iou
+from monai.metrics import compute_dice
 from torchvision.ops import box_iou
 from tqdm import tqdm
 
@@ -84,12 +85,12 @@ def row_label(model: str, merge: str | None, guarded: bool) -> str:
 
 
 def slice_dice_iou(predicted: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-slice Dice and IoU of (N, H, W) binary masks; NaN where the ground-truth slice is empty."""
+    """Per-slice Dice and IoU of (N, H, W) binary masks; NaN where the ground-truth slice is empty. IoU follows from
+    Dice (IoU = D / (2 − D) for sets), which halves the cost of ``--choose-guard``'s thousands of scorings."""
     p = torch.from_numpy(np.ascontiguousarray(predicted, dtype=bool))[:, None].float()
     g = torch.from_numpy(np.ascontiguousarray(truth, dtype=bool))[:, None].float()
-    dice = compute_dice(p, g, include_background=True, ignore_empty=True)[:, 0]
-    iou = compute_iou(p, g, include_background=True, ignore_empty=True)[:, 0]
-    return dice.numpy(), iou.numpy()
+    dice = compute_dice(p, g, include_background=True, ignore_empty=True)[:, 0].numpy()
+    return dice, dice / (2.0 - dice)
 
 
 def pooled_dice(intersection: int, predicted: int, truth: int) -> float:
@@ -104,6 +105,55 @@ def sensitivity_specificity(truth: list[bool], predicted: list[bool]) -> tuple[f
     sensitivity = (t & p).sum() / t.sum() if t.any() else math.nan
     specificity = (~t & ~p).sum() / (~t).sum() if (~t).any() else math.nan
     return float(sensitivity), float(specificity)
+
+
+@dataclass(frozen=True)
+class StudyScore:
+    """What one study adds to a row; measured once and reused where masks are identical (``--choose-guard``)."""
+
+    slice_dice: list[float]  # the slices with hemorrhage
+    slice_iou: list[float]
+    intersection: int
+    predicted: int
+    truth: int
+    has_truth: bool
+    has_prediction: bool
+    fp_slices: int
+    negative_slices: int
+    volume_error_ml: float
+    slices: int
+
+    @classmethod
+    def measure(cls, predicted: np.ndarray, truth: np.ndarray, voxel_ml: float, empty_slices: int = 0) -> StudyScore:
+        """``empty_slices``: further slices of the study, cut away, with nothing predicted and nothing true."""
+        dice, iou = slice_dice_iou(predicted, truth)
+        positive = truth.any(axis=(1, 2))
+        predicted_voxels, truth_voxels = int(predicted.sum()), int(truth.sum())
+        return cls(
+            slice_dice=dice[positive].tolist(), slice_iou=iou[positive].tolist(),
+            intersection=int((predicted & truth).sum()), predicted=predicted_voxels, truth=truth_voxels,
+            has_truth=bool(positive.any()), has_prediction=predicted_voxels > 0,
+            fp_slices=int(predicted[~positive].any(axis=(1, 2)).sum()),
+            negative_slices=int((~positive).sum()) + empty_slices,
+            volume_error_ml=abs(predicted_voxels - truth_voxels) * voxel_ml, slices=len(truth) + empty_slices,
+        )
+
+    @classmethod
+    def from_counts(
+        cls, predicted: np.ndarray, truth: np.ndarray, intersection: np.ndarray, voxel_ml: float, empty_slices: int = 0
+    ) -> StudyScore:
+        """The same from per-slice voxel counts (predicted, true, both): what ``--choose-guard`` adds up per component
+        to score thousands of guard settings (tests/test_guard.py checks it equals ``measure``)."""
+        positive = truth > 0
+        p, t, i = (np.asarray(a, dtype=np.float64)[positive] for a in (predicted, truth, intersection))
+        predicted_voxels, truth_voxels = int(predicted.sum()), int(truth.sum())
+        return cls(
+            slice_dice=(2.0 * i / (p + t)).tolist(), slice_iou=(i / (p + t - i)).tolist(),
+            intersection=int(intersection.sum()), predicted=predicted_voxels, truth=truth_voxels,
+            has_truth=bool(positive.any()), has_prediction=predicted_voxels > 0,
+            fp_slices=int((predicted[~positive] > 0).sum()), negative_slices=int((~positive).sum()) + empty_slices,
+            volume_error_ml=abs(predicted_voxels - truth_voxels) * voxel_ml, slices=len(truth) + empty_slices,
+        )
 
 
 @dataclass
@@ -124,24 +174,24 @@ class Scores:
     slices: int = 0
     guard_removed_ml: dict[str, float] = field(default_factory=dict)
 
-    def add(
-        self, predicted: np.ndarray, truth: np.ndarray, voxel_ml: float, seconds: float, empty_slices: int = 0
-    ) -> None:
-        """One study; ``empty_slices``: further slices of it, cut away, with nothing predicted and nothing true."""
-        dice, iou = slice_dice_iou(predicted, truth)
-        positive = truth.any(axis=(1, 2))
-        self.slice_dice += dice[positive].tolist()
-        self.slice_iou += iou[positive].tolist()
-        self.intersection += int((predicted & truth).sum())
-        self.predicted += int(predicted.sum())
-        self.truth += int(truth.sum())
-        self.study_truth.append(bool(positive.any()))
-        self.study_predicted.append(bool(predicted.any()))
-        self.fp_slices += int(predicted[~positive].any(axis=(1, 2)).sum())
-        self.negative_slices += int((~positive).sum()) + empty_slices
-        self.volume_errors.append(abs(int(predicted.sum()) - int(truth.sum())) * voxel_ml)
+    def add(self, predicted: np.ndarray, truth: np.ndarray, voxel_ml: float, seconds: float) -> None:
+        """One study's masks."""
+        self.record(StudyScore.measure(predicted, truth, voxel_ml), seconds)
+
+    def record(self, study: StudyScore, seconds: float = 0.0) -> None:
+        """One study, measured already."""
+        self.slice_dice += study.slice_dice
+        self.slice_iou += study.slice_iou
+        self.intersection += study.intersection
+        self.predicted += study.predicted
+        self.truth += study.truth
+        self.study_truth.append(study.has_truth)
+        self.study_predicted.append(study.has_prediction)
+        self.fp_slices += study.fp_slices
+        self.negative_slices += study.negative_slices
+        self.volume_errors.append(study.volume_error_ml)
         self.seconds += seconds
-        self.slices += len(truth) + empty_slices
+        self.slices += study.slices
 
     def summary(self) -> dict[str, Any]:
         sensitivity, specificity = sensitivity_specificity(self.study_truth, self.study_predicted)

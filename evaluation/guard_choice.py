@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import itertools
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from evaluation.evaluate import OBJECTIVES, Models, Scores, cell
+from evaluation.evaluate import OBJECTIVES, Models, Scores, StudyScore, cell
 from ichseg import pipeline
 from ichseg.boxes import DEFAULT_MERGE
 from ichseg.guard import Anatomy, Components, GuardOptions, cavity_and_density
@@ -52,14 +53,51 @@ def sweep_options() -> list[GuardOptions]:
     return options if GuardOptions() in options else [*options, GuardOptions()]
 
 
-def sweep_masks(mask: np.ndarray, anatomy: Anatomy, options: list[GuardOptions]) -> dict[GuardOptions, np.ndarray]:
-    """The guarded mask for each option, labelling components once per (margin, HU range)."""
-    out: dict[GuardOptions, np.ndarray] = {}
+def sweep_guard(
+    mask: np.ndarray, anatomy: Anatomy, options: list[GuardOptions]
+) -> Iterator[tuple[Components, dict[GuardOptions, np.ndarray]]]:
+    """Per (margin, HU range): the components of the mask's dense, intracranial part, and for each option which of
+    them it keeps (``Components.kept``): every guard setting from one labelling."""
     for (margin, hu_range), group in itertools.groupby(options, key=lambda o: (o.margin_mm, o.hu_range)):
         _, dense = cavity_and_density(mask, anatomy, margin, hu_range)
         components = Components(dense)
-        for option in group:
-            out[option] = components.at_least(option.min_ml / anatomy.voxel_volume_ml) if option.min_ml > 0 else dense
+        yield components, {option: components.kept(option.min_ml / anatomy.voxel_volume_ml) for option in group}
+
+
+def sweep_masks(mask: np.ndarray, anatomy: Anatomy, options: list[GuardOptions]) -> dict[GuardOptions, np.ndarray]:
+    """The guarded mask for each option (what ``sweep_scores`` scores, as masks: for tests)."""
+    return {option: components.mask_of(kept) for components, group in sweep_guard(mask, anatomy, options)
+            for option, kept in group.items()}
+
+
+def slice_counts(components: Components, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per component label and slice: its voxels, and those of them in ``truth``; (labels, slices) arrays each. Any
+    union of components then has its per-slice counts as a sum of rows."""
+    where = np.nonzero(components.labels)
+    index = components.labels[where] * len(truth) + where[0]
+    size = len(components.sizes) * len(truth)
+    voxels = np.bincount(index, minlength=size).reshape(len(components.sizes), len(truth))
+    overlap = np.bincount(index[truth[where]], minlength=size).reshape(len(components.sizes), len(truth))
+    return voxels, overlap
+
+
+def guarded_scores(
+    mask: np.ndarray, truth: np.ndarray, anatomy: Anatomy, options: list[GuardOptions], empty_slices: int
+) -> dict[GuardOptions, StudyScore]:
+    """Each option's score of the guarded ``mask`` against ``truth``, from per-component slice counts: no mask is
+    built, and options keeping the same components share one score."""
+    truth_counts = truth.sum(axis=(1, 2))
+    out: dict[GuardOptions, StudyScore] = {}
+    for components, group in sweep_guard(mask, anatomy, options):
+        voxels, overlap = slice_counts(components, truth)
+        by_kept: dict[bytes, StudyScore] = {}
+        for option, kept in group.items():
+            if kept.tobytes() not in by_kept:
+                by_kept[kept.tobytes()] = StudyScore.from_counts(
+                    voxels[kept].sum(axis=0), truth_counts, overlap[kept].sum(axis=0), anatomy.voxel_volume_ml,
+                    empty_slices,
+                )
+            out[option] = by_kept[kept.tobytes()]
     return out
 
 
@@ -93,7 +131,7 @@ class CropMemo(HemorrhageSegmenter):
 def crop_to(anatomy: Anatomy, masks: list[np.ndarray]) -> tuple[Anatomy, tuple[slice, slice, slice]]:
     """The anatomy cut to the 3D box of all ``masks`` (and that box): every guarded mask lies inside the unguarded
     one, so the sweep scores the same on the box, ~10× faster. The slices cut away are empty in every mask and in the
-    truth; the caller counts them (``Scores.add(empty_slices=…)``)."""
+    truth; the caller counts them (``StudyScore.measure(empty_slices=…)``)."""
     footprint = np.logical_or.reduce([mask.any(axis=0) for mask in masks])
     rows, columns = np.flatnonzero(footprint.any(axis=1)), np.flatnonzero(footprint.any(axis=0))
     slices = np.flatnonzero(np.logical_or.reduce([mask.any(axis=(1, 2)) for mask in masks]))
@@ -133,11 +171,15 @@ def sweep_scores(args: argparse.Namespace, merges: tuple[str, ...]) -> tuple[Swe
         cut, box = crop_to(anatomy, [truth, *masks.values()])
         empty = len(truth) - len(cut.inside)  # slices with nothing predicted and nothing true
         truth = truth[box]
+        same_mask: dict[bytes, list[tuple[float, str]]] = {}  # confidences often give the same product mask
         for key, mask in masks.items():
-            mask = mask[box]
-            scores.setdefault((*key, off), Scores()).add(mask, truth, voxel_ml, 0.0, empty_slices=empty)
-            for option, guarded in sweep_masks(mask, cut, options).items():
-                scores.setdefault((*key, option), Scores()).add(guarded, truth, voxel_ml, 0.0, empty_slices=empty)
+            same_mask.setdefault(hashlib.blake2b(np.packbits(mask[box])).digest(), []).append(key)
+        for keys in same_mask.values():
+            mask = masks[keys[0]][box]
+            measured = {off: StudyScore.measure(mask, truth, voxel_ml, empty),
+                        **guarded_scores(mask, truth, cut, options, empty)}
+            for key, (option, score) in itertools.product(keys, measured.items()):
+                scores.setdefault((*key, option), Scores()).record(score)
     return scores, len(ids), round(current, 4)
 
 

@@ -206,8 +206,16 @@ class Components:
 
     def at_least(self, min_voxels: float) -> np.ndarray:
         """The mask of the components with at least ``min_voxels`` voxels."""
+        return self.mask_of(self.kept(min_voxels))
+
+    def kept(self, min_voxels: float) -> np.ndarray:
+        """Per label, whether its component has at least ``min_voxels`` voxels (label 0, the background, never)."""
         keep = self.sizes >= min_voxels
         keep[0] = False
+        return keep
+
+    def mask_of(self, keep: np.ndarray) -> np.ndarray:
+        """The mask of the components ``keep`` marks."""
         return keep[self.labels]
 
 

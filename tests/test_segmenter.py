@@ -264,6 +264,13 @@ def test_slice_dice_iou_on_hand_made_masks() -> None:
     np.testing.assert_allclose(dice[:3], [1.0, 0.0, 2 / 3], rtol=1e-6)
     np.testing.assert_allclose(iou[:3], [1.0, 0.0, 0.5], rtol=1e-6)
     assert np.isnan(dice[3]) and np.isnan(iou[3])
+    from monai.metrics import compute_iou
+
+    rng = np.random.default_rng(0)  # IoU is derived from Dice: it must be MONAI's own IoU
+    noisy, noisy_truth = rng.random((6, 16, 16)) < 0.3, rng.random((6, 16, 16)) < 0.4
+    monai_iou = compute_iou(torch.from_numpy(noisy)[:, None].float(), torch.from_numpy(noisy_truth)[:, None].float(),
+                            include_background=True, ignore_empty=True)[:, 0].numpy()
+    np.testing.assert_allclose(slice_dice_iou(noisy, noisy_truth)[1], monai_iou, rtol=1e-5)
     scores = Scores()
     scores.add(predicted, truth, voxel_ml=0.5, seconds=2.0)
     summary = scores.summary()
