@@ -37,6 +37,7 @@ GUARD_SWEEP = {  # --choose-guard grid
     "margin_mm": (0.0, 0.5, 1.0),
     "min_ml": (0.0, 0.02, 0.05, 0.1, 0.2, 0.5),
 }
+SWEEP_ROWS_SAVED = 200  # of the thousands of rows, the best ones go into guard_choice.json (a tracked result)
 CONFIDENCE_SWEEP = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4)  # detector confidences tried, and the manifest's own
 
 
@@ -231,9 +232,12 @@ def choose_guard(args: argparse.Namespace) -> dict:
         "best_at_current_confidence": {merge: first(merge, confidence=current) for merge in merges},
         "current_defaults": {merge: first(merge, GuardOptions().describe(), confidence=current) for merge in merges},
         "unguarded": {merge: first(merge, enabled=False, confidence=current) for merge in merges},
+        "best_per_confidence": [first(DEFAULT_MERGE if DEFAULT_MERGE in merges else merges[0], confidence=c)
+                                for c in sweep_confidences(current, args.confidences)],
         "grid": {"confidence": sweep_confidences(current, args.confidences),
                  **{k: list(v) for k, v in GUARD_SWEEP.items()}},
-        "sweep": table,
+        "evaluated": len(table),
+        "sweep": table[:SWEEP_ROWS_SAVED],
     }
 
 
@@ -255,6 +259,7 @@ def guard_choice_markdown(choice: dict) -> str:
               for m, r in choice["best_at_current_confidence"].items()]
     named += [(f"current defaults, {m} merge", r) for m, r in choice["current_defaults"].items()]
     named += [(f"no guard, {m} merge", r) for m, r in choice["unguarded"].items()]
+    named += [(f"best at confidence {r['confidence']:g}", r) for r in choice["best_per_confidence"]]
     for name, r in named:
         g = r["guard"]
         setting = (f"HU {g['hu_range'][0]:g}–{g['hu_range'][1]:g}, margin {g['cavity_margin_mm']:g} mm, "

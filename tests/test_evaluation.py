@@ -106,9 +106,10 @@ def test_choose_guard_writes_its_choice(tmp_path: Path, monkeypatch: pytest.Monk
     confidences = sweep_confidences(choice["current_confidence"], (0.3,))
     assert choice["current_confidence"] == json.loads((MODELS / "detector" / "manifest.json").read_text())[
         "operating_confidence"] and choice["current_confidence"] in confidences
-    assert len(choice["sweep"]) == len(confidences) * 2 * (len(sweep_options()) + 1), \
+    assert choice["evaluated"] == len(confidences) * 2 * (len(sweep_options()) + 1), \
         "confidences × both merges × (grid + guard off)"
-    assert {r["confidence"] for r in choice["sweep"]} == set(confidences)
+    assert choice["sweep"][0] == choice["best"] and len(choice["sweep"]) == 200
+    assert [r["confidence"] for r in choice["best_per_confidence"]] == confidences
     assert choice["best"]["objective"] >= max(r["objective"] for r in choice["unguarded"].values())
     assert choice["best"]["objective"] >= max(r["objective"] for r in choice["best_at_current_confidence"].values())
     assert all(r["confidence"] == choice["current_confidence"] for r in choice["current_defaults"].values())
