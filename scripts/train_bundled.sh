@@ -2,7 +2,8 @@
 # Reproduce the bundled demo weights on this machine's CPU (or a GPU), step by step, resumably.
 #   bash scripts/train_bundled.sh data        # synthetic studies + detector dataset
 #   bash scripts/train_bundled.sh segmenter   # TransDeepLab: AdamW, bf16 where native; rerun to continue
-#   bash scripts/train_bundled.sh detector    # yolov5n: AdamW, bf16 where native
+#   bash scripts/train_bundled.sh detector    # yolov5n: AdamW, bf16 where native (a stopped run: bundle its best so far
+#       with .venv/bin/python -m training.train_detector --export-only --project runs/detector --name bundled --out DIR)
 #   bash scripts/train_bundled.sh evaluate    # the README table, results/evaluation.{md,json}
 # Budgets (minutes/hours) and sizes come from the environment: STUDIES, SEG_MINUTES, SEG_EPOCHS, DET_HOURS, DET_EPOCHS.
 # Everything is trained on synthetic phantoms: demonstration and testing only, not clinical use.

@@ -160,6 +160,18 @@ def test_tiny_training_gives_a_loadable_detector(
     assert manifest.classes == list(SUBTYPES) and manifest.task == "detection"
     assert 0.0 <= manifest.training["mAP50_95"] <= manifest.training["mAP50"] <= 1.0
     assert (tmp_path / "runs" / "train" / "weights" / "best.pt").is_file()
+    exported = tmp_path / "exported"  # a stopped run bundled from its checkpoint: the same folder a finished run gives
+    main(["--export-only", "--model-version", "0.0.1", "--project", str(tmp_path / "runs"), "--out", str(exported),
+          "--device", "cpu"])
+    again = ModelManifest.load(exported)
+    assert again.version == "0.0.1" and again.training["epochs"] == manifest.training["epochs"] == 1
+    for key in ("mAP50", "data", "recipe", "imgsz"):
+        assert again.training[key] == manifest.training[key], key
+    import torch
+
+    weights = [torch.load(f / "model.pt", weights_only=False)["model"].state_dict() for f in (exported, model_dir)]
+    assert weights[0].keys() == weights[1].keys() and all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert again.operating_confidence == manifest.operating_confidence
 
     detector = HemorrhageDetector(model_dir, confidence=KEEP_EVERY_BOX)
     windowed = window_series(load_single_series(positive_study / "ct")).detector[:3]

@@ -33,7 +33,7 @@ from ultralytics.utils.torch_utils import strip_optimizer  # after ichseg.ultral
 
 MODEL_NAME = "ich-yolov5-detector"
 RECIPE_KEYS = ("model", "optimizer", "lr0", "lrf", "momentum", "weight_decay", "hsv_h", "hsv_s", "hsv_v",
-               "translate", "scale", "fliplr", "mosaic", "close_mosaic", "seed", "amp")
+               "translate", "scale", "fliplr", "mosaic", "close_mosaic", "seed", "amp", "nbs", "warmup_epochs")
 MAX_BYTES_PER_PARAMETER = 3  # FP16 weights are 2; more means an optimizer or EMA copy is still inside
 
 
@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", default="train", help="run name under --project")
     parser.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True, help="ultralytics plots")
     parser.add_argument("--resume", action="store_true", help="continue <project>/<name>/weights/last.pt")
+    parser.add_argument("--export-only", action="store_true",
+                        help="no training: bundle <project>/<name>'s best checkpoint so far into --out")
     parser.add_argument("--tune", type=int, default=0, metavar="N", help="run N genetic tuning iterations and stop")
     return parser
 
@@ -86,8 +88,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[
     flags = set(vars(parser.parse_args([])))
     parser.set_defaults(**{k: v for k, v in hyp.items() if k in flags})
     args = parser.parse_args(argv)
-    if not args.resume and args.data is None:
-        parser.error("--data is required unless --resume")
+    if not (args.resume or args.export_only) and args.data is None:
+        parser.error("--data is required unless --resume or --export-only")
     return args, {k: v for k, v in hyp.items() if k not in flags}
 
 
@@ -149,11 +151,54 @@ def tune(args: argparse.Namespace, settings: dict[str, Any]) -> None:
         print(f"best hyperparameters: {found[-1]}\ntrain with: python -m training.train_detector --hyp {found[-1]} ...")
 
 
+def bundle(
+    best: Path, args: argparse.Namespace, train_args: Any, epochs: int, seconds: float, model_yaml: str,
+    extra: dict[str, Any], device: torch.device,
+) -> None:
+    """Best checkpoint → ``args.out``: weights, their test mAP, the manifest and the validation operating point."""
+    weights = export_weights(best, args.out)
+    map50, map50_95 = evaluate(weights, train_args, device)
+    print(f"test mAP@0.5 {map50:.3f}, mAP@0.5:0.95 {map50_95:.3f}")
+    recipe = {k: getattr(train_args, k) for k in (*RECIPE_KEYS, *extra) if hasattr(train_args, k)}
+    recipe["model"] = model_yaml
+    ModelManifest(
+        name=MODEL_NAME, version=args.model_version, architecture=model_yaml, input_size=train_args.imgsz,
+        classes=list(SUBTYPES), task="detection",
+        training={
+            "data": portable_path(train_args.data), "epochs": epochs, "batch": train_args.batch,
+            "imgsz": train_args.imgsz, "mAP50": round(map50, 4), "mAP50_95": round(map50_95, 4),
+            "seconds": round(seconds, 1), "device": device_name(device), "recipe": recipe,
+        },
+    ).save(args.out)
+    store_operating_point(args.out, Path(train_args.data), args.project.resolve(), str(device))
+    print(f"model folder: {args.out}")
+
+
+def export_stopped_run(args: argparse.Namespace, extra: dict[str, Any], device: torch.device) -> None:
+    """``--export-only``: bundle the best checkpoint of a run that was stopped (or whose schedule is not over yet),
+    as a finished run would have been; ``--resume`` still continues it."""
+    folder = args.project / args.name
+    last = folder / "weights" / "last.pt"
+    if not last.is_file():
+        raise SystemExit(f"{last}: no checkpoint to export")
+    best = folder / "weights" / "best.pt"
+    checkpoint = torch.load(last, map_location="cpu", weights_only=False)
+    train_args = argparse.Namespace(**checkpoint["train_args"])
+    rows = (folder / "results.csv").read_text().splitlines()[1:]  # one per finished epoch (a finished run's
+    seconds = float(rows[-1].split(",")[1]) if rows else 0.0  # last.pt says epoch -1); time: pauses included
+    model_yaml = (checkpoint.get("ema") or checkpoint["model"]).yaml.get("yaml_file", train_args.model)  # EMA: mid-run
+    print(f"exporting {best if best.is_file() else last}: {len(rows)} of {train_args.epochs} epochs")
+    bundle(best if best.is_file() else last, args, train_args, len(rows), seconds, model_yaml, extra, device)
+
+
 def main(argv: list[str] | None = None) -> None:
     args, extra = parse_args(argv)
     device = default_device(args.device)
     if args.tune:
         tune(args, train_settings(args, extra, device))
+        return
+    if args.export_only:
+        export_stopped_run(args, extra, device)
         return
     started = time.perf_counter()
     if args.resume:
@@ -162,25 +207,10 @@ def main(argv: list[str] | None = None) -> None:
     else:
         model = YOLO(args.model)
         model.train(**train_settings(args, extra, device), trainer=Bf16DetectionTrainer)
-    seconds = time.perf_counter() - started
     trainer = model.trainer
     best = trainer.best if trainer.best.is_file() else trainer.last
-    weights = export_weights(best, args.out)
-    map50, map50_95 = evaluate(weights, trainer.args, device)
-    print(f"test mAP@0.5 {map50:.3f}, mAP@0.5:0.95 {map50_95:.3f}")
-    recipe = {k: getattr(trainer.args, k) for k in (*RECIPE_KEYS, *extra)}
-    recipe["model"] = model.model.yaml.get("yaml_file", args.model)  # on resume trainer.args.model is last.pt
-    ModelManifest(
-        name=MODEL_NAME, version=args.model_version, architecture=recipe["model"], input_size=trainer.args.imgsz,
-        classes=list(SUBTYPES), task="detection",
-        training={
-            "data": portable_path(trainer.args.data), "epochs": trainer.epoch + 1, "batch": trainer.args.batch,
-            "imgsz": trainer.args.imgsz, "mAP50": round(map50, 4), "mAP50_95": round(map50_95, 4),
-            "seconds": round(seconds, 1), "device": device_name(device), "recipe": recipe,
-        },
-    ).save(args.out)
-    store_operating_point(args.out, Path(trainer.args.data), args.project.resolve(), str(device))
-    print(f"model folder: {args.out}")
+    model_yaml = model.model.yaml.get("yaml_file", args.model)  # on resume trainer.args.model is last.pt
+    bundle(best, args, trainer.args, trainer.epoch + 1, time.perf_counter() - started, model_yaml, extra, device)
 
 
 if __name__ == "__main__":
