@@ -65,12 +65,6 @@ def sweep_guard(
         yield components, {option: components.kept(option.min_ml / anatomy.voxel_volume_ml) for option in group}
 
 
-def sweep_masks(mask: np.ndarray, anatomy: Anatomy, options: list[GuardOptions]) -> dict[GuardOptions, np.ndarray]:
-    """The guarded mask for each option (what ``sweep_scores`` scores, as masks: for tests)."""
-    return {option: components.mask_of(kept) for components, group in sweep_guard(mask, anatomy, options)
-            for option, kept in group.items()}
-
-
 def slice_counts(components: Components, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per component label and slice: its voxels, and those of them in ``truth``; (labels, slices) arrays each. Any
     union of components then has its per-slice counts as a sum of rows."""
@@ -93,12 +87,13 @@ def guarded_scores(
         voxels, overlap = slice_counts(components, truth)
         by_kept: dict[bytes, StudyScore] = {}
         for option, kept in group.items():
-            if kept.tobytes() not in by_kept:
-                by_kept[kept.tobytes()] = StudyScore.from_counts(
+            key = kept.tobytes()
+            if key not in by_kept:
+                by_kept[key] = StudyScore.from_counts(
                     voxels[kept].sum(axis=0), truth_counts, overlap[kept].sum(axis=0), anatomy.voxel_volume_ml,
                     empty_slices,
                 )
-            out[option] = by_kept[kept.tobytes()]
+            out[option] = by_kept[key]
     return out
 
 
@@ -208,6 +203,7 @@ def choose_guard(args: argparse.Namespace) -> dict:
     """Sweep confidences × merge modes × guard settings on the validation split; the best by ``args.objective``."""
     merges = tuple(args.merge)
     scores, studies, current = sweep_scores(args, merges)
+    confidences = sweep_confidences(current, args.confidences)
     table: list[dict[str, Any]] = []
     for (confidence, merge, option), row in scores.items():
         summary = row.summary()
@@ -233,8 +229,8 @@ def choose_guard(args: argparse.Namespace) -> dict:
         "current_defaults": {merge: first(merge, GuardOptions().describe(), confidence=current) for merge in merges},
         "unguarded": {merge: first(merge, enabled=False, confidence=current) for merge in merges},
         "best_per_confidence": [first(DEFAULT_MERGE if DEFAULT_MERGE in merges else merges[0], confidence=c)
-                                for c in sweep_confidences(current, args.confidences)],
-        "grid": {"confidence": sweep_confidences(current, args.confidences),
+                                for c in confidences],
+        "grid": {"confidence": confidences,
                  **{k: list(v) for k, v in GUARD_SWEEP.items()}},
         "evaluated": len(table),
         "sweep": table[:SWEEP_ROWS_SAVED],

@@ -198,7 +198,7 @@ def test_sweep_gives_what_the_guard_gives(negative) -> None:
     per-component slice counts: the masks must be those ``apply_guard`` gives, the scores those the evaluation gives
     them (MONAI's Dice) on the whole volume."""
     from evaluation.evaluate import Scores
-    from evaluation.guard_choice import crop_to, guarded_scores, sweep_masks, sweep_options
+    from evaluation.guard_choice import crop_to, guarded_scores, sweep_guard, sweep_options
 
     series, tissues = negative
     big = ball(series, deep_brain_point(series), radius_mm=5.0)
@@ -211,7 +211,8 @@ def test_sweep_gives_what_the_guard_gives(negative) -> None:
     cropped, box = crop_to(anatomy, [mask, truth])
     empty = len(mask) - len(cropped.inside)
     assert empty > 0, "slices without any mask are cut away"
-    swept = sweep_masks(mask[box], cropped, options)
+    swept = {option: components.mask_of(kept)  # the components each option keeps, as masks
+             for components, group in sweep_guard(mask[box], cropped, options) for option, kept in group.items()}
     scored = guarded_scores(mask[box], truth[box], cropped, options, empty)
     for option in options:
         expected, _ = apply_guard(mask, anatomy, option)

@@ -181,14 +181,14 @@ def export_stopped_run(args: argparse.Namespace, extra: dict[str, Any], device: 
     last = folder / "weights" / "last.pt"
     if not last.is_file():
         raise SystemExit(f"{last}: no checkpoint to export")
-    best = folder / "weights" / "best.pt"
+    best = folder / "weights" / "best.pt" if (folder / "weights" / "best.pt").is_file() else last
     checkpoint = torch.load(last, map_location="cpu", weights_only=False)
     train_args = argparse.Namespace(**checkpoint["train_args"])
     rows = (folder / "results.csv").read_text().splitlines()[1:]  # one per finished epoch (a finished run's
     seconds = float(rows[-1].split(",")[1]) if rows else 0.0  # last.pt says epoch -1); time: pauses included
     model_yaml = (checkpoint.get("ema") or checkpoint["model"]).yaml.get("yaml_file", train_args.model)  # EMA: mid-run
-    print(f"exporting {best if best.is_file() else last}: {len(rows)} of {train_args.epochs} epochs")
-    bundle(best if best.is_file() else last, args, train_args, len(rows), seconds, model_yaml, extra, device)
+    print(f"exporting {best}: {len(rows)} of {train_args.epochs} epochs")
+    bundle(best, args, train_args, len(rows), seconds, model_yaml, extra, device)
 
 
 def main(argv: list[str] | None = None) -> None:
