@@ -16,10 +16,12 @@ CROP_SIZE = 224
 
 
 def crop_to_input(windowed: np.ndarray, box: Box, size: int = CROP_SIZE) -> torch.Tensor:
-    """Windowed uint8 slice → bicubic ``size``×``size`` crop of the box, grey duplicated to 3 channels, 0-1."""
-    row0, row1, col0, col1 = pixel_bounds(box, *windowed.shape)
-    crop = torch.from_numpy(np.ascontiguousarray(windowed[row0:row1, col0:col1], dtype=np.float32))
-    resized = F.interpolate(crop[None, None], size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+    """Windowed uint8 slice, (H, W) grey or (3, H, W) channels → bicubic 3×``size``×``size`` crop of the box, 0-1
+    (grey duplicated to the 3 channels)."""
+    row0, row1, col0, col1 = pixel_bounds(box, *windowed.shape[-2:])
+    crop = torch.from_numpy(np.ascontiguousarray(windowed[..., row0:row1, col0:col1], dtype=np.float32))
+    planes = crop[None, None] if crop.ndim == 2 else crop[None]
+    resized = F.interpolate(planes, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
     return (resized[0].clamp(0.0, 255.0) / 255.0).expand(3, size, size).contiguous()
 
 

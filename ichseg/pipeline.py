@@ -21,7 +21,7 @@ from ichseg.boxes import CLUSTER_MARGIN_MM, DEFAULT_MERGE, Box, merge_slice
 from ichseg.detector import INPUT_SIZE, Detection, resize_to_input
 from ichseg.dicom_series import CTSeries
 from ichseg.guard import Anatomy, GuardOptions, GuardReport, apply_guard, read_anatomy
-from ichseg.windowing import window_volume
+from ichseg.windowing import HEADER_INPUT, MULTI_WINDOW_INPUT, fixed_windows, window_volume
 
 if TYPE_CHECKING:  # the networks are imported by whoever loads them; the geometry here stays light
     from ichseg.detector import HemorrhageDetector
@@ -32,8 +32,18 @@ if TYPE_CHECKING:  # the networks are imported by whoever loads them; the geomet
 class WindowedSeries:
     """A series windowed for both stages."""
 
-    source: np.ndarray  # (N, rows, columns) uint8, the source grid (segmenter input, SEG grid)
+    source: np.ndarray  # (N, rows, columns) uint8 in the header windows, the source grid (segmenter input, SEG grid)
     detector: np.ndarray  # (N, 512, 512) uint8, the detector grid (the same array when the source is 512²)
+    fixed: np.ndarray  # (N, 2, rows, columns) uint8 in the fixed brain and subdural windows, the source grid
+
+    def segmenter_input(self, kind: str) -> np.ndarray:
+        """The slices a segmenter with manifest input ``kind`` crops: (N, rows, columns) grey or (N, 3, rows,
+        columns) channels (``ichseg.windowing.SEGMENTER_INPUTS``)."""
+        if kind == HEADER_INPUT:
+            return self.source
+        if kind == MULTI_WINDOW_INPUT:
+            return np.concatenate([self.source[:, None], self.fixed], axis=1)
+        raise ValueError(f"unknown segmenter input {kind!r}")
 
     @property
     def scale(self) -> tuple[float, float]:
@@ -42,11 +52,13 @@ class WindowedSeries:
 
 
 def window_series(series: CTSeries) -> WindowedSeries:
-    """Each slice windowed with its own header window (paper), and resized to 512 for the detector."""
+    """Each slice windowed with its own header window (paper), and resized to 512 for the detector; the fixed
+    windows beside it for segmenters that take them."""
     source = window_volume(series.hu, series.windows)
+    fixed = fixed_windows(series.hu)
     if source.shape[1:] == (INPUT_SIZE, INPUT_SIZE):
-        return WindowedSeries(source, source)
-    return WindowedSeries(source, np.stack([resize_to_input(s) for s in source]))
+        return WindowedSeries(source, source, fixed)
+    return WindowedSeries(source, np.stack([resize_to_input(s) for s in source]), fixed)
 
 
 def to_source_grid(detection: Detection, scale: tuple[float, float]) -> Detection:
@@ -79,7 +91,7 @@ def merge(
 
 def segment(segmenter: HemorrhageSegmenter, windowed: WindowedSeries, boxes: Sequence[Sequence[Box]]) -> np.ndarray:
     """Stage 2: (N, rows, columns) bool mask on the source grid, the union of each slice's box masks."""
-    return segmenter.segment(windowed.source, boxes)
+    return segmenter.segment(windowed.segmenter_input(segmenter.input), boxes)
 
 
 def anatomy_of(series: CTSeries) -> Anatomy:

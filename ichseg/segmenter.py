@@ -21,6 +21,7 @@ from ichseg.crops import CROP_SIZE, crop_to_input, paste_probability
 from ichseg.model_manifest import ModelError, ModelManifest, weights_path
 from ichseg.networks import TransDeepLab
 from ichseg.runtime import autocast, autocast_dtype, default_device
+from ichseg.windowing import HEADER_INPUT, SEGMENTER_INPUTS
 
 CLASSES = ["background", "hemorrhage"]
 CROP_MODE = "crops"  # two-stage: trained on and run over detector boxes
@@ -73,10 +74,11 @@ class HemorrhageSegmenter:
         self.manifest.require("segmentation", CROP_SIZE, CLASSES)
         network = self.manifest.training.get("network")
         self.mode = self.manifest.training.get("mode")
-        if network not in ARCHITECTURES or self.mode not in MODES:
-            raise ModelError(
-                f"{self.model_dir}: manifest training.network {network!r} / mode {self.mode!r} unsupported"
-            )
+        #: what its input channels hold (``ichseg.windowing.SEGMENTER_INPUTS``); manifests before 0.3.0 have none
+        self.input: str = self.manifest.training.get("input", HEADER_INPUT)
+        if network not in ARCHITECTURES or self.mode not in MODES or self.input not in SEGMENTER_INPUTS:
+            raise ModelError(f"{self.model_dir}: manifest training.network {network!r} / mode {self.mode!r} / "
+                             f"input {self.input!r} unsupported")
         self.device = default_device(device)
         self.autocast_dtype = autocast_dtype(self.device, precision)
         self.network = build_network(network)
@@ -96,18 +98,22 @@ class HemorrhageSegmenter:
     def segment(
         self, windowed: np.ndarray, boxes: Sequence[SliceBoxes] | None = None, batch_size: int = 8
     ) -> np.ndarray:
-        """(N, H, W) uint8 windowed slices + per slice a box, a list of boxes or None → (N, H, W) bool masks.
+        """Windowed slices, (N, H, W) or (N, 3, H, W) uint8 as ``WindowedSeries.segmenter_input(self.input)`` gives
+        them, + per slice a box, a list of boxes or None → (N, H, W) bool masks.
 
         Slices without a box are not run and stay empty; a slice with several boxes gets the union of their masks.
         A whole-slice model ignores ``boxes`` and runs every slice.
         """
-        count, height, width = windowed.shape
+        expected = 3 if self.input == HEADER_INPUT else 4
+        if windowed.ndim != expected:
+            raise ValueError(f"segmenter input {self.input!r} takes {expected}-D slices, got shape {windowed.shape}")
+        count, height, width = windowed.shape[0], *windowed.shape[-2:]
         if self.whole_slice:
             boxes = [whole_slice_box((height, width))] * count
         elif boxes is None or len(boxes) != count:
             raise ValueError(f"a crop segmenter needs one entry of boxes (or None) per slice ({count} slices)")
         crops = [(index, box) for index, entry in enumerate(boxes) for box in boxes_of(entry)]
-        masks = np.zeros(windowed.shape, dtype=bool)
+        masks = np.zeros((count, height, width), dtype=bool)
         for (index, _), crop_mask in zip(crops, self.crop_masks(windowed, crops, batch_size), strict=True):
             masks[index] |= crop_mask
         return masks
@@ -116,7 +122,7 @@ class HemorrhageSegmenter:
     def crop_masks(self, windowed: np.ndarray, crops: Sequence[Crop], batch_size: int = 8) -> Iterator[np.ndarray]:
         """One (H, W) bool mask per (slice index, box), pasted back on its slice, in order: the unit ``segment``
         unions (yielded, so a long series never holds every crop's mask at once)."""
-        height, width = windowed.shape[1:]
+        height, width = windowed.shape[-2:]
         for start in range(0, len(crops), batch_size):
             batch = crops[start:start + batch_size]
             inputs = torch.stack([crop_to_input(windowed[i], box) for i, box in batch]).to(self.device)

@@ -93,8 +93,8 @@ def test_bf16_segmentation_matches_fp32_within_the_stated_tolerance(models, posi
     windowed = pipeline.window_series(series)
     boxes = pipeline.merge(pipeline.detect(models[0], windowed))
     assert any(boxes), "the positive study gives the segmenter work"
-    fp32 = HemorrhageSegmenter(MODELS / "segmenter", precision="fp32").segment(windowed.source, boxes)
-    bf16 = HemorrhageSegmenter(MODELS / "segmenter", precision="bf16").segment(windowed.source, boxes)
+    fp32 = pipeline.segment(HemorrhageSegmenter(MODELS / "segmenter", precision="fp32"), windowed, boxes)
+    bf16 = pipeline.segment(HemorrhageSegmenter(MODELS / "segmenter", precision="bf16"), windowed, boxes)
     assert fp32.any()
     np.testing.assert_array_equal(fp32.any(axis=(1, 2)), bf16.any(axis=(1, 2)))
     dice = pooled_dice(int((fp32 & bf16).sum()), int(fp32.sum()), int(bf16.sum()))

@@ -19,10 +19,11 @@ from evaluation.evaluate import (
     slice_dice_iou,
 )
 from evaluation.evaluate import main as evaluate_main
+from ichseg import pipeline
 from ichseg.boxes import pixel_bounds
 from ichseg.crops import crop_to_input, paste_probability
 from ichseg.labelled_study import Study, ground_truth_box, load_study
-from ichseg.model_manifest import WEIGHTS_NAME, ModelManifest
+from ichseg.model_manifest import WEIGHTS_NAME, ModelError, ModelManifest
 from ichseg.runtime import autocast_dtype, cpu_has_native_bf16
 from ichseg.segmenter import (
     ARCHITECTURES,
@@ -33,6 +34,7 @@ from ichseg.segmenter import (
     build_network,
     whole_slice_box,
 )
+from ichseg.windowing import HEADER_INPUT, MULTI_WINDOW_INPUT, SEGMENTER_INPUTS, apply_window, fixed_windows
 from training.lr_schedule import FLOOR, LrPlan
 from training.segmenter_data import (
     JITTER,
@@ -77,17 +79,22 @@ def constant_model(folder: Path, mode: str) -> Path:
     return folder
 
 
-def test_crop_targets_paste_back_to_ground_truth(study: Study) -> None:
+@pytest.mark.parametrize("input_kind", SEGMENTER_INPUTS)
+def test_crop_targets_paste_back_to_ground_truth(study: Study, input_kind: str) -> None:
     """Un-augmented crop samples equal the inference crop of the full slice; their targets paste back onto the GT."""
     positive = [i for i, s in enumerate(study.labels) if s.any()]
-    samples = crop_samples(study, JITTER)
+    samples = crop_samples(study, JITTER, input_kind)
     assert len(samples) == len(positive) > 0
     dataset = SegmentationDataset(samples, augment=False)
+    slices = study.windowed.segmenter_input(input_kind)
     checked = 0
     for index, (image, target) in zip(positive, dataset, strict=True):
         truth = study.labels[index] > 0
         box = ground_truth_box(study.labels[index])
-        torch.testing.assert_close(image, crop_to_input(study.windowed.source[index], box))
+        torch.testing.assert_close(image, crop_to_input(slices[index], box))
+        header_channel = crop_to_input(study.windowed.source[index], box)[0]
+        assert torch.equal(image[0], header_channel), "channel 0 is the header window in either input"
+        assert torch.equal(image[1], image[2]) == (input_kind == HEADER_INPUT)
         if truth.sum() < 50:
             continue
         pasted = paste_probability(target.float(), box, truth.shape)
@@ -97,7 +104,7 @@ def test_crop_targets_paste_back_to_ground_truth(study: Study) -> None:
 
 
 def test_augmentation_shapes_and_jitter_bounds(study: Study) -> None:
-    samples = crop_samples(study, JITTER)
+    samples = crop_samples(study, JITTER, MULTI_WINDOW_INPUT)
     image, target = SegmentationDataset(samples, augment=True, jitter=JITTER, seed=3)[0]
     assert image.shape == (3, 224, 224) and image.dtype == torch.float32 and 0 <= image.min() <= image.max() <= 1
     assert target.shape == (224, 224) and target.dtype == torch.long and target.any()
@@ -108,10 +115,11 @@ def test_augmentation_shapes_and_jitter_bounds(study: Study) -> None:
         assert reach[0] < x0 < 102 and reach[1] < y0 < 122 and 138 < x1 < reach[2] and 148 < y1 < reach[3]
 
 
-def test_whole_slice_samples_include_negatives(study: Study) -> None:
-    samples = whole_slice_samples(study, 1.0, np.random.default_rng(0))
+@pytest.mark.parametrize(("input_kind", "shape"), [(HEADER_INPUT, (224, 224)), (MULTI_WINDOW_INPUT, (3, 224, 224))])
+def test_whole_slice_samples_include_negatives(study: Study, input_kind: str, shape: tuple[int, ...]) -> None:
+    samples = whole_slice_samples(study, 1.0, np.random.default_rng(0), input_kind)
     assert len(samples) == len(study.labels)
-    assert all(s.image.shape == (224, 224) and s.image.dtype == np.uint8 for s in samples)
+    assert all(s.image.shape == shape and s.image.dtype == np.uint8 for s in samples)
     assert sum(s.mask.any() for s in samples) == sum(s.any() for s in study.labels)
 
 
@@ -191,8 +199,10 @@ def in_box(mask: np.ndarray, box: tuple) -> bool:
 def test_segment_skips_none_and_stays_in_box(trained: Path, study: Study) -> None:
     boxes = [ground_truth_box(s) for s in study.labels]
     chosen = [i for i, box in enumerate(boxes) if box is None][:2] + [i for i, box in enumerate(boxes) if box][:4]
-    windowed = study.windowed.source[chosen]
-    masks = HemorrhageSegmenter(trained).segment(windowed, [boxes[i] for i in chosen], batch_size=4)
+    segmenter = HemorrhageSegmenter(trained)
+    assert segmenter.input == MULTI_WINDOW_INPUT, "training's default input"
+    windowed = study.windowed.segmenter_input(segmenter.input)[chosen]
+    masks = segmenter.segment(windowed, [boxes[i] for i in chosen], batch_size=4)
     assert masks.shape == (len(chosen), *study.labels.shape[1:]) and masks.dtype == bool
     assert not masks[:2].any()
     assert all(in_box(mask, boxes[i]) for mask, i in zip(masks[2:], chosen[2:], strict=True))
@@ -206,7 +216,7 @@ def test_crop_memo_runs_each_crop_once(trained: Path, study: Study) -> None:
     plain = HemorrhageSegmenter(trained, precision="fp32")
     memo = CropMemo(plain)
     chosen = [i for i, s in enumerate(study.labels) if s.any()][:3]
-    windowed = study.windowed.source[chosen]
+    windowed = study.windowed.segmenter_input(plain.input)[chosen]
     boxes = [ground_truth_box(study.labels[i]) for i in chosen]
     wider = [(x0 - 6.0, y0 - 6.0, x1 + 6.0, y1 + 6.0) for x0, y0, x1, y1 in boxes]
     for entries, memo_size in (([boxes[0], boxes[1], None], 2), ([boxes[0], [boxes[1], wider[1]], wider[2]], 4)):
@@ -250,6 +260,36 @@ def test_constant_models_fill_box_or_slice(tmp_path: Path, study: Study) -> None
         assert np.array_equal(mask, expected)
     whole = HemorrhageSegmenter(constant_model(tmp_path / "whole", WHOLE_SLICE_MODE))
     assert whole.segment(windowed, [None] * 4).all()
+
+
+def test_fixed_windows_keep_blood_apart_from_bone() -> None:
+    """Clotted blood (85 HU) is as white as bone in a brain header window; the subdural channel tells them apart."""
+    hu = np.array([[[35.0, 85.0, 1200.0]]])
+    assert apply_window(hu, 40.0, 80.0).tolist() == [[[112, 255, 255]]]
+    brain, subdural = fixed_windows(hu)[0, :, 0]
+    assert brain.tolist() == [112, 255, 255] and subdural[0] < subdural[1] < subdural[2] == 255
+
+
+def test_segmenter_takes_the_input_its_manifest_names(tmp_path: Path, study: Study) -> None:
+    """A multi-window segmenter gets (N, 3, H, W) slices from the pipeline and refuses grey ones; an unknown input
+    in the manifest is refused when the model loads."""
+    folder = constant_model(tmp_path / "multi", CROP_MODE)
+    manifest = ModelManifest.load(folder)
+    manifest.training["input"] = MULTI_WINDOW_INPUT
+    manifest.save(folder)
+    segmenter = HemorrhageSegmenter(folder)
+    index = next(i for i, s in enumerate(study.labels) if s.any())
+    box = ground_truth_box(study.labels[index])
+    boxes = [[box] if i == index else [] for i in range(len(study.labels))]
+    masks = pipeline.segment(segmenter, study.windowed, boxes)
+    assert masks.shape == study.labels.shape and masks[index].any() and in_box(masks[index], box)
+    assert masks.sum() == masks[index].sum()
+    with pytest.raises(ValueError, match="takes 4-D slices"):
+        segmenter.segment(study.windowed.source, boxes)
+    manifest.training["input"] = "bone-window"
+    manifest.save(folder)
+    with pytest.raises(ModelError, match="input 'bone-window' unsupported"):
+        HemorrhageSegmenter(folder)
 
 
 def test_slice_dice_iou_on_hand_made_masks() -> None:

@@ -1,7 +1,8 @@
 """Stage-2 training data from labelled study folders, preprocessed exactly as inference preprocesses.
 
-Each slice is windowed with its own header window (``ichseg.labelled_study`` → ``ichseg.pipeline.window_series``)
-and cropped/resized with ``ichseg.crops``, the functions the app uses on detector boxes. Two modes
+Each slice is windowed with its own header window (``ichseg.labelled_study`` → ``ichseg.pipeline.window_series``),
+with the fixed windows beside it for a multi-window segmenter (``WindowedSeries.segmenter_input``), and
+cropped/resized with ``ichseg.crops``, the functions the app uses on detector boxes. Two modes
 (``ichseg.segmenter.MODES``):
 
 * ``crops`` (the paper): every slice with hemorrhage, cropped to the merge of its per-lesion
@@ -30,6 +31,7 @@ from ichseg.boxes import Box, pixel_bounds
 from ichseg.crops import CROP_SIZE, crop_mask_to_target, crop_to_input
 from ichseg.labelled_study import Study, ground_truth_box, load_study, study_ids
 from ichseg.segmenter import CROP_MODE, MODES, whole_slice_box
+from ichseg.windowing import MULTI_WINDOW_INPUT
 
 JITTER = 0.10  # largest outward move of one box edge, as a fraction of the box side
 MIN_JITTER_SIDE = 16.0  # px: tiny lesions still get a few pixels of jitter, as detector boxes are never exact
@@ -40,7 +42,7 @@ NEGATIVE_FRACTION = 0.2  # whole-slice mode: share of hemorrhage-free training s
 class SliceSample:
     """A cached uint8 region of one slice with its mask and the box to crop inside it."""
 
-    image: np.ndarray  # uint8 (h, w)
+    image: np.ndarray  # uint8 (h, w) grey or (3, h, w) channels
     mask: np.ndarray  # bool (h, w)
     box: Box  # in region coordinates
 
@@ -62,42 +64,46 @@ def jitter_box(box: Box, rng: np.random.Generator, jitter: float) -> Box:
     return (x0 - left * sx, y0 - top * sy, x1 + right * sx, y1 + bottom * sy)
 
 
-def crop_samples(study: Study, jitter: float) -> list[SliceSample]:
+def crop_samples(study: Study, jitter: float, input_kind: str) -> list[SliceSample]:
     """Crop mode: one sample per hemorrhage slice, caching only the region the jittered boxes can reach."""
     samples = []
     height, width = study.labels.shape[1:]
-    for windowed, label_slice in zip(study.windowed.source, study.labels, strict=True):
+    for windowed, label_slice in zip(study.windowed.segmenter_input(input_kind), study.labels, strict=True):
         box = ground_truth_box(label_slice)
         if box is None:
             continue
         row0, row1, col0, col1 = pixel_bounds(jitter_reach(box, jitter), height, width)
         x0, y0, x1, y1 = box
         samples.append(SliceSample(
-            image=windowed[row0:row1, col0:col1].copy(),
+            image=windowed[..., row0:row1, col0:col1].copy(),
             mask=label_slice[row0:row1, col0:col1] > 0,
             box=(x0 - col0, y0 - row0, x1 - col0, y1 - row0),
         ))
     return samples
 
 
-def whole_slice_samples(study: Study, negative_fraction: float, rng: np.random.Generator) -> list[SliceSample]:
+def whole_slice_samples(
+    study: Study, negative_fraction: float, rng: np.random.Generator, input_kind: str
+) -> list[SliceSample]:
     """Whole-slice mode: hemorrhage slices and a random ``negative_fraction`` of the others, resized to 224."""
     samples = []
     whole = whole_slice_box(study.labels.shape[1:])
-    for windowed, label_slice in zip(study.windowed.source, study.labels, strict=True):
+    channels = slice(None) if input_kind == MULTI_WINDOW_INPUT else 0  # grey: one of the three equal channels
+    for windowed, label_slice in zip(study.windowed.segmenter_input(input_kind), study.labels, strict=True):
         if not label_slice.any() and rng.random() >= negative_fraction:
             continue
-        image = torch.round(crop_to_input(windowed, whole)[0] * 255.0).to(torch.uint8).numpy()
+        image = torch.round(crop_to_input(windowed, whole)[channels] * 255.0).to(torch.uint8).numpy()
         mask = crop_mask_to_target(label_slice, whole).numpy().astype(bool)
         samples.append(SliceSample(image, mask, whole_slice_box((CROP_SIZE, CROP_SIZE))))
     return samples
 
 
 def load_samples(
-    data: Path, split: str, mode: str, *, jitter: float = JITTER, negative_fraction: float = NEGATIVE_FRACTION,
-    seed: int = 0, limit: int | None = None,
+    data: Path, split: str, mode: str, input_kind: str, *, jitter: float = JITTER,
+    negative_fraction: float = NEGATIVE_FRACTION, seed: int = 0, limit: int | None = None,
 ) -> list[SliceSample]:
-    """All samples of a split (``limit`` studies at most), read once and cached in memory as uint8."""
+    """All samples of a split (``limit`` studies at most) with ``input_kind`` channels
+    (``ichseg.windowing.SEGMENTER_INPUTS``), read once and cached in memory as uint8."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     samples: list[SliceSample] = []
@@ -105,9 +111,9 @@ def load_samples(
     for number, study_id in enumerate(tqdm(ids, desc=f"loading {split}", unit="study")):
         study = load_study(Path(data) / study_id)
         if mode == CROP_MODE:
-            samples += crop_samples(study, jitter)
+            samples += crop_samples(study, jitter, input_kind)
         else:
-            samples += whole_slice_samples(study, negative_fraction, np.random.default_rng([seed, number]))
+            samples += whole_slice_samples(study, negative_fraction, np.random.default_rng([seed, number]), input_kind)
     return samples
 
 

@@ -36,6 +36,7 @@ from ichseg.model_manifest import WEIGHTS_NAME, ModelManifest, portable_path, we
 from ichseg.networks import TransDeepLab
 from ichseg.runtime import PRECISIONS, autocast, autocast_dtype, configure_threads, default_device
 from ichseg.segmenter import ARCHITECTURES, CLASSES, CROP_MODE, MODES, WHOLE_SLICE_MODE, build_network
+from ichseg.windowing import MULTI_WINDOW_INPUT, SEGMENTER_INPUTS
 from training.lr_schedule import LrPlan
 from training.segmenter_data import JITTER, SegmentationDataset, evenly_spaced, load_samples
 
@@ -53,6 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mode", choices=MODES, default=CROP_MODE,
                         help=f"{CROP_MODE} (two-stage) or {WHOLE_SLICE_MODE} (single-stage)")
     parser.add_argument("--network", choices=sorted(ARCHITECTURES), default="transdeeplab")
+    parser.add_argument("--input", choices=SEGMENTER_INPUTS, default=MULTI_WINDOW_INPUT,
+                        help="what the 3 input channels hold: the header window 3× (the paper) or the header, brain "
+                             "and subdural windows (default: blood stays apart from bone whatever the header says)")
     parser.add_argument("--epochs", type=int, default=300, help="planned epochs; the lr decays to 0 over them")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="adamw",
@@ -152,6 +156,7 @@ def manifest_for(args: argparse.Namespace, state: dict) -> ModelManifest:
         training={
             "mode": args.mode,
             "network": args.network,
+            "input": args.input,
             "epochs": state["epoch"],
             "planned_epochs": args.epochs,
             "best_epoch": state["best_epoch"],
@@ -181,8 +186,9 @@ def optimizer_description(args: argparse.Namespace) -> str:
 
 def make_loaders(args: argparse.Namespace) -> tuple[SegmentationDataset, DataLoader, torch.Generator, DataLoader]:
     """Cached, augmented training set with its seeded sampler, and the un-augmented validation loader."""
-    train_samples = load_samples(args.data, "train", args.mode, seed=args.seed, limit=args.limit_studies)
-    val_samples = load_samples(args.data, "val", args.mode, negative_fraction=0.0, limit=args.limit_studies)
+    train_samples = load_samples(args.data, "train", args.mode, args.input, seed=args.seed, limit=args.limit_studies)
+    val_samples = load_samples(args.data, "val", args.mode, args.input, negative_fraction=0.0,
+                               limit=args.limit_studies)
     train_samples = evenly_spaced(train_samples, args.max_slices)
     val_samples = evenly_spaced(val_samples, args.val_slices)
     if not train_samples:
@@ -233,11 +239,11 @@ def resume(checkpoint_path: Path, args: argparse.Namespace, model: nn.Module, op
     if not checkpoint_path.is_file():
         raise SystemExit(f"{checkpoint_path}: no checkpoint to resume from")
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-    made_for = (checkpoint["args"]["mode"], checkpoint["args"]["network"], checkpoint["args"].get("optimizer", "sgd"))
-    if made_for != (args.mode, args.network, args.optimizer):
-        raise SystemExit(
-            f"{checkpoint_path}: made for {'/'.join(made_for)}, not {args.mode}/{args.network}/{args.optimizer}"
-        )
+    made = checkpoint["args"]
+    made_for = (made["mode"], made["network"], made.get("optimizer", "sgd"), made.get("input", SEGMENTER_INPUTS[0]))
+    wanted = (args.mode, args.network, args.optimizer, args.input)
+    if made_for != wanted:
+        raise SystemExit(f"{checkpoint_path}: made for {'/'.join(made_for)}, not {'/'.join(wanted)}")
     state = checkpoint["state"]
     old_total = checkpoint.get("plan", {}).get("total_steps", 0)
     if state["steps"] >= old_total and plan.total_steps > old_total:
