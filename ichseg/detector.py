@@ -18,6 +18,7 @@ from ichseg.boxes import Box
 from ichseg.model_manifest import ModelError, ModelManifest, weights_path
 from ichseg.runtime import default_device
 from ichseg.subtypes import SUBTYPES
+from ichseg.windowing import HEADER_INPUT, INPUT_KINDS
 
 if TYPE_CHECKING:  # ultralytics is imported where the weights are loaded
     from ultralytics.engine.results import Results
@@ -45,8 +46,11 @@ def resize_to_input(windowed: np.ndarray) -> np.ndarray:
 
 
 def to_bgr(windowed: np.ndarray) -> np.ndarray:
-    """Grey slice → (H, W, 3): what cv2.imread gives ultralytics for a grey training PNG."""
-    return np.repeat(windowed[:, :, None], 3, axis=2)
+    """Grey (H, W) or channels (3, H, W) slice → (H, W, 3): what cv2.imread gives ultralytics for the training PNG
+    (``training.detector_dataset`` writes it from this array)."""
+    if windowed.ndim == 2:
+        return np.repeat(windowed[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(windowed.transpose(1, 2, 0))
 
 
 def manifest_confidence(manifest: ModelManifest) -> float:
@@ -73,14 +77,22 @@ class HemorrhageDetector:
         classes = list(self.model.names.values())
         if classes != list(SUBTYPES):
             raise ModelError(f"{path}: weights predict classes {classes}, expected {list(SUBTYPES)}")
+        #: what its input channels hold (``ichseg.windowing.INPUT_KINDS``); manifests before 0.5.0 have none
+        self.input: str = self.manifest.training.get("input", HEADER_INPUT)
+        if self.input not in INPUT_KINDS:
+            raise ModelError(f"{model_dir}: manifest training.input {self.input!r} unsupported")
         self.confidence = confidence if confidence is not None else manifest_confidence(self.manifest)
         self.iou = iou
         self.device = default_device(device)
 
     def detect(self, windowed: np.ndarray, batch_size: int = 16) -> list[list[Detection]]:
-        """(N, 512, 512) uint8 windowed slices → the detections of each slice, in slice order."""
-        if windowed.ndim != 3 or windowed.shape[1:] != (INPUT_SIZE, INPUT_SIZE) or windowed.dtype != np.uint8:
-            raise ValueError(f"expected (N, {INPUT_SIZE}, {INPUT_SIZE}) uint8, got {windowed.shape} {windowed.dtype}")
+        """Windowed uint8 slices, (N, 512, 512) or (N, 3, 512, 512) as ``WindowedSeries.detector_input(self.input)``
+        gives them → the detections of each slice, in slice order."""
+        planes = () if self.input == HEADER_INPUT else (3,)
+        expected = (*planes, INPUT_SIZE, INPUT_SIZE)
+        if windowed.shape[1:] != expected or windowed.dtype != np.uint8:
+            raise ValueError(f"detector input {self.input!r}: expected (N, {', '.join(map(str, expected))}) uint8, "
+                             f"got {windowed.shape} {windowed.dtype}")
         detections: list[list[Detection]] = []
         for start in range(0, len(windowed), batch_size):
             # predict() is typed for its streaming and embedding modes too; a list call returns list[Results]

@@ -36,14 +36,23 @@ class WindowedSeries:
     detector: np.ndarray  # (N, 512, 512) uint8, the detector grid (the same array when the source is 512²)
     fixed: np.ndarray  # (N, 2, rows, columns) uint8 in the fixed brain and subdural windows, the source grid
 
-    def segmenter_input(self, kind: str) -> np.ndarray:
-        """The slices a segmenter with manifest input ``kind`` crops: (N, rows, columns) grey or (N, 3, rows,
-        columns) channels (``ichseg.windowing.SEGMENTER_INPUTS``)."""
+    def source_input(self, kind: str) -> np.ndarray:
+        """The source-grid slices a network with manifest input ``kind`` takes (the segmenter crops them): (N, rows,
+        columns) grey or (N, 3, rows, columns) channels (``ichseg.windowing.INPUT_KINDS``)."""
         if kind == HEADER_INPUT:
             return self.source
         if kind == MULTI_WINDOW_INPUT:
             return np.concatenate([self.source[:, None], self.fixed], axis=1)
-        raise ValueError(f"unknown segmenter input {kind!r}")
+        raise ValueError(f"unknown network input {kind!r}")
+
+    def detector_input(self, kind: str) -> np.ndarray:
+        """The same on the detector's 512 grid: (N, 512, 512) grey or (N, 3, 512, 512) channels."""
+        if kind == HEADER_INPUT:
+            return self.detector
+        channels = self.source_input(kind)
+        if self.detector is self.source:
+            return channels
+        return np.stack([[resize_to_input(plane) for plane in planes] for planes in channels])
 
     @property
     def scale(self) -> tuple[float, float]:
@@ -70,7 +79,8 @@ def to_source_grid(detection: Detection, scale: tuple[float, float]) -> Detectio
 
 def detect(detector: HemorrhageDetector, windowed: WindowedSeries) -> list[list[Detection]]:
     """Stage 1: the detections of each slice (detector's own confidence threshold), in source-grid pixels."""
-    return [[to_source_grid(d, windowed.scale) for d in found] for found in detector.detect(windowed.detector)]
+    found_512 = detector.detect(windowed.detector_input(detector.input))
+    return [[to_source_grid(d, windowed.scale) for d in found] for found in found_512]
 
 
 def cluster_margin_px(pixel_spacing: tuple[float, float], margin_mm: float = CLUSTER_MARGIN_MM) -> float:
@@ -91,7 +101,7 @@ def merge(
 
 def segment(segmenter: HemorrhageSegmenter, windowed: WindowedSeries, boxes: Sequence[Sequence[Box]]) -> np.ndarray:
     """Stage 2: (N, rows, columns) bool mask on the source grid, the union of each slice's box masks."""
-    return segmenter.segment(windowed.segmenter_input(segmenter.input), boxes)
+    return segmenter.segment(windowed.source_input(segmenter.input), boxes)
 
 
 def anatomy_of(series: CTSeries) -> Anatomy:

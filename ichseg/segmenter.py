@@ -21,7 +21,7 @@ from ichseg.crops import CROP_SIZE, crop_to_input, paste_probability
 from ichseg.model_manifest import ModelError, ModelManifest, weights_path
 from ichseg.networks import TransDeepLab
 from ichseg.runtime import autocast, autocast_dtype, default_device
-from ichseg.windowing import HEADER_INPUT, SEGMENTER_INPUTS
+from ichseg.windowing import HEADER_INPUT, INPUT_KINDS
 
 CLASSES = ["background", "hemorrhage"]
 CROP_MODE = "crops"  # two-stage: trained on and run over detector boxes
@@ -74,9 +74,9 @@ class HemorrhageSegmenter:
         self.manifest.require("segmentation", CROP_SIZE, CLASSES)
         network = self.manifest.training.get("network")
         self.mode = self.manifest.training.get("mode")
-        #: what its input channels hold (``ichseg.windowing.SEGMENTER_INPUTS``); manifests before 0.3.0 have none
+        #: what its input channels hold (``ichseg.windowing.INPUT_KINDS``); manifests before 0.3.0 have none
         self.input: str = self.manifest.training.get("input", HEADER_INPUT)
-        if network not in ARCHITECTURES or self.mode not in MODES or self.input not in SEGMENTER_INPUTS:
+        if network not in ARCHITECTURES or self.mode not in MODES or self.input not in INPUT_KINDS:
             raise ModelError(f"{self.model_dir}: manifest training.network {network!r} / mode {self.mode!r} / "
                              f"input {self.input!r} unsupported")
         self.device = default_device(device)
@@ -98,7 +98,7 @@ class HemorrhageSegmenter:
     def segment(
         self, windowed: np.ndarray, boxes: Sequence[SliceBoxes] | None = None, batch_size: int = 8
     ) -> np.ndarray:
-        """Windowed slices, (N, H, W) or (N, 3, H, W) uint8 as ``WindowedSeries.segmenter_input(self.input)`` gives
+        """Windowed slices, (N, H, W) or (N, 3, H, W) uint8 as ``WindowedSeries.source_input(self.input)`` gives
         them, + per slice a box, a list of boxes or None → (N, H, W) bool masks.
 
         Slices without a box are not run and stay empty; a slice with several boxes gets the union of their masks.

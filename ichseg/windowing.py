@@ -11,15 +11,16 @@ from pydicom.multival import MultiValue
 BRAIN_WINDOW: tuple[float, float] = (40.0, 80.0)  # (centre/level, width) used when the header has none
 SUBDURAL_WINDOW: tuple[float, float] = (80.0, 200.0)
 
-#: What a segmenter's three input channels hold (its manifest's ``training.input``; absent = the first).
-#: ``header-window``: the header-windowed slice in all three (the paper; segmenters up to v0.2.0).
+#: What a network's three input channels hold (its manifest's ``training.input``; absent = the first).
+#: ``header-window``: the header-windowed slice in all three (the paper; the detector up to v0.4.0, the segmenter
+#: up to v0.2.0).
 #: ``header+brain+subdural``: the header window, then the fixed brain (40/80) and subdural (80/200) windows. Blood
 #: above a header window's upper limit is as white as bone (80 HU in 40/80; all blood in a stroke 40/40 window),
 #: and a bone-window header hides blood altogether; the subdural window keeps blood (≈ 110–140) apart from bone (255)
 #: and both fixed windows keep the input the same whatever display preset the scanner wrote.
 HEADER_INPUT = "header-window"
 MULTI_WINDOW_INPUT = "header+brain+subdural"
-SEGMENTER_INPUTS = (HEADER_INPUT, MULTI_WINDOW_INPUT)
+INPUT_KINDS = (HEADER_INPUT, MULTI_WINDOW_INPUT)
 FIXED_WINDOWS: tuple[tuple[float, float], ...] = (BRAIN_WINDOW, SUBDURAL_WINDOW)
 
 

@@ -18,7 +18,8 @@ from ichseg.dicom_series import load_single_series
 from ichseg.model_manifest import ModelError, ModelManifest
 from ichseg.pipeline import window_series
 from ichseg.subtypes import SUBTYPES
-from training.detector_dataset import convert, read_boxes
+from ichseg.windowing import HEADER_INPUT, MULTI_WINDOW_INPUT
+from training.detector_dataset import convert, dataset_input, read_boxes
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +85,8 @@ def test_converter_labels_equal_mask_boxes(tmp_path: Path, positive_study: Path,
     summary = convert(boxes_csv, dicom_root, out, studies_csv)
     series = load_single_series(positive_study / "ct")
     labels = np.load(positive_study / "labels.npz")
-    windowed = window_series(series).detector
+    windowed = window_series(series)
+    channels = windowed.detector_input(MULTI_WINDOW_INPUT)  # the converter's default
     positives = [i for i, label in enumerate(labels["labels"]) if label.any()]
     assert positives and summary.positives["train"] == len(positives)
     assert summary.images["train"] == len(series.headers) and summary.images["test"] == 0
@@ -97,14 +99,21 @@ def test_converter_labels_equal_mask_boxes(tmp_path: Path, positive_study: Path,
         assert [c for c, _ in got] == [c for c, _ in want]
         np.testing.assert_allclose(box_array(got), box_array(want), atol=0.01)
         image = cv2.imread(str(out / "images" / "train" / f"pos_{header.SOPInstanceUID}.png"), cv2.IMREAD_COLOR)
-        np.testing.assert_array_equal(image, to_bgr(windowed[index]))  # ultralytics' loader = detect()'s input
+        np.testing.assert_array_equal(image, to_bgr(channels[index]))  # ultralytics' loader = detect()'s input
+        np.testing.assert_array_equal(image[:, :, 0], windowed.detector[index])  # channel 0: the header window
     data = yaml.safe_load((out / "data.yaml").read_text())
     assert Path(data["path"]).is_absolute() and "download" not in data
     assert data["names"] == dict(enumerate(SUBTYPES)) and data["test"] == "images/test"
+    assert dataset_input(out / "data.yaml") == MULTI_WINDOW_INPUT
 
-    sampled = convert(boxes_csv, dicom_root, tmp_path / "sampled", studies_csv, negatives_per_positive=0.2)
+    grey = tmp_path / "sampled"
+    sampled = convert(boxes_csv, dicom_root, grey, studies_csv, negatives_per_positive=0.2, input_kind=HEADER_INPUT)
     negatives = sampled.images["train"] - sampled.positives["train"]
     assert negatives == round(0.2 * len(positives)) and sampled.images["val"] == 0
+    assert dataset_input(grey / "data.yaml") == HEADER_INPUT
+    sop = series.headers[positives[0]].SOPInstanceUID
+    image = cv2.imread(str(grey / "images" / "train" / f"pos_{sop}.png"), cv2.IMREAD_COLOR)
+    np.testing.assert_array_equal(image, to_bgr(windowed.detector[positives[0]]))
 
 
 def test_bhx_data_column_layout(tmp_path: Path) -> None:
@@ -159,6 +168,8 @@ def test_tiny_training_gives_a_loadable_detector(
     assert manifest.architecture == "yolov5n.yaml" and manifest.input_size == INPUT_SIZE
     assert manifest.classes == list(SUBTYPES) and manifest.task == "detection"
     assert 0.0 <= manifest.training["mAP50_95"] <= manifest.training["mAP50"] <= 1.0
+    assert manifest.training["input"] == MULTI_WINDOW_INPUT
+    assert manifest.training["recipe"]["hsv_h"] == manifest.training["recipe"]["hsv_s"] == 0.0, "channels ≠ colours"
     assert (tmp_path / "runs" / "train" / "weights" / "best.pt").is_file()
     exported = tmp_path / "exported"  # a stopped run bundled from its checkpoint: the same folder a finished run gives
     main(["--export-only", "--model-version", "0.0.1", "--project", str(tmp_path / "runs"), "--out", str(exported),
@@ -174,15 +185,23 @@ def test_tiny_training_gives_a_loadable_detector(
     assert again.operating_confidence == manifest.operating_confidence
 
     detector = HemorrhageDetector(model_dir, confidence=KEEP_EVERY_BOX)
-    windowed = window_series(load_single_series(positive_study / "ct")).detector[:3]
-    blank = detector.detect(np.zeros((2, INPUT_SIZE, INPUT_SIZE), dtype=np.uint8))
-    slices = detector.detect(windowed, batch_size=2)
+    assert detector.input == MULTI_WINDOW_INPUT
+    windowed = window_series(load_single_series(positive_study / "ct"))
+    blank = detector.detect(np.zeros((2, 3, INPUT_SIZE, INPUT_SIZE), dtype=np.uint8))
+    slices = detector.detect(windowed.detector_input(detector.input)[:3], batch_size=2)
+    with pytest.raises(ValueError, match="expected"):
+        detector.detect(windowed.detector[:3])
     assert len(blank) == 2 and all(isinstance(d, list) for d in blank) and len(slices) == 3
     for detection in (d for per_slice in slices for d in per_slice):
         assert isinstance(detection, Detection) and 0 <= detection.subtype < len(SUBTYPES)
         x0, y0, x1, y1 = detection.box
         assert 0 <= x0 <= x1 <= INPUT_SIZE and 0 <= y0 <= y1 <= INPUT_SIZE and 0 < detection.confidence <= 1
 
+    manifest.training["input"] = "bone-window"
+    manifest.save(model_dir)
+    with pytest.raises(ModelError, match="training.input 'bone-window' unsupported"):
+        HemorrhageDetector(model_dir)
+    manifest.training["input"] = MULTI_WINDOW_INPUT
     manifest.classes = list(reversed(SUBTYPES))
     manifest.save(model_dir)
     with pytest.raises(ModelError, match="classes"):

@@ -34,7 +34,7 @@ from ichseg.segmenter import (
     build_network,
     whole_slice_box,
 )
-from ichseg.windowing import HEADER_INPUT, MULTI_WINDOW_INPUT, SEGMENTER_INPUTS, apply_window, fixed_windows
+from ichseg.windowing import HEADER_INPUT, INPUT_KINDS, MULTI_WINDOW_INPUT, apply_window, fixed_windows
 from training.lr_schedule import FLOOR, LrPlan
 from training.segmenter_data import (
     JITTER,
@@ -79,14 +79,14 @@ def constant_model(folder: Path, mode: str) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("input_kind", SEGMENTER_INPUTS)
+@pytest.mark.parametrize("input_kind", INPUT_KINDS)
 def test_crop_targets_paste_back_to_ground_truth(study: Study, input_kind: str) -> None:
     """Un-augmented crop samples equal the inference crop of the full slice; their targets paste back onto the GT."""
     positive = [i for i, s in enumerate(study.labels) if s.any()]
     samples = crop_samples(study, JITTER, input_kind)
     assert len(samples) == len(positive) > 0
     dataset = SegmentationDataset(samples, augment=False)
-    slices = study.windowed.segmenter_input(input_kind)
+    slices = study.windowed.source_input(input_kind)
     checked = 0
     for index, (image, target) in zip(positive, dataset, strict=True):
         truth = study.labels[index] > 0
@@ -201,7 +201,7 @@ def test_segment_skips_none_and_stays_in_box(trained: Path, study: Study) -> Non
     chosen = [i for i, box in enumerate(boxes) if box is None][:2] + [i for i, box in enumerate(boxes) if box][:4]
     segmenter = HemorrhageSegmenter(trained)
     assert segmenter.input == MULTI_WINDOW_INPUT, "training's default input"
-    windowed = study.windowed.segmenter_input(segmenter.input)[chosen]
+    windowed = study.windowed.source_input(segmenter.input)[chosen]
     masks = segmenter.segment(windowed, [boxes[i] for i in chosen], batch_size=4)
     assert masks.shape == (len(chosen), *study.labels.shape[1:]) and masks.dtype == bool
     assert not masks[:2].any()
@@ -216,7 +216,7 @@ def test_crop_memo_runs_each_crop_once(trained: Path, study: Study) -> None:
     plain = HemorrhageSegmenter(trained, precision="fp32")
     memo = CropMemo(plain)
     chosen = [i for i, s in enumerate(study.labels) if s.any()][:3]
-    windowed = study.windowed.segmenter_input(plain.input)[chosen]
+    windowed = study.windowed.source_input(plain.input)[chosen]
     boxes = [ground_truth_box(study.labels[i]) for i in chosen]
     wider = [(x0 - 6.0, y0 - 6.0, x1 + 6.0, y1 + 6.0) for x0, y0, x1, y1 in boxes]
     for entries, memo_size in (([boxes[0], boxes[1], None], 2), ([boxes[0], [boxes[1], wider[1]], wider[2]], 4)):

@@ -1,9 +1,11 @@
 """BHX-style box CSV + DICOM study folders → ultralytics detection dataset for the stage-1 detector.
 
-Writes under ``--out`` (replacing its ``images/`` and ``labels/``): ``images/<split>/*.png`` (grey 512×512
-slices made by ``ichseg.pipeline.window_series``, the function inference uses), ``labels/<split>/*.txt``
-(``class cx cy w h`` normalised, one line per box), ``slices.csv`` (which slice each image is) and
-``data.yaml`` (absolute ``path:``, no ``download:`` key).
+Writes under ``--out`` (replacing its ``images/`` and ``labels/``): ``images/<split>/*.png`` (512×512 slices made
+by ``ichseg.pipeline.window_series``, the function inference uses: by default three channels, the header and the
+fixed brain and subdural windows, through ``ichseg.detector.to_bgr``; grey in the header window with ``--input
+header-window``), ``labels/<split>/*.txt`` (``class cx cy w h`` normalised, one line per box), ``slices.csv``
+(which slice each image is) and ``data.yaml`` (absolute ``path:``, no ``download:`` key, ``ich_input``: what the
+channels hold, which ``training.train_detector`` writes into the model's manifest).
 
 Boxes are matched to slices by SOPInstanceUID. The CSV may give a box as ``x, y, width, height`` columns
 (the synthetic generator) or as BHX's ``data`` column holding ``{'x': .., 'y': .., 'width': .., 'height': ..}``
@@ -29,9 +31,11 @@ import yaml
 from tqdm import tqdm
 
 from ichseg.boxes import LabelledBox
+from ichseg.detector import to_bgr
 from ichseg.dicom_series import DicomInputError, group_series, load_series
 from ichseg.pipeline import window_series
 from ichseg.subtypes import SUBTYPES, subtype_index
+from ichseg.windowing import HEADER_INPUT, INPUT_KINDS, MULTI_WINDOW_INPUT
 
 SPLITS = ("train", "val", "test")
 DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
@@ -125,13 +129,22 @@ def safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
 
 
-def write_data_yaml(out: Path) -> Path:
-    """ultralytics data YAML: absolute path (runs from any working directory), no download key (offline)."""
+INPUT_KEY = "ich_input"  # data.yaml: what the image channels hold (ultralytics ignores keys it does not know)
+
+
+def write_data_yaml(out: Path, input_kind: str) -> Path:
+    """ultralytics data YAML: absolute path (runs from any working directory), no download key (offline), and what
+    the image channels hold."""
     path = out / "data.yaml"
     data = {"path": str(out.resolve()), **{split: f"images/{split}" for split in SPLITS},
-            "names": dict(enumerate(SUBTYPES))}
+            "names": dict(enumerate(SUBTYPES)), INPUT_KEY: input_kind}
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def dataset_input(data_yaml: Path) -> str:
+    """What a dataset's image channels hold; datasets written before ``ich_input`` existed are grey."""
+    return str(yaml.safe_load(Path(data_yaml).read_text()).get(INPUT_KEY, HEADER_INPUT))
 
 
 @dataclass
@@ -203,6 +216,7 @@ class IndexRow(NamedTuple):
 
 def write_series(
     item: SeriesToWrite, keep: set[str], boxes: dict[str, list[LabelledBox]], out: Path, summary: Summary,
+    input_kind: str,
 ) -> list[IndexRow]:
     """Pass 2 for one series: decode, window as the app does, write its kept slices; their ``slices.csv`` rows."""
     try:
@@ -210,7 +224,7 @@ def write_series(
     except DicomInputError as error:
         summary.skipped_series.append(str(error))
         return []
-    images = window_series(series).detector
+    images = window_series(series).detector_input(input_kind)
     rows, columns = series.hu.shape[1:]
     index_rows: list[IndexRow] = []
     for header, image in zip(series.headers, images, strict=True):
@@ -221,7 +235,7 @@ def write_series(
         lines = yolo_lines(slice_boxes, rows, columns)
         summary.empty_boxes += len(slice_boxes) - len(lines)
         name = f"{safe_name(item.study)}_{sop}"
-        cv2.imwrite(str(out / "images" / item.split / f"{name}.png"), image)
+        cv2.imwrite(str(out / "images" / item.split / f"{name}.png"), image if image.ndim == 2 else to_bgr(image))
         (out / "labels" / item.split / f"{name}.txt").write_text("".join(line + "\n" for line in lines))
         summary.images[item.split] += 1
         summary.positives[item.split] += bool(lines)
@@ -242,8 +256,9 @@ def write_index(out: Path, index_rows: list[IndexRow]) -> None:
 def convert(
     boxes_csv: Path, dicom_root: Path, out: Path, studies_csv: Path | None = None,
     negatives_per_positive: float | None = None, seed: int = 0, ignore_labels: tuple[str, ...] = (),
+    input_kind: str = MULTI_WINDOW_INPUT,
 ) -> Summary:
-    """Write the dataset under ``out``; returns what was written and what was lost."""
+    """Write the dataset under ``out`` with ``input_kind`` images; returns what was written and what was lost."""
     boxes, excluded = read_boxes(boxes_csv, ignore_labels)
     summary = Summary()
     scan = scan_headers(dicom_root, assign_splits(dicom_root, studies_csv, seed), boxes, excluded, summary)
@@ -252,12 +267,12 @@ def convert(
     index_rows: list[IndexRow] = []
     for item in tqdm(scan.series, desc="series", unit="series"):
         if any(str(h.SOPInstanceUID) in keep for _, h in item.entries):
-            index_rows += write_series(item, keep, boxes, out, summary)
+            index_rows += write_series(item, keep, boxes, out, summary, input_kind)
     written = {row.sop_instance_uid for row in index_rows}
     summary.unmatched_boxes = sum(len(v) for sop, v in boxes.items() if sop not in scan.seen)
     summary.lost_boxes = sum(len(v) for sop, v in boxes.items() if sop in scan.seen and sop not in written)
     write_index(out, index_rows)
-    write_data_yaml(out)
+    write_data_yaml(out, input_kind)
     return summary
 
 
@@ -272,13 +287,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ignore-label", action="append", default=[],
                         help="labelName whose slices are left out entirely (repeatable), e.g. BHX's Chronic")
     parser.add_argument("--seed", type=int, default=0, help="seed of the negative sampling and the default split")
+    parser.add_argument("--input", choices=INPUT_KINDS, default=MULTI_WINDOW_INPUT,
+                        help="image channels: the header window (grey, the paper) or the header, brain and subdural "
+                             "windows (default: blood stays apart from bone whatever the header says)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     summary = convert(args.boxes, args.dicom_root, args.out, args.studies_csv, args.negatives_per_positive,
-                      args.seed, tuple(args.ignore_label))
+                      args.seed, tuple(args.ignore_label), args.input)
     for split in SPLITS:
         print(f"{split}: {summary.images[split]} images, {summary.positives[split]} with hemorrhage")
     print(f"{summary.boxes} boxes written; CSV boxes on slices of unlisted studies: {summary.unmatched_boxes}, "

@@ -68,7 +68,7 @@ def crop_samples(study: Study, jitter: float, input_kind: str) -> list[SliceSamp
     """Crop mode: one sample per hemorrhage slice, caching only the region the jittered boxes can reach."""
     samples = []
     height, width = study.labels.shape[1:]
-    for windowed, label_slice in zip(study.windowed.segmenter_input(input_kind), study.labels, strict=True):
+    for windowed, label_slice in zip(study.windowed.source_input(input_kind), study.labels, strict=True):
         box = ground_truth_box(label_slice)
         if box is None:
             continue
@@ -89,7 +89,7 @@ def whole_slice_samples(
     samples = []
     whole = whole_slice_box(study.labels.shape[1:])
     channels = slice(None) if input_kind == MULTI_WINDOW_INPUT else 0  # grey: one of the three equal channels
-    for windowed, label_slice in zip(study.windowed.segmenter_input(input_kind), study.labels, strict=True):
+    for windowed, label_slice in zip(study.windowed.source_input(input_kind), study.labels, strict=True):
         if not label_slice.any() and rng.random() >= negative_fraction:
             continue
         image = torch.round(crop_to_input(windowed, whole)[channels] * 255.0).to(torch.uint8).numpy()
@@ -103,7 +103,7 @@ def load_samples(
     negative_fraction: float = NEGATIVE_FRACTION, seed: int = 0, limit: int | None = None,
 ) -> list[SliceSample]:
     """All samples of a split (``limit`` studies at most) with ``input_kind`` channels
-    (``ichseg.windowing.SEGMENTER_INPUTS``), read once and cached in memory as uint8."""
+    (``ichseg.windowing.INPUT_KINDS``), read once and cached in memory as uint8."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     samples: list[SliceSample] = []

@@ -25,7 +25,9 @@ from ichseg.model_manifest import WEIGHTS_NAME, ModelError, ModelManifest, porta
 from ichseg.runtime import PRECISIONS, autocast_dtype, default_device
 from ichseg.subtypes import SUBTYPES
 from ichseg.ultralytics_offline import YOLO
+from ichseg.windowing import HEADER_INPUT
 from training.bf16_trainer import Bf16DetectionTrainer
+from training.detector_dataset import dataset_input
 from training.detector_operating_point import store as store_operating_point
 
 # isort: split
@@ -52,8 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lrf", type=float, default=0.01, help="final lr as a fraction of lr0")
     parser.add_argument("--momentum", type=float, default=0.937)
     parser.add_argument("--weight-decay", type=float, default=0.0005)
-    parser.add_argument("--hsv-h", type=float, default=0.015, help="no effect on grey slices; kept for the recipe")
-    parser.add_argument("--hsv-s", type=float, default=0.7, help="no effect on grey slices; kept for the recipe")
+    parser.add_argument("--hsv-h", type=float, default=0.015, help="no effect on grey slices; 0 for windows")
+    parser.add_argument("--hsv-s", type=float, default=0.7, help="no effect on grey slices; 0 for windows")
     parser.add_argument("--hsv-v", type=float, default=0.4, help="brightness jitter")
     parser.add_argument("--translate", type=float, default=0.1)
     parser.add_argument("--scale", type=float, default=0.5)
@@ -90,6 +92,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[
     args = parser.parse_args(argv)
     if not (args.resume or args.export_only) and args.data is None:
         parser.error("--data is required unless --resume or --export-only")
+    if args.data is not None and dataset_input(args.data) != HEADER_INPUT and (args.hsv_h or args.hsv_s):
+        print(f"{args.data}: the channels are windows, not colours: hue and saturation jitter off")
+        args.hsv_h = args.hsv_s = 0.0
     return args, {k: v for k, v in hyp.items() if k not in flags}
 
 
@@ -167,7 +172,8 @@ def bundle(
         training={
             "data": portable_path(train_args.data), "epochs": epochs, "batch": train_args.batch,
             "imgsz": train_args.imgsz, "mAP50": round(map50, 4), "mAP50_95": round(map50_95, 4),
-            "seconds": round(seconds, 1), "device": device_name(device), "recipe": recipe,
+            "seconds": round(seconds, 1), "device": device_name(device), "input": dataset_input(train_args.data),
+            "recipe": recipe,
         },
     ).save(args.out)
     store_operating_point(args.out, Path(train_args.data), args.project.resolve(), str(device))

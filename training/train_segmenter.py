@@ -36,7 +36,7 @@ from ichseg.model_manifest import WEIGHTS_NAME, ModelManifest, portable_path, we
 from ichseg.networks import TransDeepLab
 from ichseg.runtime import PRECISIONS, autocast, autocast_dtype, configure_threads, default_device
 from ichseg.segmenter import ARCHITECTURES, CLASSES, CROP_MODE, MODES, WHOLE_SLICE_MODE, build_network
-from ichseg.windowing import MULTI_WINDOW_INPUT, SEGMENTER_INPUTS
+from ichseg.windowing import INPUT_KINDS, MULTI_WINDOW_INPUT
 from training.lr_schedule import LrPlan
 from training.segmenter_data import JITTER, SegmentationDataset, evenly_spaced, load_samples
 
@@ -54,7 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mode", choices=MODES, default=CROP_MODE,
                         help=f"{CROP_MODE} (two-stage) or {WHOLE_SLICE_MODE} (single-stage)")
     parser.add_argument("--network", choices=sorted(ARCHITECTURES), default="transdeeplab")
-    parser.add_argument("--input", choices=SEGMENTER_INPUTS, default=MULTI_WINDOW_INPUT,
+    parser.add_argument("--input", choices=INPUT_KINDS, default=MULTI_WINDOW_INPUT,
                         help="what the 3 input channels hold: the header window 3× (the paper) or the header, brain "
                              "and subdural windows (default: blood stays apart from bone whatever the header says)")
     parser.add_argument("--epochs", type=int, default=300, help="planned epochs; the lr decays to 0 over them")
@@ -240,7 +240,7 @@ def resume(checkpoint_path: Path, args: argparse.Namespace, model: nn.Module, op
         raise SystemExit(f"{checkpoint_path}: no checkpoint to resume from")
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
     made = checkpoint["args"]
-    made_for = (made["mode"], made["network"], made.get("optimizer", "sgd"), made.get("input", SEGMENTER_INPUTS[0]))
+    made_for = (made["mode"], made["network"], made.get("optimizer", "sgd"), made.get("input", INPUT_KINDS[0]))
     wanted = (args.mode, args.network, args.optimizer, args.input)
     if made_for != wanted:
         raise SystemExit(f"{checkpoint_path}: made for {'/'.join(made_for)}, not {'/'.join(wanted)}")
