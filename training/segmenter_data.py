@@ -1,7 +1,7 @@
 """Stage-2 training data from labelled study folders, preprocessed exactly as inference preprocesses.
 
 Each slice is windowed with its own header window (``ichseg.labelled_study`` → ``ichseg.pipeline.window_series``),
-with the fixed windows beside it for a multi-window segmenter (``WindowedSeries.segmenter_input``), and
+with the fixed windows beside it for a multi-window segmenter (``WindowedSeries.source_input``), and
 cropped/resized with ``ichseg.crops``, the functions the app uses on detector boxes. Two modes
 (``ichseg.segmenter.MODES``):
 
