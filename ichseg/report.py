@@ -23,6 +23,7 @@ from ichseg.guard import GuardReport
 from ichseg.model_manifest import ModelManifest
 from ichseg.series_selection import Selection
 from ichseg.subtypes import SUBTYPES
+from ichseg.windowing import HEADER_INPUT
 
 REPORT_NAME = "ich_report.json"
 SEG_NAME = "ich_seg.dcm"  # the app's outputs, named once: the operators write them, the gateway sends them
@@ -96,7 +97,9 @@ def build_report(
             "not_chosen": selection.rejected,
         },
         "models": {
-            role: {"name": m.name, "version": m.version, "architecture": m.architecture} for role, m in models.items()
+            role: {"name": m.name, "version": m.version, "architecture": m.architecture,
+                   "input": m.training.get("input", HEADER_INPUT)}  # which windows the network was trained on
+            for role, m in models.items()
         },
         "settings": {**settings, "confidence": confidence},
         "guard": guard.to_json(),

@@ -88,7 +88,8 @@ def test_slices_series_models_outputs(report: dict) -> None:
     ]
     assert report["series"]["series_instance_uid"] == "1.2.3" and report["series"]["matrix"] == [8, 8]
     assert report["series"]["why_chosen"] == "the only series" and report["series"]["slices"] == 4
-    assert report["models"]["detector"] == {"name": "yolo", "version": "1.0", "architecture": "yolo architecture"}
+    assert report["models"]["detector"] == {"name": "yolo", "version": "1.0", "architecture": "yolo architecture",
+                                            "input": "header-window"}
     assert report["outputs"] == {"seg": "ich_seg.dcm", "preview": "ich_preview.png", "report": REPORT_NAME}
     assert report["timings_s"] == {"YOLO detection": 1.5}
     assert "not for clinical use" in report["notice"]
