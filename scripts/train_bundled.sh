@@ -23,8 +23,8 @@ case "${1:?step: data | segmenter | detector | evaluate}" in
   segmenter)
     resume=(); [ -f "$WORK/segmenter/checkpoint.pt" ] && resume=(--resume)
     $PY -m training.train_segmenter --data "$DATA" --out "$WORK/segmenter" --mode crops --network transdeeplab \
-        --optimizer adamw --init-weights "${SEG_INIT:-models/segmenter}" --epochs "${SEG_EPOCHS:-30}" \
-        --steps-per-epoch 25 --val-slices 96 --max-minutes "${SEG_MINUTES:-40}" "${resume[@]}"
+        --optimizer adamw --init-weights "${SEG_INIT:-models/segmenter}" --epochs "${SEG_EPOCHS:-18}" \
+        --steps-per-epoch 25 --val-slices 96 --max-minutes "${SEG_MINUTES:-90}" "${resume[@]}"
     ;;
   detector)
     $PY -m training.train_detector --data data/yolo/data.yaml --out "$WORK/detector" --model yolov5n.yaml \
