@@ -34,16 +34,20 @@ class WindowedSeries:
 
     source: np.ndarray  # (N, rows, columns) uint8 in the header windows, the source grid (segmenter input, SEG grid)
     detector: np.ndarray  # (N, 512, 512) uint8, the detector grid (the same array when the source is 512²)
-    fixed: np.ndarray  # (N, 2, rows, columns) uint8 in the fixed brain and subdural windows, the source grid
+    hu: np.ndarray  # (N, rows, columns) the series' HU (its own array, not a copy): the fixed windows are made from it
+    _channels: dict[tuple[str, str], np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     def source_input(self, kind: str) -> np.ndarray:
         """The source-grid slices a network with manifest input ``kind`` takes (the segmenter crops them): (N, rows,
-        columns) grey or (N, 3, rows, columns) channels (``ichseg.windowing.INPUT_KINDS``)."""
+        columns) grey or (N, 3, rows, columns) channels (``ichseg.windowing.INPUT_KINDS``); made once, when a
+        network first asks."""
         if kind == HEADER_INPUT:
             return self.source
-        if kind == MULTI_WINDOW_INPUT:
-            return np.concatenate([self.source[:, None], self.fixed], axis=1)
-        raise ValueError(f"unknown network input {kind!r}")
+        if kind != MULTI_WINDOW_INPUT:
+            raise ValueError(f"unknown network input {kind!r}")
+        if (kind, "source") not in self._channels:
+            self._channels[kind, "source"] = np.concatenate([self.source[:, None], fixed_windows(self.hu)], axis=1)
+        return self._channels[kind, "source"]
 
     def detector_input(self, kind: str) -> np.ndarray:
         """The same on the detector's 512 grid: (N, 512, 512) grey or (N, 3, 512, 512) channels."""
@@ -52,7 +56,11 @@ class WindowedSeries:
         channels = self.source_input(kind)
         if self.detector is self.source:
             return channels
-        return np.stack([[resize_to_input(plane) for plane in planes] for planes in channels])
+        if (kind, "detector") not in self._channels:
+            self._channels[kind, "detector"] = np.stack(
+                [[resize_to_input(plane) for plane in planes] for planes in channels]
+            )
+        return self._channels[kind, "detector"]
 
     @property
     def scale(self) -> tuple[float, float]:
@@ -62,12 +70,11 @@ class WindowedSeries:
 
 def window_series(series: CTSeries) -> WindowedSeries:
     """Each slice windowed with its own header window (paper), and resized to 512 for the detector; the fixed
-    windows beside it for segmenters that take them."""
+    windows follow when a network that takes them asks (``WindowedSeries.source_input``)."""
     source = window_volume(series.hu, series.windows)
-    fixed = fixed_windows(series.hu)
     if source.shape[1:] == (INPUT_SIZE, INPUT_SIZE):
-        return WindowedSeries(source, source, fixed)
-    return WindowedSeries(source, np.stack([resize_to_input(s) for s in source]), fixed)
+        return WindowedSeries(source, source, series.hu)
+    return WindowedSeries(source, np.stack([resize_to_input(s) for s in source]), series.hu)
 
 
 def to_source_grid(detection: Detection, scale: tuple[float, float]) -> Detection:

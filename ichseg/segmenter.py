@@ -94,6 +94,12 @@ class HemorrhageSegmenter:
     def whole_slice(self) -> bool:
         return self.mode == WHOLE_SLICE_MODE
 
+    def _check_input(self, windowed: np.ndarray) -> None:
+        """Grey slices for a multi-window model (or the reverse) would run and give wrong masks: refuse them."""
+        expected = 3 if self.input == HEADER_INPUT else 4
+        if windowed.ndim != expected:
+            raise ValueError(f"segmenter input {self.input!r} takes {expected}-D slices, got shape {windowed.shape}")
+
     @torch.inference_mode()
     def segment(
         self, windowed: np.ndarray, boxes: Sequence[SliceBoxes] | None = None, batch_size: int = 8
@@ -104,9 +110,7 @@ class HemorrhageSegmenter:
         Slices without a box are not run and stay empty; a slice with several boxes gets the union of their masks.
         A whole-slice model ignores ``boxes`` and runs every slice.
         """
-        expected = 3 if self.input == HEADER_INPUT else 4
-        if windowed.ndim != expected:
-            raise ValueError(f"segmenter input {self.input!r} takes {expected}-D slices, got shape {windowed.shape}")
+        self._check_input(windowed)
         count, height, width = windowed.shape[0], *windowed.shape[-2:]
         if self.whole_slice:
             boxes = [whole_slice_box((height, width))] * count
@@ -122,6 +126,7 @@ class HemorrhageSegmenter:
     def crop_masks(self, windowed: np.ndarray, crops: Sequence[Crop], batch_size: int = 8) -> Iterator[np.ndarray]:
         """One (H, W) bool mask per (slice index, box), pasted back on its slice, in order: the unit ``segment``
         unions (yielded, so a long series never holds every crop's mask at once)."""
+        self._check_input(windowed)
         height, width = windowed.shape[-2:]
         for start in range(0, len(crops), batch_size):
             batch = crops[start:start + batch_size]

@@ -20,6 +20,7 @@ from ichseg.pipeline import window_series
 from ichseg.subtypes import SUBTYPES
 from ichseg.windowing import HEADER_INPUT, MULTI_WINDOW_INPUT
 from training.detector_dataset import convert, dataset_input, read_boxes
+from training.detector_operating_point import store as store_operating_point
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +170,10 @@ def test_tiny_training_gives_a_loadable_detector(
     assert manifest.classes == list(SUBTYPES) and manifest.task == "detection"
     assert 0.0 <= manifest.training["mAP50_95"] <= manifest.training["mAP50"] <= 1.0
     assert manifest.training["input"] == MULTI_WINDOW_INPUT
-    assert manifest.training["recipe"]["hsv_h"] == manifest.training["recipe"]["hsv_s"] == 0.0, "channels ≠ colours"
+    recipe = manifest.training["recipe"]
+    assert recipe["hsv_h"] == recipe["hsv_s"] == recipe["hsv_v"] == recipe["bgr"] == 0.0, "channels are not colours"
+    with pytest.raises(SystemExit):  # tuning would mutate the colour augmentations back on
+        main(["--data", str(tmp_path / "dataset" / "data.yaml"), "--tune", "2"])
     assert (tmp_path / "runs" / "train" / "weights" / "best.pt").is_file()
     exported = tmp_path / "exported"  # a stopped run bundled from its checkpoint: the same folder a finished run gives
     main(["--export-only", "--model-version", "0.0.1", "--project", str(tmp_path / "runs"), "--out", str(exported),
@@ -197,6 +201,10 @@ def test_tiny_training_gives_a_loadable_detector(
         x0, y0, x1, y1 = detection.box
         assert 0 <= x0 <= x1 <= INPUT_SIZE and 0 <= y0 <= y1 <= INPUT_SIZE and 0 < detection.confidence <= 1
 
+    manifest.training["input"] = HEADER_INPUT  # grey weights, three-window images: no operating point from them
+    manifest.save(model_dir)
+    with pytest.raises(ModelError, match="holds 'header\\+brain\\+subdural' images"):
+        store_operating_point(model_dir, tmp_path / "dataset" / "data.yaml", tmp_path / "runs", "cpu")
     manifest.training["input"] = "bone-window"
     manifest.save(model_dir)
     with pytest.raises(ModelError, match="training.input 'bone-window' unsupported"):

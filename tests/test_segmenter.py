@@ -286,6 +286,8 @@ def test_segmenter_takes_the_input_its_manifest_names(tmp_path: Path, study: Stu
     assert masks.sum() == masks[index].sum()
     with pytest.raises(ValueError, match="takes 4-D slices"):
         segmenter.segment(study.windowed.source, boxes)
+    with pytest.raises(ValueError, match="takes 4-D slices"):
+        next(segmenter.crop_masks(study.windowed.source, [(index, box)]))
     manifest.training["input"] = "bone-window"
     manifest.save(folder)
     with pytest.raises(ModelError, match="input 'bone-window' unsupported"):

@@ -35,7 +35,7 @@ from ultralytics.utils.torch_utils import strip_optimizer  # after ichseg.ultral
 
 MODEL_NAME = "ich-yolov5-detector"
 RECIPE_KEYS = ("model", "optimizer", "lr0", "lrf", "momentum", "weight_decay", "hsv_h", "hsv_s", "hsv_v",
-               "translate", "scale", "fliplr", "mosaic", "close_mosaic", "seed", "amp", "nbs", "warmup_epochs")
+               "translate", "scale", "fliplr", "bgr", "mosaic", "close_mosaic", "seed", "amp", "nbs", "warmup_epochs")
 MAX_BYTES_PER_PARAMETER = 3  # FP16 weights are 2; more means an optimizer or EMA copy is still inside
 
 
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weight-decay", type=float, default=0.0005)
     parser.add_argument("--hsv-h", type=float, default=0.015, help="no effect on grey slices; 0 for windows")
     parser.add_argument("--hsv-s", type=float, default=0.7, help="no effect on grey slices; 0 for windows")
-    parser.add_argument("--hsv-v", type=float, default=0.4, help="brightness jitter")
+    parser.add_argument("--hsv-v", type=float, default=0.4, help="brightness jitter on grey slices; 0 for windows")
     parser.add_argument("--translate", type=float, default=0.1)
     parser.add_argument("--scale", type=float, default=0.5)
     parser.add_argument("--fliplr", type=float, default=0.5)
@@ -92,10 +92,16 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[
     args = parser.parse_args(argv)
     if not (args.resume or args.export_only) and args.data is None:
         parser.error("--data is required unless --resume or --export-only")
-    if args.data is not None and dataset_input(args.data) != HEADER_INPUT and (args.hsv_h or args.hsv_s):
-        print(f"{args.data}: the channels are windows, not colours: hue and saturation jitter off")
-        args.hsv_h = args.hsv_s = 0.0
-    return args, {k: v for k, v in hyp.items() if k not in flags}
+    extra = {k: v for k, v in hyp.items() if k not in flags}
+    if args.data is not None and dataset_input(args.data) != HEADER_INPUT:
+        if args.tune:
+            parser.error("--tune mutates colour augmentations (hsv, bgr) that would mix window channels: tune on a "
+                         "--input header-window dataset")
+        # the channels are windows, not colours: HSV jitter (even value-only, through 8-bit HSV) and BGR swaps
+        # would change what each channel means in training only
+        args.hsv_h = args.hsv_s = args.hsv_v = 0.0
+        extra["bgr"] = 0.0
+    return args, extra
 
 
 def train_settings(args: argparse.Namespace, extra: dict[str, Any], device: torch.device) -> dict[str, Any]:
