@@ -18,7 +18,7 @@ from ichseg.boxes import Box
 from ichseg.model_manifest import ModelError, ModelManifest, weights_path
 from ichseg.runtime import default_device
 from ichseg.subtypes import SUBTYPES
-from ichseg.windowing import HEADER_INPUT, INPUT_KINDS
+from ichseg.windowing import INPUT_KINDS, input_planes
 
 if TYPE_CHECKING:  # ultralytics is imported where the weights are loaded
     from ultralytics.engine.results import Results
@@ -77,8 +77,7 @@ class HemorrhageDetector:
         classes = list(self.model.names.values())
         if classes != list(SUBTYPES):
             raise ModelError(f"{path}: weights predict classes {classes}, expected {list(SUBTYPES)}")
-        #: what its input channels hold (``ichseg.windowing.INPUT_KINDS``); manifests before 0.5.0 have none
-        self.input: str = self.manifest.training.get("input", HEADER_INPUT)
+        self.input = self.manifest.input
         if self.input not in INPUT_KINDS:
             raise ModelError(f"{model_dir}: manifest training.input {self.input!r} unsupported")
         self.confidence = confidence if confidence is not None else manifest_confidence(self.manifest)
@@ -88,8 +87,7 @@ class HemorrhageDetector:
     def detect(self, windowed: np.ndarray, batch_size: int = 16) -> list[list[Detection]]:
         """Windowed uint8 slices, (N, 512, 512) or (N, 3, 512, 512) as ``WindowedSeries.detector_input(self.input)``
         gives them → the detections of each slice, in slice order."""
-        planes = () if self.input == HEADER_INPUT else (3,)
-        expected = (*planes, INPUT_SIZE, INPUT_SIZE)
+        expected = (*input_planes(self.input), INPUT_SIZE, INPUT_SIZE)
         if windowed.shape[1:] != expected or windowed.dtype != np.uint8:
             raise ValueError(f"detector input {self.input!r}: expected (N, {', '.join(map(str, expected))}) uint8, "
                              f"got {windowed.shape} {windowed.dtype}")

@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ichseg.windowing import HEADER_INPUT
+
 MANIFEST_NAME = "manifest.json"
 WEIGHTS_NAME = "model.pt"
 
@@ -37,6 +39,11 @@ class ModelManifest:
     #: detection only: confidence threshold of the weights' operating point, chosen on the validation split
     operating_confidence: float | None = None
     notice: str = "Trained on synthetic head-CT phantoms, for demonstration and testing only; not for clinical use."
+
+    @property
+    def input(self) -> str:
+        """What the network's input channels hold (``ichseg.windowing.INPUT_KINDS``); older manifests have none."""
+        return str(self.training.get("input", HEADER_INPUT))
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)

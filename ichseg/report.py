@@ -23,7 +23,6 @@ from ichseg.guard import GuardReport
 from ichseg.model_manifest import ModelManifest
 from ichseg.series_selection import Selection
 from ichseg.subtypes import SUBTYPES
-from ichseg.windowing import HEADER_INPUT
 
 REPORT_NAME = "ich_report.json"
 SEG_NAME = "ich_seg.dcm"  # the app's outputs, named once: the operators write them, the gateway sends them
@@ -98,7 +97,7 @@ def build_report(
         },
         "models": {
             role: {"name": m.name, "version": m.version, "architecture": m.architecture,
-                   "input": m.training.get("input", HEADER_INPUT)}  # which windows the network was trained on
+                   "input": m.input}  # which windows the network was trained on
             for role, m in models.items()
         },
         "settings": {**settings, "confidence": confidence},

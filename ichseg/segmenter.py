@@ -21,7 +21,7 @@ from ichseg.crops import CROP_SIZE, crop_to_input, paste_probability
 from ichseg.model_manifest import ModelError, ModelManifest, weights_path
 from ichseg.networks import TransDeepLab
 from ichseg.runtime import autocast, autocast_dtype, default_device
-from ichseg.windowing import HEADER_INPUT, INPUT_KINDS
+from ichseg.windowing import INPUT_KINDS, input_planes
 
 CLASSES = ["background", "hemorrhage"]
 CROP_MODE = "crops"  # two-stage: trained on and run over detector boxes
@@ -74,8 +74,7 @@ class HemorrhageSegmenter:
         self.manifest.require("segmentation", CROP_SIZE, CLASSES)
         network = self.manifest.training.get("network")
         self.mode = self.manifest.training.get("mode")
-        #: what its input channels hold (``ichseg.windowing.INPUT_KINDS``); manifests before 0.3.0 have none
-        self.input: str = self.manifest.training.get("input", HEADER_INPUT)
+        self.input = self.manifest.input
         if network not in ARCHITECTURES or self.mode not in MODES or self.input not in INPUT_KINDS:
             raise ModelError(f"{self.model_dir}: manifest training.network {network!r} / mode {self.mode!r} / "
                              f"input {self.input!r} unsupported")
@@ -96,7 +95,7 @@ class HemorrhageSegmenter:
 
     def _check_input(self, windowed: np.ndarray) -> None:
         """Grey slices for a multi-window model (or the reverse) would run and give wrong masks: refuse them."""
-        expected = 3 if self.input == HEADER_INPUT else 4
+        expected = 3 + len(input_planes(self.input))
         if windowed.ndim != expected:
             raise ValueError(f"segmenter input {self.input!r} takes {expected}-D slices, got shape {windowed.shape}")
 

@@ -24,6 +24,13 @@ INPUT_KINDS = (HEADER_INPUT, MULTI_WINDOW_INPUT)
 FIXED_WINDOWS: tuple[tuple[float, float], ...] = (BRAIN_WINDOW, SUBDURAL_WINDOW)
 
 
+def input_planes(kind: str) -> tuple[int, ...]:
+    """The per-slice axes before (rows, columns) in ``kind`` slices: () grey, (3,) channels."""
+    if kind not in INPUT_KINDS:
+        raise ValueError(f"unknown network input {kind!r}")
+    return () if kind == HEADER_INPUT else (1 + len(FIXED_WINDOWS),)
+
+
 def _first_value(value: object) -> float:
     """WindowCenter/Width may be multi-valued (several presets); the first is the primary one."""
     if isinstance(value, (MultiValue, list, tuple)):

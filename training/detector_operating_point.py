@@ -23,7 +23,6 @@ from ichseg.detector import INPUT_SIZE, KEEP_EVERY_BOX, NMS_IOU
 from ichseg.model_manifest import ModelError, ModelManifest, weights_path
 from ichseg.runtime import default_device
 from ichseg.ultralytics_offline import YOLO
-from ichseg.windowing import HEADER_INPUT
 from training.detector_dataset import dataset_input
 
 
@@ -41,9 +40,9 @@ def operating_confidence(weights: Path, data: Path, project: Path, device: str |
 def store(model_dir: Path, data: Path, project: Path, device: str | None = None) -> float:
     """Measure the operating point of a model folder's weights and write it into its manifest."""
     manifest = ModelManifest.load(model_dir)
-    weights_input, images = manifest.training.get("input", HEADER_INPUT), dataset_input(data)
-    if weights_input != images:
-        raise ModelError(f"{model_dir}: weights take {weights_input!r} input, {data} holds {images!r} images")
+    images = dataset_input(data)
+    if manifest.input != images:
+        raise ModelError(f"{model_dir}: weights take {manifest.input!r} input, {data} holds {images!r} images")
     manifest.operating_confidence = round(operating_confidence(weights_path(model_dir), data, project, device), 4)
     manifest.training["operating_point"] = "max class-agnostic F1 on the validation split"
     manifest.save(model_dir)

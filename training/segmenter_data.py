@@ -31,7 +31,7 @@ from ichseg.boxes import Box, pixel_bounds
 from ichseg.crops import CROP_SIZE, crop_mask_to_target, crop_to_input
 from ichseg.labelled_study import Study, ground_truth_box, load_study, study_ids
 from ichseg.segmenter import CROP_MODE, MODES, whole_slice_box
-from ichseg.windowing import MULTI_WINDOW_INPUT
+from ichseg.windowing import input_planes
 
 JITTER = 0.10  # largest outward move of one box edge, as a fraction of the box side
 MIN_JITTER_SIDE = 16.0  # px: tiny lesions still get a few pixels of jitter, as detector boxes are never exact
@@ -88,7 +88,7 @@ def whole_slice_samples(
     """Whole-slice mode: hemorrhage slices and a random ``negative_fraction`` of the others, resized to 224."""
     samples = []
     whole = whole_slice_box(study.labels.shape[1:])
-    channels = slice(None) if input_kind == MULTI_WINDOW_INPUT else 0  # grey: one of the three equal channels
+    channels = slice(None) if input_planes(input_kind) else 0  # grey: one of the three equal channels
     for windowed, label_slice in zip(study.windowed.source_input(input_kind), study.labels, strict=True):
         if not label_slice.any() and rng.random() >= negative_fraction:
             continue
