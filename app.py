@@ -78,7 +78,7 @@ class ICHSegmentationApp(Application):
         windowing = WindowingOperator(self, name="windowing", clock=clock)
         detector = DetectorOperator(
             self, name="yolo_detector", model_dir=model_dirs["detector"], confidence=settings.confidence,
-            iou=settings.iou, device=settings.device, clock=clock,
+            extend=settings.extend_confidence, iou=settings.iou, device=settings.device, clock=clock,
         )
         merger = BoxMergerOperator(self, name="box_merger", mode=settings.merge, clock=clock)
         segmenter = SegmenterOperator(
@@ -108,7 +108,7 @@ class ICHSegmentationApp(Application):
         self.add_flow(merger, preview, {("boxes", "boxes")})
         self.add_flow(guard, preview, {("mask", "mask")})
         self.add_flow(loader, report, {("series", "series"), ("selection", "selection")})
-        self.add_flow(detector, report, {("detections", "detections"), ("confidence", "confidence")})
+        self.add_flow(detector, report, {("detections", "detections"), ("thresholds", "thresholds")})
         self.add_flow(merger, report, {("boxes", "boxes")})
         self.add_flow(segmenter, report, {("mask", "unguarded")})
         self.add_flow(guard, report, {("mask", "mask"), ("guard", "guard")})

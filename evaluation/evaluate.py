@@ -6,7 +6,8 @@
 Every row runs ``ichseg.pipeline.run``, the app's own two-stage core (detections at the product's confidence,
 merge, crop, segment, paste, anatomical guard). Rows (a row whose models are missing is skipped):
 * GT boxes + TransDeepLab (oracle): the crop segmenter on the ground-truth lesion boxes, merged like detections;
-* YOLO + TransDeepLab (product): the crop segmenter on the merged detector boxes (confidence ≥ --confidence);
+* YOLO + TransDeepLab (product): the crop segmenter on the merged detector boxes (confidence ≥ --confidence, and
+  boxes ≥ --extend-confidence that continue them on adjacent slices);
 * single-stage TransDeepLab and the MONAI baseline: whole-slice models on every slice.
 The two-stage rows come once per merge mode (``slice``: the paper's one enclosing box per slice; ``cluster``: one
 box per group of nearby boxes), and every row once without and once with the anatomical guard (``+ guard``).
@@ -26,10 +27,10 @@ Detector mAP@0.5 and mAP@0.5:0.95 are computed on the same test studies from det
 ultralytics' validator does and averaged with ultralytics' ``ap_per_class``; the figures in the detector's manifest
 (from its training run) are shown beside.
 
-``--choose-guard`` instead sweeps detector confidences, both merge modes and the guard's settings over the
-*validation* split's product masks (``evaluation.guard_choice``) and writes the best by ``--objective`` to
-``guard_choice.json``: the detector manifest's ``operating_confidence`` and the defaults of ``ichseg.guard`` and
-``ichseg.boxes`` are to be set from it.
+``--choose-guard`` instead sweeps detector confidences and extend confidences (``ichseg.z_continuity``), both merge
+modes and the guard's settings over the *validation* split's product masks (``evaluation.guard_choice``) and writes
+the best by ``--objective`` to ``guard_choice.json``: the detector manifest's ``operating_confidence`` and
+``extend_confidence`` and the defaults of ``ichseg.guard`` and ``ichseg.boxes`` are to be set from it.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from tqdm import tqdm
 from ichseg import pipeline
 from ichseg.boxes import DEFAULT_MERGE, MERGE_MODES, lesion_boxes
 from ichseg.detector import KEEP_EVERY_BOX, NMS_IOU, Detection, HemorrhageDetector, manifest_confidence
+from ichseg.detector import extend_confidence as capped_extend
 from ichseg.guard import BLOOD_HU, CAVITY_MARGIN_MM, MIN_COMPONENT_ML, Anatomy, GuardOptions
 from ichseg.labelled_study import Study, load_study, study_ids
 from ichseg.model_manifest import MANIFEST_NAME
@@ -290,6 +292,7 @@ class Models:
     segmenters: dict[str, HemorrhageSegmenter]  # model key → segmenter
     detector: HemorrhageDetector | None = None  # at KEEP_EVERY_BOX (mAP); the product keeps ≥ ``confidence``
     confidence: float | None = None  # the product's detector confidence
+    extend_confidence: float | None = None  # and the confidence that continues its findings (ichseg.z_continuity)
 
     @classmethod
     def load(cls, args: argparse.Namespace) -> Models:
@@ -308,9 +311,13 @@ class Models:
         detector = HemorrhageDetector(args.detector, confidence=KEEP_EVERY_BOX)
         # the product's own operating point, as the app uses it, unless given
         confidence = args.confidence if args.confidence is not None else manifest_confidence(detector.manifest)
+        extend = capped_extend(
+            confidence, args.extend_confidence if args.extend_confidence is not None
+            else detector.manifest.extend_confidence,
+        )
         if "oracle" in segmenters:
             segmenters["product"] = segmenters["oracle"]
-        return cls(segmenters, detector, confidence)
+        return cls(segmenters, detector, confidence, extend)
 
 
 def guard_options(args: argparse.Namespace) -> GuardOptions:
@@ -318,7 +325,8 @@ def guard_options(args: argparse.Namespace) -> GuardOptions:
 
 
 RowMask = tuple[np.ndarray, float, dict[str, int]]  # mask, seconds, voxels removed per guard rule
-Source = tuple["list[list[Detection]] | None", float, "float | None"]  # detections, their seconds, confidence kept
+Source = tuple["list[list[Detection]] | None", float, "float | None", "float | None"]  # detections, seconds, confidence
+# and extend confidence they are kept at (``ichseg.pipeline.keep_findings``)
 
 
 def detection_sources(study: Study, models: Models, records: DetectionRecords | None) -> dict[str, Source]:
@@ -327,11 +335,11 @@ def detection_sources(study: Study, models: Models, records: DetectionRecords | 
     The detector runs on the study's 512 grid and its boxes come back on the source grid (``pipeline.detect``),
     the grid of the labels they are matched to in ``records``.
     """
-    sources: dict[str, Source] = {"oracle": (truth_detections(study.labels), 0.0, None)}
+    sources: dict[str, Source] = {"oracle": (truth_detections(study.labels), 0.0, None, None)}
     if models.detector is not None:
         started = time.perf_counter()
         detections = pipeline.detect(models.detector, study.windowed)
-        sources["product"] = (detections, time.perf_counter() - started, models.confidence)
+        sources["product"] = (detections, time.perf_counter() - started, models.confidence, models.extend_confidence)
         if records is not None:
             for slice_detections, label_slice in zip(detections, study.labels, strict=True):
                 records.add_slice(slice_detections, label_slice)
@@ -349,9 +357,10 @@ def study_masks(
     sources = detection_sources(study, models, records)
     masks: dict[str, RowMask] = {}
     for model, segmenter in models.segmenters.items():
-        found, detect_seconds, confidence = sources.get(model, (None, 0.0, None))
+        found, detect_seconds, confidence, extend = sources.get(model, (None, 0.0, None, None))
         for merge in (None,) if model not in TWO_STAGE else merges:
-            options = pipeline.PipelineOptions(merge=merge or DEFAULT_MERGE, confidence=confidence, guard=guard)
+            options = pipeline.PipelineOptions(merge=merge or DEFAULT_MERGE, confidence=confidence,
+                                               extend_confidence=extend, guard=guard)
             result = pipeline.run(study.series, segmenter, options=options, windowed=study.windowed,
                                   detections=found, anatomy=anatomy)
             seconds = detect_seconds + result.seconds["segment"]
@@ -385,13 +394,15 @@ def row_labels(merges: tuple[str, ...]) -> dict[str, str]:
 
 def detector_results(
     detector: HemorrhageDetector, product_confidence: float | None, records: DetectionRecords, model_dir: Path,
+    product_extend: float | None = None,
 ) -> dict[str, Any]:
-    """The detector's test mAP beside its manifest's figures, and the product's confidence."""
+    """The detector's test mAP beside its manifest's figures, and the product's confidence and extend confidence."""
     map50, map50_95 = records.mean_ap()
     manifest = detector.manifest
     return {
         "model": str(model_dir),
         "product_confidence": product_confidence,
+        "product_extend_confidence": product_extend,
         "nms_iou": NMS_IOU,
         "test_mAP50": map50,
         "test_mAP50_95": map50_95,
@@ -420,7 +431,9 @@ def evaluate(args: argparse.Namespace) -> dict:
         "rows": {key: {"label": labels[key], **scores[key].summary()} for key in labels if key in scores},
     }
     if models.detector is not None:
-        results["detector"] = detector_results(models.detector, models.confidence, records, args.detector)
+        results["detector"] = detector_results(
+            models.detector, models.confidence, records, args.detector, models.extend_confidence
+        )
     return results
 
 
@@ -457,7 +470,9 @@ def markdown(results: dict) -> str:
             f"Detector ({d['model']}): test mAP@0.5 {cell(d['test_mAP50'])}, mAP@0.5:0.95 {cell(d['test_mAP50_95'])} "
             f"(these studies, confidence {KEEP_EVERY_BOX}, NMS IoU {d['nms_iou']}); manifest figures "
             f"{cell(d['manifest_mAP50'])} / {cell(d['manifest_mAP50_95'])}; paper 0.974 / 0.794. "
-            f"Product boxes: confidence ≥ {d['product_confidence']}.",
+            f"Product boxes: confidence ≥ {d['product_confidence']}"
+            + (f", continued across slices down to {d['product_extend_confidence']} (`ichseg.z_continuity`)."
+               if d.get("product_extend_confidence") not in (None, d["product_confidence"]) else "."),
         ]
     if "guard" in results:
         g = results["guard"]
@@ -490,6 +505,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--confidence", type=float, default=None,
                         help="detector confidence for the product row "
                              "(default: the manifest's operating point, as the app)")
+    parser.add_argument("--extend-confidence", type=float, default=None,
+                        help="product row: boxes this sure or more are kept where they continue a box at --confidence "
+                             "on the same or an adjacent slice (default: the manifest's, as the app)")
     parser.add_argument("--merge", type=_merges, default=MERGE_MODES,
                         help=f"comma-separated merge modes of the two-stage rows (default {','.join(MERGE_MODES)})")
     parser.add_argument("--guard-hu", type=_hu_range, default=BLOOD_HU, help="guard rows: blood HU range LOW,HIGH")

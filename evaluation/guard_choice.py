@@ -1,14 +1,14 @@
-"""``python -m evaluation.evaluate --choose-guard``: the product's operating point — detector confidence, merge mode and
-guard — chosen on validation.
+"""``python -m evaluation.evaluate --choose-guard``: the product's operating point — detector confidence, extend
+confidence (``ichseg.z_continuity``), merge mode and guard — chosen on validation.
 
-Each validation study is detected once (every box kept); for each confidence of ``CONFIDENCE_SWEEP`` and each merge
-mode the product runs with the guard off (``ichseg.pipeline.run``; a crop shared by several of them is segmented
-once), and every guard setting of ``GUARD_SWEEP`` is
-applied to those masks and scored like the evaluation's rows. The confidence is chosen here, with the guard, because
-the F1 maximum of the detector alone (the manifest's starting point) does not know what the guard will remove. The
-volumes are cut to the 3D box of prediction and truth first (the guard only removes, so nothing outside can
-change), and components are labelled once per HU range and margin: the guard sweep adds seconds, not minutes, per
-study.
+Each validation study is detected once (every box kept); for each confidence of ``CONFIDENCE_SWEEP``, each extend
+confidence of ``EXTEND_SWEEP`` below it (and the plain threshold) and each merge mode the product runs with the
+guard off (``ichseg.pipeline.run``; a crop shared by several of them is segmented once), and every guard setting of
+``GUARD_SWEEP`` is applied to those masks and scored like the evaluation's rows. The confidences are chosen here,
+with the guard, because the F1 maximum of the detector alone (the manifest's starting point) does not know what the
+guard will remove. The volumes are cut to the 3D box of prediction and truth first (the guard only removes, so
+nothing outside can change), and components are labelled once per HU range and margin: the guard sweep adds seconds,
+not minutes, per study.
 """
 
 from __future__ import annotations
@@ -39,11 +39,21 @@ GUARD_SWEEP = {  # --choose-guard grid
 }
 SWEEP_ROWS_SAVED = 200  # of the thousands of rows, the best ones go into guard_choice.json (a tracked result)
 CONFIDENCE_SWEEP = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4)  # detector confidences tried, and the manifest's own
+EXTEND_SWEEP = (0.05, 0.1)  # extend confidences tried below each confidence, and the manifest's own
+
+Thresholds = tuple[float, float]  # (confidence, extend confidence); equal: the plain threshold
 
 
 def sweep_confidences(current: float, grid: tuple[float, ...] | None = None) -> list[float]:
     """The confidence grid (default ``CONFIDENCE_SWEEP``) and the detector's current operating point, ascending."""
     return sorted({*(CONFIDENCE_SWEEP if grid is None else grid), round(current, 4)})
+
+
+def sweep_thresholds(current: Thresholds, grid: tuple[float, ...] | None = None) -> list[Thresholds]:
+    """Each confidence of ``sweep_confidences`` alone and with each lower extend confidence of ``EXTEND_SWEEP`` (and
+    the current one), ascending."""
+    extends = {*EXTEND_SWEEP, round(current[1], 4)}
+    return sorted({(c, e) for c in sweep_confidences(current[0], grid) for e in (c, *extends) if e <= c})
 
 
 def sweep_options() -> list[GuardOptions]:
@@ -104,7 +114,7 @@ def objective(summary: dict, name: str) -> float:
     return float(np.mean(values)) if values else math.nan
 
 
-SweepScores = dict[tuple[float, str, GuardOptions], Scores]
+SweepScores = dict[tuple[float, float, str, GuardOptions], Scores]
 
 
 class CropMemo(HemorrhageSegmenter):
@@ -141,13 +151,14 @@ def crop_to(anatomy: Anatomy, masks: list[np.ndarray]) -> tuple[Anatomy, tuple[s
     ), box
 
 
-def sweep_scores(args: argparse.Namespace, merges: tuple[str, ...]) -> tuple[SweepScores, int, float]:
-    """Scores of the product masks of the validation studies for each (confidence, merge mode, guard option), guard
-    off included; also the number of studies and the detector's current operating point."""
+def sweep_scores(args: argparse.Namespace, merges: tuple[str, ...]) -> tuple[SweepScores, int, Thresholds]:
+    """Scores of the product masks of the validation studies for each (confidence, extend confidence, merge mode,
+    guard option), guard off included; also the number of studies and the detector's current operating point."""
     models = Models.load(args)
     if "product" not in models.segmenters or models.detector is None or models.confidence is None:
         raise SystemExit("--choose-guard needs both the detector and the crop segmenter")
-    segmenter, current = CropMemo(models.segmenters["product"]), models.confidence
+    segmenter = CropMemo(models.segmenters["product"])
+    current = (round(models.confidence, 4), round(models.extend_confidence or models.confidence, 4))
     options, off = sweep_options(), GuardOptions(enabled=False)
     scores: SweepScores = {}
     ids = study_ids(args.data, "val")[: args.limit]
@@ -158,16 +169,17 @@ def sweep_scores(args: argparse.Namespace, merges: tuple[str, ...]) -> tuple[Swe
         anatomy = pipeline.anatomy_of(study.series)
         detections = pipeline.detect(models.detector, study.windowed)  # every box: each confidence filters them
         masks = {
-            (confidence, merge): pipeline.run(
+            (confidence, extend, merge): pipeline.run(
                 study.series, segmenter, windowed=study.windowed, detections=detections, anatomy=anatomy,
-                options=pipeline.PipelineOptions(merge=merge, confidence=confidence, guard=off),
+                options=pipeline.PipelineOptions(merge=merge, confidence=confidence, extend_confidence=extend,
+                                                 guard=off),
             ).unguarded
-            for confidence in sweep_confidences(current, args.confidences) for merge in merges
+            for confidence, extend in sweep_thresholds(current, args.confidences) for merge in merges
         }
         cut, box = crop_to(anatomy, [truth, *masks.values()])
         empty = len(truth) - len(cut.inside)  # slices with nothing predicted and nothing true
         truth = truth[box]
-        same_mask: dict[bytes, list[tuple[float, str]]] = {}  # confidences often give the same product mask
+        same_mask: dict[bytes, list[tuple[float, float, str]]] = {}  # thresholds often give the same product mask
         for key, mask in masks.items():
             same_mask.setdefault(hashlib.blake2b(np.packbits(mask[box])).digest(), []).append(key)
         for keys in same_mask.values():
@@ -176,11 +188,11 @@ def sweep_scores(args: argparse.Namespace, merges: tuple[str, ...]) -> tuple[Swe
                         **guarded_scores(mask, truth, cut, options, empty)}
             for key, (option, score) in itertools.product(keys, measured.items()):
                 scores.setdefault((*key, option), Scores()).record(score)
-    return scores, len(ids), round(current, 4)
+    return scores, len(ids), current
 
 
-def _ranking(current: float) -> Callable[[dict], tuple]:
-    """Sort key: best objective first; a tie keeps the detector's current confidence, the default merge and each
+def _ranking(current: Thresholds) -> Callable[[dict], tuple]:
+    """Sort key: best objective first; a tie keeps the detector's current thresholds, the default merge and each
     current guard default the validation data cannot tell apart (the HU bounds are physics where the masks never
     reach them), then the gentlest guard."""
     default = GuardOptions().describe()
@@ -190,7 +202,9 @@ def _ranking(current: float) -> Callable[[dict], tuple]:
         score = -row["objective"] if not math.isnan(row["objective"]) else math.inf
         low, high = guard["hu_range"]
         return (
-            score, row["confidence"] != current, abs(row["confidence"] - current), row["merge"] != DEFAULT_MERGE,
+            score, row["confidence"] != current[0], abs(row["confidence"] - current[0]),
+            row["extend_confidence"] != current[1], abs(row["extend_confidence"] - current[1]),
+            row["merge"] != DEFAULT_MERGE,
             guard["min_component_ml"] != default["min_component_ml"], guard["min_component_ml"],
             guard["hu_range"] != default["hu_range"], low - high,
             guard["cavity_margin_mm"] != default["cavity_margin_mm"], guard["cavity_margin_mm"],
@@ -200,37 +214,49 @@ def _ranking(current: float) -> Callable[[dict], tuple]:
 
 
 def choose_guard(args: argparse.Namespace) -> dict:
-    """Sweep confidences × merge modes × guard settings on the validation split; the best by ``args.objective``."""
+    """Sweep thresholds × merge modes × guard settings on the validation split; the best by ``args.objective``."""
     merges = tuple(args.merge)
     scores, studies, current = sweep_scores(args, merges)
-    confidences = sweep_confidences(current, args.confidences)
+    confidences = sweep_confidences(current[0], args.confidences)
     table: list[dict[str, Any]] = []
-    for (confidence, merge, option), row in scores.items():
+    for (confidence, extend, merge, option), row in scores.items():
         summary = row.summary()
         summary.pop("seconds_per_slice")
-        table.append({"confidence": confidence, "merge": merge, "guard": option.describe(),
-                      "objective": objective(summary, args.objective), **summary})
+        table.append({"confidence": confidence, "extend_confidence": extend, "merge": merge,
+                      "guard": option.describe(), "objective": objective(summary, args.objective), **summary})
     table.sort(key=_ranking(current))
 
-    def first(merge: str, guard: dict | None = None, enabled: bool = True, confidence: float | None = None) -> dict:
+    def first(
+        merge: str, guard: dict | None = None, enabled: bool = True, confidence: float | None = None,
+        extend: float | None = None, plain: bool = False,
+    ) -> dict:
         return next(r for r in table if r["merge"] == merge and r["guard"]["enabled"] == enabled
                     and (guard is None or r["guard"] == guard)
-                    and (confidence is None or r["confidence"] == confidence))
+                    and (confidence is None or r["confidence"] == confidence)
+                    and (extend is None or r["extend_confidence"] == extend)
+                    and (not plain or r["extend_confidence"] == r["confidence"]))
+
+    default_merge = DEFAULT_MERGE if DEFAULT_MERGE in merges else merges[0]
 
     return {
         "data": str(args.data),
         "split": "val",
         "studies": studies,
         "objective": {"name": args.objective, "mean_of": list(OBJECTIVES[args.objective])},
-        "current_confidence": current,
+        "current_confidence": current[0],
+        "current_extend_confidence": current[1],
         "best": table[0],
         "best_per_merge": {merge: first(merge) for merge in merges},
-        "best_at_current_confidence": {merge: first(merge, confidence=current) for merge in merges},
-        "current_defaults": {merge: first(merge, GuardOptions().describe(), confidence=current) for merge in merges},
-        "unguarded": {merge: first(merge, enabled=False, confidence=current) for merge in merges},
-        "best_per_confidence": [first(DEFAULT_MERGE if DEFAULT_MERGE in merges else merges[0], confidence=c)
-                                for c in confidences],
+        "best_plain_threshold": first(default_merge, plain=True),
+        "best_at_current_confidence": {merge: first(merge, confidence=current[0], extend=current[1])
+                                       for merge in merges},
+        "current_defaults": {merge: first(merge, GuardOptions().describe(), confidence=current[0], extend=current[1])
+                             for merge in merges},
+        "unguarded": {merge: first(merge, enabled=False, confidence=current[0], extend=current[1])
+                      for merge in merges},
+        "best_per_confidence": [first(default_merge, confidence=c) for c in confidences],
         "grid": {"confidence": confidences,
+                 "extend_confidence": sorted({e for _, e in sweep_thresholds(current, args.confidences)}),
                  **{k: list(v) for k, v in GUARD_SWEEP.items()}},
         "evaluated": len(table),
         "sweep": table[:SWEEP_ROWS_SAVED],
@@ -243,7 +269,9 @@ def guard_choice_markdown(choice: dict) -> str:
         f"# Confidence, merge and guard choice on the validation split ({choice['studies']} studies, {choice['data']})",
         "",
         f"Objective: mean of {', '.join(choice['objective']['mean_of'])}. The detector's current operating "
-        f"confidence: {choice['current_confidence']:g}.",
+        f"confidence: {choice['current_confidence']:g}, continued across slices down to "
+        f"{choice.get('current_extend_confidence', choice['current_confidence']):g} (`ichseg.z_continuity`; equal: "
+        "a plain threshold).",
         "",
         "| configuration | objective | slice Dice | pooled Dice | study sens. | study spec. | FP slices "
         "| volume error (mL) |",
@@ -251,6 +279,7 @@ def guard_choice_markdown(choice: dict) -> str:
     ]
     named = [("best", choice["best"])]
     named += [(f"best, {m} merge", r) for m, r in choice["best_per_merge"].items()]
+    named += [("best plain threshold", choice["best_plain_threshold"])]
     named += [(f"best at the current confidence, {m} merge", r)
               for m, r in choice["best_at_current_confidence"].items()]
     named += [(f"current defaults, {m} merge", r) for m, r in choice["current_defaults"].items()]
@@ -261,9 +290,16 @@ def guard_choice_markdown(choice: dict) -> str:
         setting = (f"HU {g['hu_range'][0]:g}–{g['hu_range'][1]:g}, margin {g['cavity_margin_mm']:g} mm, "
                    f"≥ {g['min_component_ml']:g} mL") if g["enabled"] else "guard off"
         lines.append(
-            f"| {name}: confidence ≥ {r['confidence']:g}, {r['merge']} merge, {setting} | {cell(r['objective'])} "
+            f"| {name}: confidence ≥ {r['confidence']:g}{_continued(r)}, {r['merge']} merge, {setting} "
+            f"| {cell(r['objective'])} "
             f"| {cell(r['slice_dice'])} "
             f"| {cell(r['pooled_dice'])} | {cell(r['study_sensitivity'], 2)} | {cell(r['study_specificity'], 2)} "
             f"| {r['fp_slices']} / {r['negative_slices']} | {cell(r['volume_error_ml'], 2)} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _continued(row: dict) -> str:
+    """", continued ≥ E" when the row's extend confidence is below its confidence."""
+    extend = row.get("extend_confidence", row["confidence"])
+    return f" (continued ≥ {extend:g})" if extend < row["confidence"] else ""

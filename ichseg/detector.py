@@ -58,13 +58,22 @@ def manifest_confidence(manifest: ModelManifest) -> float:
     return manifest.operating_confidence or DEFAULT_CONFIDENCE
 
 
+def extend_confidence(confidence: float, extend: float | None) -> float:
+    """The confidence a box needs to continue a finding: ``extend`` capped at ``confidence`` (None: ``confidence``,
+    a plain threshold)."""
+    return confidence if extend is None else min(extend, confidence)
+
+
 class HemorrhageDetector:
     """YOLO weights of a model folder (manifest checked), predicting per slice at 512 with NMS IoU 0.6."""
 
     def __init__(
-        self, model_dir: Path, confidence: float | None = None, iou: float = NMS_IOU, device: str | None = None
+        self, model_dir: Path, confidence: float | None = None, iou: float = NMS_IOU, device: str | None = None,
+        extend: float | None = None,
     ) -> None:
-        """``confidence`` None: the operating point stored in the manifest (chosen on validation data), else 0.25."""
+        """``confidence`` None: the operating point stored in the manifest (chosen on validation data), else 0.25.
+        ``extend`` None: the manifest's extend confidence (``ichseg.z_continuity``), when it has one; ``detect``
+        returns every box at ``extend_confidence`` or above, ``ichseg.pipeline.detect`` keeps the findings."""
         self.manifest = ModelManifest.load(model_dir)
         self.manifest.require(TASK, INPUT_SIZE, list(SUBTYPES))
         path = weights_path(model_dir)
@@ -81,6 +90,9 @@ class HemorrhageDetector:
         if self.input not in INPUT_KINDS:
             raise ModelError(f"{model_dir}: manifest training.input {self.input!r} unsupported")
         self.confidence = confidence if confidence is not None else manifest_confidence(self.manifest)
+        self.extend_confidence = extend_confidence(
+            self.confidence, extend if extend is not None else self.manifest.extend_confidence
+        )
         self.iou = iou
         self.device = default_device(device)
 
@@ -95,7 +107,7 @@ class HemorrhageDetector:
         for start in range(0, len(windowed), batch_size):
             # predict() is typed for its streaming and embedding modes too; a list call returns list[Results]
             results = cast("list[Results]", self.model.predict(
-                [to_bgr(s) for s in windowed[start:start + batch_size]], imgsz=INPUT_SIZE, conf=self.confidence,
+                [to_bgr(s) for s in windowed[start:start + batch_size]], imgsz=INPUT_SIZE, conf=self.extend_confidence,
                 iou=self.iou, device=str(self.device), verbose=False,  # FP32: ultralytics' default
             ))
             for result in results:

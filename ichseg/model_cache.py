@@ -23,9 +23,11 @@ def _stamp(model_dir: Path) -> Stamp:
     return tuple((stat.st_size, stat.st_mtime_ns) for stat in (path.stat() for path in files if path.exists()))
 
 
-def detector(model_dir: Path, confidence: float | None, iou: float, device: str | None) -> HemorrhageDetector:
-    """``HemorrhageDetector(model_dir, confidence, iou, device)``, loaded once per process and options."""
-    return _detector(Path(model_dir).resolve(), _stamp(model_dir), confidence, iou, device)
+def detector(
+    model_dir: Path, confidence: float | None, iou: float, device: str | None, extend: float | None = None
+) -> HemorrhageDetector:
+    """``HemorrhageDetector(model_dir, confidence, iou, device, extend)``, loaded once per process and options."""
+    return _detector(Path(model_dir).resolve(), _stamp(model_dir), confidence, iou, device, extend)
 
 
 def segmenter(model_dir: Path, device: str | None, precision: str) -> HemorrhageSegmenter:
@@ -35,8 +37,8 @@ def segmenter(model_dir: Path, device: str | None, precision: str) -> Hemorrhage
 
 @lru_cache(maxsize=2)
 def _detector(model_dir: Path, stamp: Stamp, confidence: float | None, iou: float,
-              device: str | None) -> HemorrhageDetector:
-    return HemorrhageDetector(model_dir, confidence, iou, device)
+              device: str | None, extend: float | None) -> HemorrhageDetector:
+    return HemorrhageDetector(model_dir, confidence, iou, device, extend)
 
 
 @lru_cache(maxsize=2)

@@ -38,6 +38,9 @@ class ModelManifest:
     training: dict[str, Any] = field(default_factory=dict)  # data, recipe, epochs, figures
     #: detection only: confidence threshold of the weights' operating point, chosen on the validation split
     operating_confidence: float | None = None
+    #: detection only: boxes this sure or more are kept when they continue an operating-confidence box on the same or
+    #: an adjacent slice (``ichseg.z_continuity``), chosen with it; None: the operating confidence alone
+    extend_confidence: float | None = None
     notice: str = "Trained on synthetic head-CT phantoms, for demonstration and testing only; not for clinical use."
 
     @property

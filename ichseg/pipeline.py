@@ -22,6 +22,7 @@ from ichseg.detector import INPUT_SIZE, Detection, resize_to_input
 from ichseg.dicom_series import CTSeries
 from ichseg.guard import Anatomy, GuardOptions, GuardReport, apply_guard, read_anatomy
 from ichseg.windowing import HEADER_INPUT, MULTI_WINDOW_INPUT, fixed_windows, window_volume
+from ichseg.z_continuity import continue_findings
 
 if TYPE_CHECKING:  # the networks are imported by whoever loads them; the geometry here stays light
     from ichseg.detector import HemorrhageDetector
@@ -85,9 +86,19 @@ def to_source_grid(detection: Detection, scale: tuple[float, float]) -> Detectio
 
 
 def detect(detector: HemorrhageDetector, windowed: WindowedSeries) -> list[list[Detection]]:
-    """Stage 1: the detections of each slice (detector's own confidence threshold), in source-grid pixels."""
+    """Stage 1: the detections of each slice at the detector's confidence, and those at its extend confidence that
+    continue them (``keep_findings``), in source-grid pixels."""
     found_512 = detector.detect(windowed.detector_input(detector.input))
-    return [[to_source_grid(d, windowed.scale) for d in found] for found in found_512]
+    kept = keep_findings(found_512, detector.confidence, detector.extend_confidence)
+    return [[to_source_grid(d, windowed.scale) for d in found] for found in kept]
+
+
+def keep_findings(
+    detections: Sequence[Sequence[Detection]], confidence: float, extend: float | None = None
+) -> list[list[Detection]]:
+    """Each slice's detections at ``confidence`` or above, and those at ``extend`` or above that overlap a kept box
+    on the same or an adjacent slice (``ichseg.z_continuity``; None: the plain threshold)."""
+    return continue_findings(detections, confidence, confidence if extend is None else min(extend, confidence))
 
 
 def cluster_margin_px(pixel_spacing: tuple[float, float], margin_mm: float = CLUSTER_MARGIN_MM) -> float:
@@ -96,14 +107,10 @@ def cluster_margin_px(pixel_spacing: tuple[float, float], margin_mm: float = CLU
 
 
 def merge(
-    detections: Sequence[Sequence[Detection]], mode: str = DEFAULT_MERGE, margin_px: float = 0.0,
-    confidence: float | None = None,
+    detections: Sequence[Sequence[Detection]], mode: str = DEFAULT_MERGE, margin_px: float = 0.0
 ) -> list[list[Box]]:
-    """Between the stages: each slice's boxes (those with confidence ≥ ``confidence`` if given) merged by ``mode``."""
-    return [
-        merge_slice((d.box for d in found if confidence is None or d.confidence >= confidence), mode, margin_px)
-        for found in detections
-    ]
+    """Between the stages: each slice's boxes merged by ``mode``."""
+    return [merge_slice((d.box for d in found), mode, margin_px) for found in detections]
 
 
 def segment(segmenter: HemorrhageSegmenter, windowed: WindowedSeries, boxes: Sequence[Sequence[Box]]) -> np.ndarray:
@@ -135,6 +142,7 @@ class PipelineOptions:
     merge: str = DEFAULT_MERGE
     cluster_margin_mm: float = CLUSTER_MARGIN_MM
     confidence: float | None = None  # None: keep every detection passed in (the detector already thresholded)
+    extend_confidence: float | None = None  # with ``confidence``: hysteresis down to this (``keep_findings``)
     guard: GuardOptions = field(default_factory=GuardOptions)
 
 
@@ -173,9 +181,11 @@ def run(
             detections = [[] for _ in range(len(series.hu))]
         else:
             raise ValueError("a crop segmenter needs a detector or detections")
-    found = [list(d) for d in detections]
-    boxes = merge(found, options.merge, cluster_margin_px(series.pixel_spacing, options.cluster_margin_mm),
-                  options.confidence)
+    found = (
+        [list(d) for d in detections] if options.confidence is None
+        else keep_findings(detections, options.confidence, options.extend_confidence)
+    )
+    boxes = merge(found, options.merge, cluster_margin_px(series.pixel_spacing, options.cluster_margin_mm))
     clock = time.perf_counter()
     unguarded = segment(segmenter, windowed, boxes)
     seconds["segment"] = time.perf_counter() - clock

@@ -3,7 +3,8 @@
 Kept apart from the operator so the report's content can be tested without running the application graph.
 Volumes and voxel counts are of the final (guarded) mask; the ``guard`` entry says what the anatomical guard
 applied and removed, rule by rule, and each slice entry also gives the segmenter's voxel count before the guard.
-``settings.confidence`` is the detector threshold actually used, also when it came from the model manifest.
+``settings.confidence`` and ``settings.extend_confidence`` are the detector thresholds actually used, also when they
+came from the model manifest.
 """
 
 from __future__ import annotations
@@ -69,11 +70,12 @@ def build_report(
     guard: GuardReport,
     models: Mapping[str, ModelManifest],
     settings: Mapping[str, Any],
-    confidence: float,
+    thresholds: Mapping[str, float],
     outputs: Mapping[str, str],
     timings_s: Mapping[str, float],
 ) -> dict[str, Any]:
-    """The report as JSON-ready data; ``confidence`` (the detector's resolved threshold) replaces the setting."""
+    """The report as JSON-ready data; ``thresholds`` (the detector's resolved confidence and extend confidence)
+    replace the settings."""
     voxels = int(mask.sum())
     return {
         "application": {"name": "ICH segmentation MAP", "version": __version__},
@@ -100,7 +102,7 @@ def build_report(
                    "input": m.input}  # which windows the network was trained on
             for role, m in models.items()
         },
-        "settings": {**settings, "confidence": confidence},
+        "settings": {**settings, **thresholds},
         "guard": guard.to_json(),
         "slices": slice_entries(series, detections, boxes, unguarded, mask),
         "outputs": {**outputs, "report": REPORT_NAME},

@@ -28,6 +28,7 @@ class Settings:
     """Options beyond the SDK's -i/-o/-m, from ICH_* environment variables (containers pass env easily)."""
 
     confidence: float | None = None  # None: the detector manifest's operating point
+    extend_confidence: float | None = None  # None: the manifest's (ichseg.z_continuity); = confidence: plain threshold
     iou: float = 0.6
     device: str | None = None
     precision: str = "auto"  # the segmenter's: bf16 autocast where native, else fp32
@@ -45,6 +46,7 @@ class Settings:
         iou = _fraction("ICH_IOU", cls.iou)
         return cls(
             confidence=_fraction("ICH_CONFIDENCE", cls.confidence),
+            extend_confidence=_fraction("ICH_EXTEND_CONFIDENCE", cls.extend_confidence),
             iou=cls.iou if iou is None else iou,
             device=os.environ.get("ICH_DEVICE") or None,
             precision=_choice("ICH_PRECISION", PRECISIONS, cls.precision),

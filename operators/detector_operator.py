@@ -21,14 +21,15 @@ logger = logging.getLogger("ichseg.app")
 
 class DetectorOperator(Operator):
     """``windowed`` (WindowedSeries) → ``detections`` (one list of Detection per slice, source grid) and
-    ``confidence``, the threshold used (the setting, else the manifest's operating point) for the report."""
+    ``thresholds``, the confidence and extend confidence used (the settings, else the manifest's operating point) for
+    the report: a box at ``confidence`` starts a finding, one at the extend confidence continues it across slices."""
 
     def __init__(
         self, fragment: Fragment, *args: Any, model_dir: Path, confidence: float | None, iou: float, device: str | None,
-        clock: StageClock, **kwargs: Any,
+        clock: StageClock, extend: float | None = None, **kwargs: Any,
     ):
         self.model_dir = Path(model_dir)
-        self.confidence, self.iou, self.device = confidence, iou, device
+        self.confidence, self.extend, self.iou, self.device = confidence, extend, iou, device
         self.clock = clock
         self.detector: HemorrhageDetector | None = None
         super().__init__(fragment, *args, **kwargs)
@@ -36,14 +37,15 @@ class DetectorOperator(Operator):
     def setup(self, spec: OperatorSpec) -> None:
         spec.input("windowed")
         spec.output("detections")
-        spec.output("confidence")
+        spec.output("thresholds")
 
     def start(self) -> None:
         with self.clock.stage("load detector model"):
-            self.detector = model_cache.detector(self.model_dir, self.confidence, self.iou, self.device)
+            self.detector = model_cache.detector(self.model_dir, self.confidence, self.iou, self.device, self.extend)
             logger.info(
-                "detector %s %s on %s, confidence threshold %.3f", self.detector.manifest.name,
-                self.detector.manifest.version, self.detector.device, self.detector.confidence,
+                "detector %s %s on %s, confidence threshold %.3f (continued across slices down to %.3f)",
+                self.detector.manifest.name, self.detector.manifest.version, self.detector.device,
+                self.detector.confidence, self.detector.extend_confidence,
             )
 
     def compute(self, op_input, op_output, context) -> None:
@@ -57,4 +59,7 @@ class DetectorOperator(Operator):
                 f" ({', '.join(found)})" if found else "",
             )
         op_output.emit(detections, "detections")
-        op_output.emit(self.detector.confidence, "confidence")
+        op_output.emit(
+            {"confidence": self.detector.confidence, "extend_confidence": self.detector.extend_confidence},
+            "thresholds",
+        )

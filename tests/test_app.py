@@ -138,7 +138,7 @@ def test_graph_is_wired_as_designed(tmp_path: Path) -> None:
         ("box_merger", "preview"): {"boxes": {"boxes"}},
         ("anatomical_guard", "preview"): {"mask": {"mask"}},
         ("dicom_series_loader", "report"): {"series": {"series"}, "selection": {"selection"}},
-        ("yolo_detector", "report"): {"detections": {"detections"}, "confidence": {"confidence"}},
+        ("yolo_detector", "report"): {"detections": {"detections"}, "thresholds": {"thresholds"}},
         ("box_merger", "report"): {"boxes": {"boxes"}},
         ("transdeeplab_segmenter", "report"): {"mask": {"unguarded"}},
         ("anatomical_guard", "report"): {"mask": {"mask"}, "guard": {"guard"}},
@@ -198,7 +198,8 @@ def test_missing_model_fails_first_with_exit_status(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("variable, value", [
-    ("ICH_CONFIDENCE", "2"), ("ICH_SELECTION_RULES", "/missing/rules.json"), ("ICH_MERGE", "union"),
+    ("ICH_CONFIDENCE", "2"), ("ICH_EXTEND_CONFIDENCE", "0"), ("ICH_SELECTION_RULES", "/missing/rules.json"),
+    ("ICH_MERGE", "union"),
     ("ICH_GUARD", "maybe"), ("ICH_GUARD_HU", "100,40"), ("ICH_GUARD_MIN_ML", "-1"),
 ])
 def test_bad_setting_is_a_usage_error(variable: str, value: str, tmp_path: Path, environment: pytest.MonkeyPatch,
@@ -230,9 +231,11 @@ def test_positive_study(positive_study: Path, tmp_path: Path) -> None:
     assert report["hemorrhage_detected"] and report["subtypes_detected"]
     assert (mask & truth).sum() > 0, "the mask overlaps the true hemorrhage"
     operating_point = json.loads((MODELS / "detector" / "manifest.json").read_text())["operating_confidence"]
+    manifest = json.loads((MODELS / "detector" / "manifest.json").read_text())
     assert report["settings"]["confidence"] == operating_point, (
         "no ICH_CONFIDENCE: the threshold used is the manifest's"
     )
+    assert report["settings"]["extend_confidence"] == (manifest.get("extend_confidence") or operating_point)
     guard = report["guard"]
     assert guard["applied"] and report["settings"]["guard"] and report["settings"]["merge"] == "slice"
     assert guard["settings"]["hu_range"] == report["settings"]["guard_hu"]

@@ -95,7 +95,7 @@ def test_evaluation_command_on_a_256_series(study_folder: Path, tmp_path: Path,
 
 def test_choose_guard_writes_its_choice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``--choose-guard`` on a (tiny) validation split: the sweep, the best setting, the defaults and no guard."""
-    from evaluation.guard_choice import sweep_confidences, sweep_options
+    from evaluation.guard_choice import sweep_confidences, sweep_options, sweep_thresholds
 
     monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "yolo"))
     data = data_folder(tmp_path / "data", generated_study(tmp_path / "short", slices=4), "val")  # the sweep is slow
@@ -103,15 +103,21 @@ def test_choose_guard_writes_its_choice(tmp_path: Path, monkeypatch: pytest.Monk
     evaluate_main(["--data", str(data), "--detector", str(MODELS / "detector"), "--segmenter",
                    str(MODELS / "segmenter"), "--choose-guard", "--confidences", "0.3", "--out", str(out)])
     choice = json.loads((out / "guard_choice.json").read_text())
-    confidences = sweep_confidences(choice["current_confidence"], (0.3,))
-    assert choice["current_confidence"] == json.loads((MODELS / "detector" / "manifest.json").read_text())[
-        "operating_confidence"] and choice["current_confidence"] in confidences
-    assert choice["evaluated"] == len(confidences) * 2 * (len(sweep_options()) + 1), \
-        "confidences × both merges × (grid + guard off)"
+    current = choice["current_confidence"], choice["current_extend_confidence"]
+    confidences = sweep_confidences(current[0], (0.3,))
+    manifest = json.loads((MODELS / "detector" / "manifest.json").read_text())
+    assert current[0] == manifest["operating_confidence"] and current[0] in confidences
+    assert current[1] == (manifest.get("extend_confidence") or current[0])
+    thresholds = sweep_thresholds(current, (0.3,))
+    assert (0.3, 0.3) in thresholds and (0.3, 0.1) in thresholds and all(e <= c for c, e in thresholds)
+    assert choice["evaluated"] == len(thresholds) * 2 * (len(sweep_options()) + 1), \
+        "(confidence, extend) pairs × both merges × (grid + guard off)"
     assert choice["sweep"][0] == choice["best"] and len(choice["sweep"]) == 200
     assert [r["confidence"] for r in choice["best_per_confidence"]] == confidences
     assert choice["best"]["objective"] >= max(r["objective"] for r in choice["unguarded"].values())
     assert choice["best"]["objective"] >= max(r["objective"] for r in choice["best_at_current_confidence"].values())
-    assert all(r["confidence"] == choice["current_confidence"] for r in choice["current_defaults"].values())
+    assert all((r["confidence"], r["extend_confidence"]) == current for r in choice["current_defaults"].values())
+    plain = choice["best_plain_threshold"]
+    assert plain["extend_confidence"] == plain["confidence"] and choice["best"]["objective"] >= plain["objective"]
     assert set(choice["current_defaults"]) == {"slice", "cluster"} and choice["split"] == "val"
     assert "Confidence, merge and guard choice" in (out / "guard_choice.md").read_text()

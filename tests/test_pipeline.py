@@ -38,10 +38,30 @@ def test_cluster_merge_keeps_distant_boxes_apart() -> None:
 def test_merge_uses_confidence_and_mode() -> None:
     found = [[Detection(0, 0.9, (100.0, 200.0, 140.0, 260.0)), Detection(3, 0.8, (380.0, 210.0, 420.0, 250.0)),
               Detection(1, 0.05, (10.0, 10.0, 20.0, 20.0))], []]
-    assert pipeline.merge(found, "cluster", 20.0, confidence=0.1) == [
-        [(100.0, 200.0, 140.0, 260.0), (380.0, 210.0, 420.0, 250.0)], []]
-    assert pipeline.merge(found, "slice", confidence=0.1) == [[(100.0, 200.0, 420.0, 260.0)], []]
+    kept = pipeline.keep_findings(found, 0.1)
+    assert pipeline.merge(kept, "cluster", 20.0) == [[(100.0, 200.0, 140.0, 260.0), (380.0, 210.0, 420.0, 250.0)], []]
+    assert pipeline.merge(kept, "slice") == [[(100.0, 200.0, 420.0, 260.0)], []]
     assert pipeline.merge(found, "slice")[0] == [(10.0, 10.0, 420.0, 260.0)]
+
+
+def test_weak_boxes_are_kept_only_where_they_continue_a_sure_one() -> None:
+    """Hysteresis across slices (``ichseg.z_continuity``): a clot's weak top and bottom slices follow its sure middle
+    slice, transitively; a weak box elsewhere (a mimic) and one that only touches an edge do not."""
+    clot = (100.0, 100.0, 140.0, 140.0)
+    found = [
+        [Detection(0, 0.08, (110.0, 110.0, 130.0, 130.0))],  # two slices from the seed, through the next one
+        [Detection(0, 0.12, (105.0, 105.0, 135.0, 135.0)), Detection(2, 0.09, (300.0, 300.0, 320.0, 320.0))],
+        [Detection(0, 0.6, clot), Detection(3, 0.07, (140.0, 100.0, 160.0, 140.0))],  # touching edge only
+        [],
+        [Detection(0, 0.09, (100.0, 100.0, 140.0, 140.0))],  # a gap slice breaks the chain
+    ]
+    kept = pipeline.keep_findings(found, confidence=0.5, extend=0.05)
+    assert kept == [[found[0][0]], [found[1][0]], [found[2][0]], [], []]
+    assert pipeline.keep_findings(found, confidence=0.5) == [[], [], [found[2][0]], [], []], "plain threshold"
+    assert pipeline.keep_findings(found, confidence=0.5, extend=0.1) == [[], [found[1][0]], [found[2][0]], [], []]
+    assert pipeline.keep_findings(found, confidence=0.05, extend=0.5) == [
+        [d for d in s if d.confidence >= 0.05] for s in found], "an extend above the confidence is the plain threshold"
+    assert pipeline.keep_findings([[]] * 3, 0.5, 0.05) == [[], [], []]
 
 
 @pytest.fixture(scope="module")

@@ -55,7 +55,8 @@ def report() -> dict:
     return build_report(
         series=series, selection=choice(), detections=detections, boxes=boxes, unguarded=unguarded, mask=mask,
         guard=guard, models={"detector": _manifest("yolo", "detection"), "segmenter": _manifest("tdl", "segmentation")},
-        settings={"confidence": None, "iou": 0.6, "merge": "slice"}, confidence=0.42,
+        settings={"confidence": None, "extend_confidence": None, "iou": 0.6, "merge": "slice"},
+        thresholds={"confidence": 0.42, "extend_confidence": 0.1},
         outputs={"seg": "ich_seg.dcm", "preview": "ich_preview.png"}, timings_s={"YOLO detection": 1.5},
     )
 
@@ -71,7 +72,7 @@ def test_result_and_volume_are_of_the_guarded_mask(report: dict) -> None:
 
 def test_settings_record_the_confidence_actually_used(report: dict) -> None:
     """A ``None`` setting (manifest operating point) is replaced by the threshold the detector resolved."""
-    assert report["settings"] == {"confidence": 0.42, "iou": 0.6, "merge": "slice"}
+    assert report["settings"] == {"confidence": 0.42, "extend_confidence": 0.1, "iou": 0.6, "merge": "slice"}
 
 
 def test_slices_series_models_outputs(report: dict) -> None:
@@ -102,7 +103,7 @@ def test_report_serialises_and_empty_mask_reads_no_hemorrhage(report: dict) -> N
     nothing = build_report(
         series=series, selection=choice(), detections=[[]] * 4, boxes=[[]] * 4, unguarded=empty, mask=empty,
         guard=GuardReport.unchanged(empty, GuardOptions(enabled=False), 1.25e-3), models={}, settings={},
-        confidence=0.999, outputs={}, timings_s={},
+        thresholds={"confidence": 0.999, "extend_confidence": 0.999}, outputs={}, timings_s={},
     )
     assert nothing["result"] == "no hemorrhage detected" and nothing["hemorrhage_volume_ml"] == 0
     assert nothing["slices"] == [] and nothing["subtypes_detected"] == []
