@@ -74,10 +74,9 @@ def test_negative_slices_stay_empty(models, negative_study: Path) -> None:
 def test_positive_study_dice_floor(models, positive_study: Path) -> None:
     """Product Dice (detector → merge → segmenter → guard, the app's defaults) of the whole positive study.
 
-    Measured 0.923 with detector v0.4.1 (0.3 continued ≥ 0.05; 0.923 too with v0.4.0 at 0.2) + segmenter v0.3.0 and the guard defaults
-    chosen on validation (0.909 with segmenter v0.2.0; 0.928 with detector v0.3.0 at 0.0901 + segmenter v0.2.0;
-    0.531 with both at v0.2.0 and the earlier guard). The floor,
-    about 80 % of it, fails on a real
+    Measured 0.923 with detector v0.4.1 (0.3 continued ≥ 0.05; 0.923 too with v0.4.0 at 0.2) + segmenter v0.3.0 and
+    the guard defaults chosen on validation (0.909 with segmenter v0.2.0; 0.928 with detector v0.3.0 at 0.0901 +
+    segmenter v0.2.0; 0.531 with both at v0.2.0 and the earlier guard). The floor, about 80 % of it, fails on a real
     regression (weights, preprocessing, box mapping, guard), not on numeric noise; re-measure after retraining.
     """
     series = load_single_series(positive_study / "ct")
