@@ -321,6 +321,11 @@ def test_slice_dice_iou_on_hand_made_masks() -> None:
     assert summary["pooled_dice"] == pytest.approx(2 * 48 / (81 + 96))
     assert summary["volume_error_ml"] == pytest.approx(abs(81 - 96) * 0.5)
     assert summary["seconds_per_slice"] == pytest.approx(0.5)
+    scores.add(truth, truth, voxel_ml=0.5, seconds=0.0)  # exact: error 0
+    scores.add(predicted, truth, voxel_ml=2.0, seconds=0.0)  # four times the first study's error
+    errors = [abs(81 - 96) * 0.5, 0.0, abs(81 - 96) * 2.0]
+    assert scores.summary()["volume_error_ml"] == pytest.approx(np.mean(errors))
+    assert scores.summary()["median_volume_error_ml"] == pytest.approx(abs(81 - 96) * 0.5), "the issue's target"
     assert pooled_dice(0, 0, 0) == 1.0
 
 
