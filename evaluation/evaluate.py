@@ -505,10 +505,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--segmenter", type=Path, default=Path("models/segmenter"), help="crop (two-stage) model")
     parser.add_argument("--single-stage", type=Path, default=None, help="whole-slice TransDeepLab model")
     parser.add_argument("--baseline", type=Path, default=None, help="whole-slice MONAI baseline model")
-    parser.add_argument("--confidence", type=float, default=None,
+    parser.add_argument("--confidence", type=_confidence, default=None,
                         help="detector confidence for the product row "
                              "(default: the manifest's operating point, as the app)")
-    parser.add_argument("--extend-confidence", type=float, default=None,
+    parser.add_argument("--extend-confidence", type=_confidence, default=None,
                         help="product row: boxes this sure or more are kept where they continue a box at --confidence "
                              "on the same or an adjacent slice (default: the manifest's, as the app)")
     parser.add_argument("--merge", type=_merges, default=MERGE_MODES,
@@ -519,11 +519,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--guard-margin-mm", type=float, default=CAVITY_MARGIN_MM,
                         help="guard rows: distance from bone (mm)")
     parser.add_argument("--choose-guard", action="store_true",
-                        help="sweep detector confidences, merge modes and guard settings on the validation split; "
+                        help="sweep detector confidences and extend confidences, merge modes and guard settings on "
+                             "the validation split; "
                              "write guard_choice.json")
     parser.add_argument("--confidences", type=_confidences, default=None,
                         help="--choose-guard: comma-separated detector confidences to try (default: a grid from "
-                             "0.05 to 0.4); the manifest's operating point is always tried")
+                             "0.05 to 0.4), each alone and continued down to 0.05 and 0.1; the manifest's operating "
+                             "point is always tried")
     parser.add_argument("--objective", choices=sorted(OBJECTIVES), default="balanced",
                         help="what --choose-guard maximises")
     parser.add_argument("--limit", type=int, default=None, help="use the first N studies of the split only")
@@ -536,6 +538,13 @@ def _merges(text: str) -> tuple[str, ...]:
     if not modes or any(m not in MERGE_MODES for m in modes):
         raise argparse.ArgumentTypeError(f"expected merge modes from {', '.join(MERGE_MODES)}")
     return modes
+
+
+def _confidence(text: str) -> float:
+    values = _confidences(text)
+    if len(values) != 1:
+        raise argparse.ArgumentTypeError("expected one confidence between 0 and 1")
+    return values[0]
 
 
 def _confidences(text: str) -> tuple[float, ...]:

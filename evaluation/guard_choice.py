@@ -158,7 +158,8 @@ def sweep_scores(args: argparse.Namespace, merges: tuple[str, ...]) -> tuple[Swe
     if "product" not in models.segmenters or models.detector is None or models.confidence is None:
         raise SystemExit("--choose-guard needs both the detector and the crop segmenter")
     segmenter = CropMemo(models.segmenters["product"])
-    current = (round(models.confidence, 4), round(models.extend_confidence or models.confidence, 4))
+    extend = models.confidence if models.extend_confidence is None else models.extend_confidence
+    current = (round(models.confidence, 4), round(extend, 4))
     options, off = sweep_options(), GuardOptions(enabled=False)
     scores: SweepScores = {}
     ids = study_ids(args.data, "val")[: args.limit]

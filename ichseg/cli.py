@@ -64,7 +64,8 @@ environment options:
   ICH_CONFIDENCE        detector confidence threshold, 0-1 (default: the detector manifest's operating point,
                         chosen on validation data; 0.25 if it names none): a box this sure starts a finding
   ICH_EXTEND_CONFIDENCE boxes this sure or more are kept where they overlap a kept box on the same or an adjacent
-                        slice (default: the manifest's extend confidence, else ICH_CONFIDENCE, a plain threshold)
+                        slice (default: the manifest's extend confidence, else ICH_CONFIDENCE, a plain threshold;
+                        capped at ICH_CONFIDENCE)
   ICH_IOU               detector NMS IoU threshold, 0-1 (default 0.6, the paper's)
   ICH_DEVICE            torch device, e.g. cuda:0 or cpu (default: first GPU if any, else CPU)
   ICH_PRECISION         segmenter precision: auto (default: bf16 autocast where the CPU/GPU has native bf16,

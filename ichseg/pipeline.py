@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ichseg.boxes import CLUSTER_MARGIN_MM, DEFAULT_MERGE, Box, merge_slice
-from ichseg.detector import INPUT_SIZE, Detection, resize_to_input
+from ichseg.detector import INPUT_SIZE, Detection, extend_confidence, resize_to_input
 from ichseg.dicom_series import CTSeries
 from ichseg.guard import Anatomy, GuardOptions, GuardReport, apply_guard, read_anatomy
 from ichseg.windowing import HEADER_INPUT, MULTI_WINDOW_INPUT, fixed_windows, window_volume
@@ -89,16 +89,16 @@ def detect(detector: HemorrhageDetector, windowed: WindowedSeries) -> list[list[
     """Stage 1: the detections of each slice at the detector's confidence, and those at its extend confidence that
     continue them (``keep_findings``), in source-grid pixels."""
     found_512 = detector.detect(windowed.detector_input(detector.input))
-    kept = keep_findings(found_512, detector.confidence, detector.extend_confidence)
-    return [[to_source_grid(d, windowed.scale) for d in found] for found in kept]
+    found = [[to_source_grid(d, windowed.scale) for d in slice_found] for slice_found in found_512]
+    return keep_findings(found, detector.confidence, detector.extend_confidence)  # on the grid the evaluation uses
 
 
 def keep_findings(
     detections: Sequence[Sequence[Detection]], confidence: float, extend: float | None = None
 ) -> list[list[Detection]]:
     """Each slice's detections at ``confidence`` or above, and those at ``extend`` or above that overlap a kept box
-    on the same or an adjacent slice (``ichseg.z_continuity``; None: the plain threshold)."""
-    return continue_findings(detections, confidence, confidence if extend is None else min(extend, confidence))
+    on the same or an adjacent slice (``ichseg.z_continuity``; None: the plain threshold; capped at ``confidence``)."""
+    return continue_findings(detections, confidence, extend_confidence(confidence, extend))
 
 
 def cluster_margin_px(pixel_spacing: tuple[float, float], margin_mm: float = CLUSTER_MARGIN_MM) -> float:
@@ -142,7 +142,7 @@ class PipelineOptions:
     merge: str = DEFAULT_MERGE
     cluster_margin_mm: float = CLUSTER_MARGIN_MM
     confidence: float | None = None  # None: keep every detection passed in (the detector already thresholded)
-    extend_confidence: float | None = None  # with ``confidence``: hysteresis down to this (``keep_findings``)
+    extend_confidence: float | None = None  # hysteresis down to this (``keep_findings``); only with ``confidence``
     guard: GuardOptions = field(default_factory=GuardOptions)
 
 

@@ -85,7 +85,9 @@ def build_report(
         "hemorrhage_voxels": voxels,
         "voxel_volume_ml": series.voxel_volume_ml,
         "hemorrhage_volume_ml": round(voxels * series.voxel_volume_ml, 3),
-        "subtypes_detected": sorted({SUBTYPES[d.subtype] for found in detections for d in found}),
+        # named by boxes at the operating confidence: a weak box continuing a finding extends it, it names nothing
+        "subtypes_detected": sorted({SUBTYPES[d.subtype] for found in detections for d in found
+                                     if d.confidence >= thresholds["confidence"]}),
         "series": {
             "study_instance_uid": str(series.headers[0].StudyInstanceUID),
             "series_instance_uid": series.series_uid,

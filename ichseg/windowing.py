@@ -12,7 +12,7 @@ BRAIN_WINDOW: tuple[float, float] = (40.0, 80.0)  # (centre/level, width) used w
 SUBDURAL_WINDOW: tuple[float, float] = (80.0, 200.0)
 
 #: What a network's three input channels hold (its manifest's ``training.input``; absent = the first).
-#: ``header-window``: the header-windowed slice in all three (the paper; the detector up to v0.4.0, the segmenter
+#: ``header-window``: the header-windowed slice in all three (the paper; the detector up to v0.4.1, the segmenter
 #: up to v0.2.0).
 #: ``header+brain+subdural``: the header window, then the fixed brain (40/80) and subdural (80/200) windows. Blood
 #: above a header window's upper limit is as white as bone (80 HU in 40/80; all blood in a stroke 40/40 window),

@@ -230,12 +230,11 @@ def test_positive_study(positive_study: Path, tmp_path: Path) -> None:
     truth = np.load(positive_study / "labels.npz")["labels"] > 0
     assert report["hemorrhage_detected"] and report["subtypes_detected"]
     assert (mask & truth).sum() > 0, "the mask overlaps the true hemorrhage"
-    operating_point = json.loads((MODELS / "detector" / "manifest.json").read_text())["operating_confidence"]
     manifest = json.loads((MODELS / "detector" / "manifest.json").read_text())
-    assert report["settings"]["confidence"] == operating_point, (
+    assert report["settings"]["confidence"] == manifest["operating_confidence"], (
         "no ICH_CONFIDENCE: the threshold used is the manifest's"
     )
-    assert report["settings"]["extend_confidence"] == (manifest.get("extend_confidence") or operating_point)
+    assert report["settings"]["extend_confidence"] == manifest["extend_confidence"] < manifest["operating_confidence"]
     guard = report["guard"]
     assert guard["applied"] and report["settings"]["guard"] and report["settings"]["merge"] == "slice"
     assert guard["settings"]["hu_range"] == report["settings"]["guard_hu"]

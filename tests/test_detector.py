@@ -232,3 +232,33 @@ def test_nms_keeps_every_image_on_a_starved_cpu(ultralytics_config: Path, monkey
     prediction[:, 4 + 2, 0] = 0.9  # candidate 0 of every image: subarachnoid, confident
     kept = nms.non_max_suppression(prediction, conf_thres=0.25, iou_thres=0.6)
     assert [len(boxes) for boxes in kept] == [1, 1, 1, 1]
+
+
+def test_thresholds_resolve_and_the_app_path_keeps_what_the_evaluation_keeps(
+    positive_study: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The two confidences come from the manifest unless set (the extend capped at the confidence), and
+    ``pipeline.detect`` (the app's detector stage) keeps what ``pipeline.keep_findings`` keeps of every box at the
+    extend confidence (the evaluation's path): one hysteresis, on the source grid, for both."""
+    from ichseg import pipeline
+    from ichseg.settings import Settings
+
+    models = Path(__file__).resolve().parents[1] / "models" / "detector"
+    manifest = ModelManifest.load(models)
+    bundled = HemorrhageDetector(models)
+    assert manifest.extend_confidence is not None, "the bundled detector continues findings across slices"
+    assert bundled.confidence == manifest.operating_confidence
+    assert bundled.extend_confidence == manifest.extend_confidence
+    assert HemorrhageDetector(models, extend=0.9).extend_confidence == bundled.confidence, "capped"
+    assert HemorrhageDetector(models, confidence=0.02).extend_confidence == 0.02
+    monkeypatch.setenv("ICH_EXTEND_CONFIDENCE", "0.07")
+    assert Settings.from_env().extend_confidence == 0.07
+
+    windowed = window_series(load_single_series(positive_study / "ct"))
+    every = pipeline.detect(HemorrhageDetector(models, confidence=bundled.extend_confidence), windowed)
+    kept = pipeline.detect(bundled, windowed)
+    assert kept == pipeline.keep_findings(every, bundled.confidence, bundled.extend_confidence)
+    plain = pipeline.detect(HemorrhageDetector(models, extend=bundled.confidence), windowed)
+    assert plain == pipeline.keep_findings(every, bundled.confidence)
+    assert all(d.confidence >= bundled.confidence for found in plain for d in found)
+    assert sum(map(len, kept)) >= sum(map(len, plain)) and any(kept)

@@ -62,6 +62,14 @@ def test_weak_boxes_are_kept_only_where_they_continue_a_sure_one() -> None:
     assert pipeline.keep_findings(found, confidence=0.05, extend=0.5) == [
         [d for d in s if d.confidence >= 0.05] for s in found], "an extend above the confidence is the plain threshold"
     assert pipeline.keep_findings([[]] * 3, 0.5, 0.05) == [[], [], []]
+    # upward from the first slice, and on the seed's own slice: an overlapping weak box joins, a distant one does not
+    upward = [
+        [Detection(0, 0.9, clot), Detection(1, 0.06, (120.0, 120.0, 180.0, 180.0)),
+         Detection(2, 0.06, (400.0, 400.0, 420.0, 420.0))],
+        [Detection(0, 0.07, (170.0, 170.0, 200.0, 200.0))],  # overlaps only the joined same-slice box
+        [Detection(0, 0.07, (190.0, 190.0, 210.0, 210.0))],
+    ]
+    assert pipeline.keep_findings(upward, 0.5, 0.05) == [upward[0][:2], upward[1], upward[2]]
 
 
 @pytest.fixture(scope="module")

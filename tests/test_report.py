@@ -47,7 +47,9 @@ def report() -> dict:
     unguarded[1, 2:5, 2:5] = True  # 9 voxels, of which the guard keeps 4
     mask = np.zeros_like(unguarded)
     mask[1, 2:4, 2:4] = True
-    detections: list[list[Detection]] = [[], [Detection(0, 0.8766, (1.04, 1.0, 6.0, 6.0))], [], []]
+    detections: list[list[Detection]] = [
+        [], [Detection(0, 0.8766, (1.04, 1.0, 6.0, 6.0)), Detection(3, 0.2, (2.0, 2.0, 5.0, 5.0))], [], []
+    ]  # the second box continues the first (extend confidence 0.1): listed, but it names no subtype
     boxes = [[], [(1.04, 1.0, 6.0, 6.0)], [], [(0.0, 0.0, 2.0, 2.0)]]
     guard = GuardReport(
         GuardOptions(), voxels_in=9, voxels_out=4, removed_voxels={"density": 5}, voxel_volume_ml=1.25e-3
@@ -66,7 +68,7 @@ def test_result_and_volume_are_of_the_guarded_mask(report: dict) -> None:
     assert report["hemorrhage_voxels"] == 4
     assert report["voxel_volume_ml"] == pytest.approx(1.25e-3)
     assert report["hemorrhage_volume_ml"] == 0.005
-    assert report["subtypes_detected"] == [SUBTYPES[0]]
+    assert report["subtypes_detected"] == [SUBTYPES[0]], "only boxes at the operating confidence name subtypes"
     assert report["guard"]["voxels_before"] == 9 and report["guard"]["removed"]["density"]["voxels"] == 5
 
 
@@ -79,7 +81,8 @@ def test_slices_series_models_outputs(report: dict) -> None:
     assert report["slices"] == [
         {
             "slice": 1, "sop_instance_uid": "1.2.3.2",
-            "detections": [{"subtype": SUBTYPES[0], "confidence": 0.877, "box": [1.0, 1.0, 6.0, 6.0]}],
+            "detections": [{"subtype": SUBTYPES[0], "confidence": 0.877, "box": [1.0, 1.0, 6.0, 6.0]},
+                           {"subtype": SUBTYPES[3], "confidence": 0.2, "box": [2.0, 2.0, 5.0, 5.0]}],
             "merged_boxes": [[1.0, 1.0, 6.0, 6.0]], "mask_voxels_before_guard": 9, "mask_voxels": 4,
         },
         {

@@ -44,6 +44,7 @@ def store(model_dir: Path, data: Path, project: Path, device: str | None = None)
     if manifest.input != images:
         raise ModelError(f"{model_dir}: weights take {manifest.input!r} input, {data} holds {images!r} images")
     manifest.operating_confidence = round(operating_confidence(weights_path(model_dir), data, project, device), 4)
+    manifest.extend_confidence = None  # the earlier weights' hysteresis does not carry over: --choose-guard sets it
     manifest.training["operating_point"] = "max class-agnostic F1 on the validation split"
     manifest.save(model_dir)
     print(f"{model_dir}: operating confidence {manifest.operating_confidence}")
