@@ -52,8 +52,7 @@ from tqdm import tqdm
 
 from ichseg import pipeline
 from ichseg.boxes import DEFAULT_MERGE, MERGE_MODES, lesion_boxes
-from ichseg.detector import KEEP_EVERY_BOX, NMS_IOU, Detection, HemorrhageDetector, manifest_confidence
-from ichseg.detector import extend_confidence as capped_extend
+from ichseg.detector import KEEP_EVERY_BOX, NMS_IOU, Detection, HemorrhageDetector, operating_point
 from ichseg.guard import BLOOD_HU, CAVITY_MARGIN_MM, MIN_COMPONENT_ML, Anatomy, GuardOptions
 from ichseg.labelled_study import Study, load_study, study_ids
 from ichseg.model_manifest import MANIFEST_NAME
@@ -312,11 +311,7 @@ class Models:
             return cls(segmenters)
         detector = HemorrhageDetector(args.detector, confidence=KEEP_EVERY_BOX)
         # the product's own operating point, as the app uses it, unless given
-        confidence = args.confidence if args.confidence is not None else manifest_confidence(detector.manifest)
-        extend = capped_extend(
-            confidence, args.extend_confidence if args.extend_confidence is not None
-            else detector.manifest.extend_confidence,
-        )
+        confidence, extend = operating_point(detector.manifest, args.confidence, args.extend_confidence)
         if "oracle" in segmenters:
             segmenters["product"] = segmenters["oracle"]
         return cls(segmenters, detector, confidence, extend)

@@ -155,11 +155,11 @@ def sweep_scores(args: argparse.Namespace, merges: tuple[str, ...]) -> tuple[Swe
     """Scores of the product masks of the validation studies for each (confidence, extend confidence, merge mode,
     guard option), guard off included; also the number of studies and the detector's current operating point."""
     models = Models.load(args)
-    if "product" not in models.segmenters or models.detector is None or models.confidence is None:
+    if "product" not in models.segmenters or models.detector is None or models.confidence is None \
+            or models.extend_confidence is None:
         raise SystemExit("--choose-guard needs both the detector and the crop segmenter")
     segmenter = CropMemo(models.segmenters["product"])
-    extend = models.confidence if models.extend_confidence is None else models.extend_confidence
-    current = (round(models.confidence, 4), round(extend, 4))
+    current = (round(models.confidence, 4), round(models.extend_confidence, 4))
     options, off = sweep_options(), GuardOptions(enabled=False)
     scores: SweepScores = {}
     ids = study_ids(args.data, "val")[: args.limit]

@@ -53,15 +53,19 @@ def to_bgr(windowed: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(windowed.transpose(1, 2, 0))
 
 
-def manifest_confidence(manifest: ModelManifest) -> float:
-    """The weights' operating point (chosen on validation data), or ultralytics' default if the manifest has none."""
-    return manifest.operating_confidence or DEFAULT_CONFIDENCE
-
-
 def extend_confidence(confidence: float, extend: float | None) -> float:
     """The confidence a box needs to continue a finding: ``extend`` capped at ``confidence`` (None: ``confidence``,
     a plain threshold)."""
     return confidence if extend is None else min(extend, confidence)
+
+
+def operating_point(
+    manifest: ModelManifest, confidence: float | None = None, extend: float | None = None
+) -> tuple[float, float]:
+    """(confidence, extend confidence) the product keeps boxes at: the values given, else the manifest's (chosen on
+    validation data; ultralytics' default 0.25 where it names none, a plain threshold where it names no extend)."""
+    confidence = confidence if confidence is not None else manifest.operating_confidence or DEFAULT_CONFIDENCE
+    return confidence, extend_confidence(confidence, extend if extend is not None else manifest.extend_confidence)
 
 
 class HemorrhageDetector:
@@ -89,10 +93,7 @@ class HemorrhageDetector:
         self.input = self.manifest.input
         if self.input not in INPUT_KINDS:
             raise ModelError(f"{model_dir}: manifest training.input {self.input!r} unsupported")
-        self.confidence = confidence if confidence is not None else manifest_confidence(self.manifest)
-        self.extend_confidence = extend_confidence(
-            self.confidence, extend if extend is not None else self.manifest.extend_confidence
-        )
+        self.confidence, self.extend_confidence = operating_point(self.manifest, confidence, extend)
         self.iou = iou
         self.device = default_device(device)
 
