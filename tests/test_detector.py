@@ -262,3 +262,47 @@ def test_thresholds_resolve_and_the_app_path_keeps_what_the_evaluation_keeps(
     assert plain == pipeline.keep_findings(every, bundled.confidence)
     assert all(d.confidence >= bundled.confidence for found in plain for d in found)
     assert sum(map(len, kept)) >= sum(map(len, plain)) and any(kept)
+
+
+def test_hard_negative_mining_takes_the_slices_the_detector_fires_on(
+    ultralytics_config: Path, tmp_path: Path, positive_study: Path, negative_study: Path
+) -> None:
+    """``--hard-negatives``: the training split's negatives are the slices the detector scores highest, scored
+    through the inference path; without it the seeded random sample is unchanged; validation stays random."""
+    from training.hard_negatives import MINING_CONFIDENCE
+
+    model_dir = Path(__file__).resolve().parents[1] / "models" / "detector"
+    dicom_root, boxes_csv, studies_csv = study_folder(
+        tmp_path / "in", {"pos": positive_study, "neg": negative_study},
+        [positive_study.parent / "boxes.csv", negative_study.parent / "boxes.csv"],
+    )
+    write_splits(studies_csv, {"pos": "train", "neg": "train"})
+    detector = HemorrhageDetector(model_dir, confidence=MINING_CONFIDENCE)
+    boxed = {row["SOPInstanceUID"] for row in csv.DictReader(boxes_csv.open(newline=""))}
+    scores: dict[str, float] = {}
+    for study in (positive_study, negative_study):
+        series = load_single_series(study / "ct")
+        found = detector.detect(window_series(series).detector_input(detector.input))
+        for header, slice_found in zip(series.headers, found, strict=True):
+            if str(header.SOPInstanceUID) not in boxed:
+                scores[str(header.SOPInstanceUID)] = max((d.confidence for d in slice_found), default=0.0)
+    fired = sorted((s for s in scores.values() if s > 0), reverse=True)
+    assert len(fired) >= 2, "the bundled detector should fire on some hemorrhage-free slice of the test studies"
+
+    def train_negatives(out: Path) -> set[str]:
+        rows = list(csv.DictReader((out / "slices.csv").open(newline="")))
+        return {r["sop_instance_uid"] for r in rows if r["split"] == "train" and r["boxes"] == "0"}
+
+    ratio = 2 / len(boxed)  # two negatives in the training split
+    mined = convert(boxes_csv, dicom_root, tmp_path / "mined", studies_csv, negatives_per_positive=ratio,
+                    hard_negatives=model_dir, hard_share=1.0)
+    chosen = train_negatives(tmp_path / "mined")
+    assert mined.hard_negatives == len(chosen) == 2
+    assert sorted((scores[s] for s in chosen), reverse=True) == pytest.approx(fired[:2], abs=1e-4)
+    assert mined.hard_floor == pytest.approx(fired[1], abs=1e-4)
+
+    plain = convert(boxes_csv, dicom_root, tmp_path / "plain", studies_csv, negatives_per_positive=ratio)
+    again = convert(boxes_csv, dicom_root, tmp_path / "again", studies_csv, negatives_per_positive=ratio,
+                    hard_negatives=model_dir, hard_share=0.0)
+    assert plain.hard_negatives == again.hard_negatives == 0
+    assert train_negatives(tmp_path / "plain") == train_negatives(tmp_path / "again")

@@ -11,6 +11,11 @@ Boxes are matched to slices by SOPInstanceUID. The CSV may give a box as ``x, y,
 (the synthetic generator) or as BHX's ``data`` column holding ``{'x': .., 'y': .., 'width': .., 'height': ..}``
 (BHX's own ``width``/``height`` columns are then ignored: ``data`` wins). Splits are per study: from
 ``studies.csv`` when given, else a seeded 80:10:10 split of the study folders (the paper's ratio).
+
+Hemorrhage-free slices are sampled per split (``--negatives-per-positive``). With ``--hard-negatives MODEL_DIR`` a share
+of the training split's sample (``--hard-share``) is the slices that detector fires on most strongly
+(``training.hard_negatives``: mimics the model still mistakes for blood), the rest random; validation and test keep
+random negatives, so that their figures describe the population, not the model's weak spots.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from ichseg.dicom_series import DicomInputError, group_series, load_series
 from ichseg.pipeline import window_series
 from ichseg.subtypes import SUBTYPES, subtype_index
 from ichseg.windowing import HEADER_INPUT, INPUT_KINDS, MULTI_WINDOW_INPUT
+from training.hard_negatives import hardest, score_slices
 
 SPLITS = ("train", "val", "test")
 DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
@@ -53,6 +59,8 @@ class Summary:
     unmatched_boxes: int = 0  # CSV boxes on no slice of the listed studies (other studies, or missing files)
     lost_boxes: int = 0  # CSV boxes on a slice of a listed study that was not written (unreadable series)
     empty_boxes: int = 0  # boxes with no area inside the slice
+    hard_negatives: int = 0  # training negatives chosen because the mining detector fired on them
+    hard_floor: float = 0.0  # the weakest of their detector scores
 
 
 def box_geometry(row: dict[str, str]) -> tuple[float, float, float, float]:
@@ -113,15 +121,23 @@ def yolo_lines(boxes: list[LabelledBox], rows: int, columns: int) -> list[str]:
 
 
 def select_negatives(
-    negatives: dict[str, list[str]], positives: dict[str, int], ratio: float | None, seed: int
-) -> set[str]:
-    """A seeded random ``ratio`` × positives of each split's negative slices (all of them when ratio is None)."""
+    negatives: dict[str, list[str]], positives: dict[str, int], ratio: float | None, seed: int,
+    scores: dict[str, float] | None = None, hard_share: float = 0.0,
+) -> tuple[set[str], list[str]]:
+    """``ratio`` × positives of each split's negative slices (all of them when ratio is None): in a split that
+    ``scores`` rank, first the ``hard_share`` of them the detector fires on most (``hardest``), the rest seeded
+    random. Returns the chosen slices and, of them, the hard ones."""
     rng = np.random.default_rng(seed)
     chosen: set[str] = set()
+    hard: list[str] = []
     for split, sops in negatives.items():
         count = len(sops) if ratio is None else min(len(sops), round(ratio * positives.get(split, 0)))
-        chosen.update(rng.choice(sorted(sops), size=count, replace=False).tolist())
-    return chosen
+        split_hard = hardest(sops, scores, round(hard_share * count)) if scores and scores.keys() & set(sops) else []
+        chosen.update(split_hard)
+        chosen.update(rng.choice(sorted(set(sops) - set(split_hard)), size=count - len(split_hard),
+                                 replace=False).tolist())
+        hard += split_hard
+    return chosen, hard
 
 
 def safe_name(text: str) -> str:
@@ -256,13 +272,23 @@ def write_index(out: Path, index_rows: list[IndexRow]) -> None:
 def convert(
     boxes_csv: Path, dicom_root: Path, out: Path, studies_csv: Path | None = None,
     negatives_per_positive: float | None = None, seed: int = 0, ignore_labels: tuple[str, ...] = (),
-    input_kind: str = MULTI_WINDOW_INPUT,
+    input_kind: str = MULTI_WINDOW_INPUT, hard_negatives: Path | None = None, hard_share: float = 0.5,
 ) -> Summary:
-    """Write the dataset under ``out`` with ``input_kind`` images; returns what was written and what was lost."""
+    """Write the dataset under ``out`` with ``input_kind`` images; returns what was written and what was lost.
+    ``hard_negatives``: a detector folder that ranks the training split's negatives (``select_negatives``)."""
     boxes, excluded = read_boxes(boxes_csv, ignore_labels)
     summary = Summary()
     scan = scan_headers(dicom_root, assign_splits(dicom_root, studies_csv, seed), boxes, excluded, summary)
-    keep = (select_negatives(scan.negatives, scan.positives, negatives_per_positive, seed) | set(boxes)) - excluded
+    scores = None
+    if hard_negatives is not None:
+        candidates = set(scan.negatives["train"])
+        scores = score_slices((item.entries for item in scan.series if item.split == "train"), candidates,
+                              hard_negatives)
+    negatives, hard = select_negatives(scan.negatives, scan.positives, negatives_per_positive, seed, scores,
+                                       hard_share)
+    summary.hard_negatives = len(hard)
+    summary.hard_floor = min((scores[sop] for sop in hard), default=0.0) if scores else 0.0
+    keep = (negatives | set(boxes)) - excluded
     empty_folders(out)
     index_rows: list[IndexRow] = []
     for item in tqdm(scan.series, desc="series", unit="series"):
@@ -284,23 +310,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, required=True, help="dataset folder to write")
     parser.add_argument("--negatives-per-positive", type=float, default=None,
                         help="keep this many hemorrhage-free slices per hemorrhage slice in each split (default: all)")
+    parser.add_argument("--hard-negatives", type=Path, default=None, metavar="MODEL_DIR",
+                        help="detector folder (model.pt + manifest.json) whose strongest false alarms on the training "
+                             "split's hemorrhage-free slices fill --hard-share of its negatives (needs "
+                             "--negatives-per-positive)")
+    parser.add_argument("--hard-share", type=float, default=0.5,
+                        help="share of the training negatives taken hardest-first with --hard-negatives (default 0.5; "
+                             "the rest stay random so that plain anatomy is still seen)")
     parser.add_argument("--ignore-label", action="append", default=[],
                         help="labelName whose slices are left out entirely (repeatable), e.g. BHX's Chronic")
     parser.add_argument("--seed", type=int, default=0, help="seed of the negative sampling and the default split")
     parser.add_argument("--input", choices=INPUT_KINDS, default=MULTI_WINDOW_INPUT,
                         help="image channels: the header window (grey, the paper) or the header, brain and subdural "
                              "windows (default: blood stays apart from bone whatever the header says)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.hard_negatives is not None and args.negatives_per_positive is None:
+        parser.error("--hard-negatives ranks a sample of the negatives: give --negatives-per-positive too")
+    if not 0.0 <= args.hard_share <= 1.0:
+        parser.error(f"--hard-share {args.hard_share}: a share from 0 to 1")
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     summary = convert(args.boxes, args.dicom_root, args.out, args.studies_csv, args.negatives_per_positive,
-                      args.seed, tuple(args.ignore_label), args.input)
+                      args.seed, tuple(args.ignore_label), args.input, args.hard_negatives, args.hard_share)
     for split in SPLITS:
         print(f"{split}: {summary.images[split]} images, {summary.positives[split]} with hemorrhage")
     print(f"{summary.boxes} boxes written; CSV boxes on slices of unlisted studies: {summary.unmatched_boxes}, "
           f"on unreadable series: {summary.lost_boxes}, outside their slice: {summary.empty_boxes}")
+    if args.hard_negatives is not None:
+        print(f"hard negatives (training split): {summary.hard_negatives}, detector score ≥ {summary.hard_floor:.3f}")
     for problem in summary.skipped_series:
         print(f"skipped: {problem}")
     print(f"data YAML: {(args.out / 'data.yaml').resolve()}")
