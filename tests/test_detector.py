@@ -300,6 +300,9 @@ def test_hard_negative_mining_takes_the_slices_the_detector_fires_on(
     assert mined.hard_negatives == len(chosen) == 2
     assert sorted((scores[s] for s in chosen), reverse=True) == pytest.approx(fired[:2], abs=1e-4)
     assert mined.hard_floor == pytest.approx(fired[1], abs=1e-4)
+    rows = list(csv.DictReader((tmp_path / "mined" / "slices.csv").open(newline="")))
+    assert all(float(r["mining_score"]) == pytest.approx(scores[r["sop_instance_uid"]], abs=1e-3)
+               for r in rows if r["sop_instance_uid"] in chosen)
 
     plain = convert(boxes_csv, dicom_root, tmp_path / "plain", studies_csv, negatives_per_positive=ratio)
     again = convert(boxes_csv, dicom_root, tmp_path / "again", studies_csv, negatives_per_positive=ratio,

@@ -4,8 +4,9 @@ Writes under ``--out`` (replacing its ``images/`` and ``labels/``): ``images/<sp
 by ``ichseg.pipeline.window_series``, the function inference uses: by default three channels, the header and the
 fixed brain and subdural windows, through ``ichseg.detector.to_bgr``; grey in the header window with ``--input
 header-window``), ``labels/<split>/*.txt`` (``class cx cy w h`` normalised, one line per box), ``slices.csv``
-(which slice each image is) and ``data.yaml`` (absolute ``path:``, no ``download:`` key, ``ich_input``: what the
-channels hold, which ``training.train_detector`` writes into the model's manifest).
+(which slice each image is; with ``--hard-negatives`` the mining detector's score of each training negative) and
+``data.yaml`` (absolute ``path:``, no ``download:`` key, ``ich_input``: what the channels hold, which
+``training.train_detector`` writes into the model's manifest).
 
 Boxes are matched to slices by SOPInstanceUID. The CSV may give a box as ``x, y, width, height`` columns
 (the synthetic generator) or as BHX's ``data`` column holding ``{'x': .., 'y': .., 'width': .., 'height': ..}``
@@ -228,6 +229,7 @@ class IndexRow(NamedTuple):
     series_uid: str
     sop_instance_uid: str
     boxes: int
+    mining_score: str = ""  # training negatives with --hard-negatives: the mining detector's top confidence
 
 
 def write_series(
@@ -294,6 +296,9 @@ def convert(
     for item in tqdm(scan.series, desc="series", unit="series"):
         if any(str(h.SOPInstanceUID) in keep for _, h in item.entries):
             index_rows += write_series(item, keep, boxes, out, summary, input_kind)
+    if scores:
+        index_rows = [row._replace(mining_score=f"{scores[row.sop_instance_uid]:.4f}")
+                      if row.sop_instance_uid in scores else row for row in index_rows]
     written = {row.sop_instance_uid for row in index_rows}
     summary.unmatched_boxes = sum(len(v) for sop, v in boxes.items() if sop not in scan.seen)
     summary.lost_boxes = sum(len(v) for sop, v in boxes.items() if sop in scan.seen and sop not in written)
