@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Reproduce the bundled demo weights on this machine's CPU (or a GPU), step by step, resumably.
-#   bash scripts/train_bundled.sh data        # synthetic studies + detector dataset
+#   bash scripts/train_bundled.sh data        # synthetic studies + detector dataset (2 negatives per positive;
+#       HARD_FROM=models/detector: half the training negatives mined with that detector, as for detector v0.5.0)
 #   bash scripts/train_bundled.sh segmenter   # TransDeepLab: AdamW, bf16 where native; rerun to continue
 #   bash scripts/train_bundled.sh detector    # yolov5n: AdamW, bf16 where native (a stopped run: bundle its best so far
 #       with .venv/bin/python -m training.train_detector --export-only --project runs/detector --name bundled --out DIR)
 #   bash scripts/train_bundled.sh evaluate    # the README table, results/evaluation.{md,json}
-# Budgets (minutes/hours) and sizes come from the environment: STUDIES, SEG_MINUTES, SEG_EPOCHS, DET_HOURS, DET_EPOCHS.
+# Budgets (minutes/hours) and sizes come from the environment: STUDIES, SEG_MINUTES, SEG_EPOCHS, DET_HOURS, DET_EPOCHS,
+# NEG_RATIO, HARD_FROM, DET_INIT.
 # Everything is trained on synthetic phantoms: demonstration and testing only, not clinical use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +20,8 @@ case "${1:?step: data | segmenter | detector | evaluate}" in
   data)
     $PY -m synthetic --out "$DATA" --studies "${STUDIES:-160}" --seed "${SEED:-2}" --max-slices "${MAX_SLICES:-120}" --workers 2
     $PY -m training.detector_dataset --boxes "$DATA/boxes.csv" --dicom-root "$DATA" --studies-csv "$DATA/studies.csv" \
-        --out data/yolo --negatives-per-positive 1.0
+        --out data/yolo --negatives-per-positive "${NEG_RATIO:-2.0}" --seed "${SEED:-2}" \
+        ${HARD_FROM:+--hard-negatives "$HARD_FROM" --hard-share 0.5}
     ;;
   segmenter)
     resume=(); [ -f "$WORK/segmenter/checkpoint.pt" ] && resume=(--resume)
