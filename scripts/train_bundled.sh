@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Reproduce the bundled demo weights on this machine's CPU (or a GPU), step by step, resumably.
-#   bash scripts/train_bundled.sh data        # synthetic studies + detector dataset (2 negatives per positive;
-#       HARD_FROM=models/detector: half the training negatives mined with that detector, as for detector v0.5.0)
+#   bash scripts/train_bundled.sh data        # synthetic studies + detector dataset (NEG_RATIO negatives per positive,
+#       default 1; HARD_FROM=DIR: half the training negatives mined with the detector in DIR)
+# Detector v0.5.0 took two rounds: data, then DET_INIT=<v0.4.0> DET_EPOCHS=12 detector (a three-window model), then
+# NEG_RATIO=2.0 NEG_SEED=2 HARD_FROM=<that model> data, then DET_INIT=<that model> DET_EPOCHS=8 detector.
 #   bash scripts/train_bundled.sh segmenter   # TransDeepLab: AdamW, bf16 where native; rerun to continue
 #   bash scripts/train_bundled.sh detector    # yolov5n: AdamW, bf16 where native (a stopped run: bundle its best so far
 #       with .venv/bin/python -m training.train_detector --export-only --project runs/detector --name bundled --out DIR)
 #   bash scripts/train_bundled.sh evaluate    # the README table, results/evaluation.{md,json}
 # Budgets (minutes/hours) and sizes come from the environment: STUDIES, SEG_MINUTES, SEG_EPOCHS, DET_HOURS, DET_EPOCHS,
-# NEG_RATIO, HARD_FROM, DET_INIT.
+# NEG_RATIO, NEG_SEED, HARD_FROM, DET_INIT.
 # Everything is trained on synthetic phantoms: demonstration and testing only, not clinical use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +22,7 @@ case "${1:?step: data | segmenter | detector | evaluate}" in
   data)
     $PY -m synthetic --out "$DATA" --studies "${STUDIES:-160}" --seed "${SEED:-2}" --max-slices "${MAX_SLICES:-120}" --workers 2
     $PY -m training.detector_dataset --boxes "$DATA/boxes.csv" --dicom-root "$DATA" --studies-csv "$DATA/studies.csv" \
-        --out data/yolo --negatives-per-positive "${NEG_RATIO:-2.0}" --seed "${SEED:-2}" \
+        --out data/yolo --negatives-per-positive "${NEG_RATIO:-1.0}" --seed "${NEG_SEED:-0}" \
         ${HARD_FROM:+--hard-negatives "$HARD_FROM" --hard-share 0.5}
     ;;
   segmenter)

@@ -19,7 +19,7 @@ from ichseg.model_manifest import ModelError, ModelManifest
 from ichseg.pipeline import window_series
 from ichseg.subtypes import SUBTYPES
 from ichseg.windowing import HEADER_INPUT, MULTI_WINDOW_INPUT
-from training.detector_dataset import convert, dataset_input, read_boxes
+from training.detector_dataset import convert, dataset_input, read_boxes, select_negatives
 from training.detector_operating_point import store as store_operating_point
 
 
@@ -294,6 +294,9 @@ def test_hard_negative_mining_takes_the_slices_the_detector_fires_on(
         return {r["sop_instance_uid"] for r in rows if r["split"] == "train" and r["boxes"] == "0"}
 
     ratio = 2 / len(boxed)  # two negatives in the training split
+    with pytest.raises(ValueError, match="hard-share"):
+        convert(boxes_csv, dicom_root, tmp_path / "bad", studies_csv, negatives_per_positive=ratio,
+                hard_negatives=model_dir, hard_share=1.5)
     mined = convert(boxes_csv, dicom_root, tmp_path / "mined", studies_csv, negatives_per_positive=ratio,
                     hard_negatives=model_dir, hard_share=1.0)
     chosen = train_negatives(tmp_path / "mined")
@@ -302,10 +305,24 @@ def test_hard_negative_mining_takes_the_slices_the_detector_fires_on(
     assert mined.hard_floor == pytest.approx(fired[1], abs=1e-4)
     rows = list(csv.DictReader((tmp_path / "mined" / "slices.csv").open(newline="")))
     assert all(float(r["mining_score"]) == pytest.approx(scores[r["sop_instance_uid"]], abs=1e-3)
-               for r in rows if r["sop_instance_uid"] in chosen)
+               and r["hard_negative"] == "1" for r in rows if r["sop_instance_uid"] in chosen)
 
-    plain = convert(boxes_csv, dicom_root, tmp_path / "plain", studies_csv, negatives_per_positive=ratio)
-    again = convert(boxes_csv, dicom_root, tmp_path / "again", studies_csv, negatives_per_positive=ratio,
-                    hard_negatives=model_dir, hard_share=0.0)
-    assert plain.hard_negatives == again.hard_negatives == 0
-    assert train_negatives(tmp_path / "plain") == train_negatives(tmp_path / "again")
+
+def test_negative_selection_mines_only_the_ranked_split() -> None:
+    """Hard slices first, the seeded draw fills the rest; an unranked split gets the very same draw as without
+    mining (validation and test stay comparable between a plain and a mined dataset)."""
+    negatives = {"train": [f"t{i:02d}" for i in range(40)], "val": [f"v{i:02d}" for i in range(30)],
+                 "test": [f"s{i:02d}" for i in range(30)]}
+    positives = {"train": 10, "val": 5, "test": 5}
+    scores = {sop: (0.9 - 0.1 * i if i < 3 else 0.0) for i, sop in enumerate(negatives["train"])}  # 3 slices fired
+    plain, no_hard = select_negatives(negatives, positives, 1.0, seed=3)
+    mined, hard = select_negatives(negatives, positives, 1.0, seed=3, scores=scores, hard_share=0.5)
+    assert no_hard == [] and hard == ["t00", "t01", "t02"]  # 5 wanted, only 3 fired: the draw fills the other 7
+    for split in ("val", "test"):
+        assert {s for s in plain if s in negatives[split]} == {s for s in mined if s in negatives[split]}
+    train = {s for s in mined if s in negatives["train"]}
+    assert len(train) == 10 and set(hard) <= train
+    assert len({s for s in plain if s in negatives["train"]} - train) <= 3  # the draw, less what the hard ones replace
+    everything, _ = select_negatives(negatives, positives, 1.0, seed=3, scores=scores, hard_share=1.0)
+    assert len(everything) == 20 and {"t00", "t01", "t02"} <= everything
+    assert select_negatives(negatives, {"train": 0}, 1.0, seed=3, scores=scores, hard_share=1.0) == (set(), [])

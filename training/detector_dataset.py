@@ -4,7 +4,8 @@ Writes under ``--out`` (replacing its ``images/`` and ``labels/``): ``images/<sp
 by ``ichseg.pipeline.window_series``, the function inference uses: by default three channels, the header and the
 fixed brain and subdural windows, through ``ichseg.detector.to_bgr``; grey in the header window with ``--input
 header-window``), ``labels/<split>/*.txt`` (``class cx cy w h`` normalised, one line per box), ``slices.csv``
-(which slice each image is; with ``--hard-negatives`` the mining detector's score of each training negative) and
+(which slice each image is; with ``--hard-negatives`` each training negative's mining score and whether it was
+mined) and
 ``data.yaml`` (absolute ``path:``, no ``download:`` key, ``ich_input``: what the channels hold, which
 ``training.train_detector`` writes into the model's manifest).
 
@@ -125,20 +126,30 @@ def select_negatives(
     negatives: dict[str, list[str]], positives: dict[str, int], ratio: float | None, seed: int,
     scores: dict[str, float] | None = None, hard_share: float = 0.0,
 ) -> tuple[set[str], list[str]]:
-    """``ratio`` × positives of each split's negative slices (all of them when ratio is None): in a split that
-    ``scores`` rank, first the ``hard_share`` of them the detector fires on most (``hardest``), the rest seeded
-    random. Returns the chosen slices and, of them, the hard ones."""
+    """``ratio`` × positives of each split's negative slices (all of them when ratio is None): a seeded random draw,
+    except that in a split that ``scores`` rank the ``hard_share`` of them the detector fires on most (``hardest``)
+    come first and the draw fills the rest. Every split makes the same draw with or without scores, so mining the
+    training split leaves the validation and test samples unchanged. Returns the chosen slices and the hard ones."""
     rng = np.random.default_rng(seed)
     chosen: set[str] = set()
     hard: list[str] = []
     for split, sops in negatives.items():
         count = len(sops) if ratio is None else min(len(sops), round(ratio * positives.get(split, 0)))
-        split_hard = hardest(sops, scores, round(hard_share * count)) if scores and scores.keys() & set(sops) else []
-        chosen.update(split_hard)
-        chosen.update(rng.choice(sorted(set(sops) - set(split_hard)), size=count - len(split_hard),
-                                 replace=False).tolist())
+        drawn = rng.choice(sorted(sops), size=count, replace=False).tolist()
+        split_hard = hardest(sops, scores, round(hard_share * count)) if scores else []
+        taken = set(split_hard)
+        chosen.update(split_hard, [sop for sop in drawn if sop not in taken][:count - len(split_hard)])
         hard += split_hard
     return chosen, hard
+
+
+def mining_problem(ratio: float | None, hard_share: float) -> str | None:
+    """Why hard-negative mining with these settings makes no sense, or None."""
+    if ratio is None:
+        return "--hard-negatives ranks a sample of the negatives: give --negatives-per-positive too"
+    if not 0.0 <= hard_share <= 1.0:
+        return f"--hard-share {hard_share}: a share from 0 to 1"
+    return None
 
 
 def safe_name(text: str) -> str:
@@ -230,6 +241,7 @@ class IndexRow(NamedTuple):
     sop_instance_uid: str
     boxes: int
     mining_score: str = ""  # training negatives with --hard-negatives: the mining detector's top confidence
+    hard_negative: str = ""  # "1": chosen for that score (mined), "0": drawn at random
 
 
 def write_series(
@@ -283,6 +295,9 @@ def convert(
     scan = scan_headers(dicom_root, assign_splits(dicom_root, studies_csv, seed), boxes, excluded, summary)
     scores = None
     if hard_negatives is not None:
+        if problem := mining_problem(negatives_per_positive, hard_share):
+            raise ValueError(problem)
+    if hard_negatives is not None and hard_share > 0:
         candidates = set(scan.negatives["train"])
         scores = score_slices((item.entries for item in scan.series if item.split == "train"), candidates,
                               hard_negatives)
@@ -297,7 +312,9 @@ def convert(
         if any(str(h.SOPInstanceUID) in keep for _, h in item.entries):
             index_rows += write_series(item, keep, boxes, out, summary, input_kind)
     if scores:
-        index_rows = [row._replace(mining_score=f"{scores[row.sop_instance_uid]:.4f}")
+        mined = set(hard)
+        index_rows = [row._replace(mining_score=f"{scores[row.sop_instance_uid]:.4f}",
+                                   hard_negative=str(int(row.sop_instance_uid in mined)))
                       if row.sop_instance_uid in scores else row for row in index_rows]
     written = {row.sop_instance_uid for row in index_rows}
     summary.unmatched_boxes = sum(len(v) for sop, v in boxes.items() if sop not in scan.seen)
@@ -329,10 +346,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="image channels: the header window (grey, the paper) or the header, brain and subdural "
                              "windows (default: blood stays apart from bone whatever the header says)")
     args = parser.parse_args(argv)
-    if args.hard_negatives is not None and args.negatives_per_positive is None:
-        parser.error("--hard-negatives ranks a sample of the negatives: give --negatives-per-positive too")
-    if not 0.0 <= args.hard_share <= 1.0:
-        parser.error(f"--hard-share {args.hard_share}: a share from 0 to 1")
+    if args.hard_negatives is not None and (problem := mining_problem(args.negatives_per_positive, args.hard_share)):
+        parser.error(problem)
     return args
 
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
+from pydicom import Dataset
 from tqdm import tqdm
 
 from ichseg.detector import HemorrhageDetector
@@ -24,11 +24,12 @@ MINING_CONFIDENCE = 0.01  # boxes this weak still rank slices; below it a slice 
 
 
 def score_slices(
-    series: Iterable[Sequence[tuple[Any, Any]]], candidates: set[str], model_dir: Path
+    series: Iterable[Sequence[tuple[Path, Dataset]]], candidates: set[str], model_dir: Path
 ) -> dict[str, float]:
     """Each candidate SOPInstanceUID → the highest confidence of any box the detector in ``model_dir`` puts on it
     (0 when none reaches ``MINING_CONFIDENCE``). ``series`` are ``group_series`` entry lists; only series holding a
-    candidate are decoded; unreadable ones are skipped (the converter reports them when it writes)."""
+    candidate are decoded; unreadable ones get no score (their slices can still be drawn at random, and the converter
+    reports the series when it tries to write one of them)."""
     detector = HemorrhageDetector(model_dir, confidence=MINING_CONFIDENCE)
     scores: dict[str, float] = {}
     for entries in tqdm(list(series), desc="mining", unit="series"):
