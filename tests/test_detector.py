@@ -268,7 +268,7 @@ def test_hard_negative_mining_takes_the_slices_the_detector_fires_on(
     ultralytics_config: Path, tmp_path: Path, positive_study: Path, negative_study: Path
 ) -> None:
     """``--hard-negatives``: the training split's negatives are the slices the detector scores highest, scored
-    through the inference path; without it the seeded random sample is unchanged; validation stays random."""
+    through the inference path, and ``slices.csv`` records their scores; bad settings are refused."""
     from training.hard_negatives import MINING_CONFIDENCE
 
     model_dir = Path(__file__).resolve().parents[1] / "models" / "detector"

@@ -5,8 +5,7 @@ by ``ichseg.pipeline.window_series``, the function inference uses: by default th
 fixed brain and subdural windows, through ``ichseg.detector.to_bgr``; grey in the header window with ``--input
 header-window``), ``labels/<split>/*.txt`` (``class cx cy w h`` normalised, one line per box), ``slices.csv``
 (which slice each image is; with ``--hard-negatives`` each training negative's mining score and whether it was
-mined) and
-``data.yaml`` (absolute ``path:``, no ``download:`` key, ``ich_input``: what the channels hold, which
+mined) and ``data.yaml`` (absolute ``path:``, no ``download:`` key, ``ich_input``: what the channels hold, which
 ``training.train_detector`` writes into the model's manifest).
 
 Boxes are matched to slices by SOPInstanceUID. The CSV may give a box as ``x, y, width, height`` columns
@@ -297,10 +296,9 @@ def convert(
     if hard_negatives is not None:
         if problem := mining_problem(negatives_per_positive, hard_share):
             raise ValueError(problem)
-    if hard_negatives is not None and hard_share > 0:
-        candidates = set(scan.negatives["train"])
-        scores = score_slices((item.entries for item in scan.series if item.split == "train"), candidates,
-                              hard_negatives)
+        if hard_share > 0:
+            scores = score_slices((item.entries for item in scan.series if item.split == "train"),
+                                  set(scan.negatives["train"]), hard_negatives)
     negatives, hard = select_negatives(scan.negatives, scan.positives, negatives_per_positive, seed, scores,
                                        hard_share)
     summary.hard_negatives = len(hard)
