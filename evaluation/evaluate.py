@@ -23,10 +23,12 @@ Metrics, all on the full-resolution pasted masks against the full ground-truth m
   (CTSeries.voxel_volume_ml; the issue's target is the median);
 * s/slice: wall time of the row's models over all slices of the study (the product includes the detector, the
   guard rows the guard).
-Detector mAP@0.5 and mAP@0.5:0.95 are computed on the same test studies from detections at confidence
-``ichseg.detector.KEEP_EVERY_BOX`` and the detector's NMS IoU, matched to the per-lesion ground-truth boxes as
-ultralytics' validator does and averaged with ultralytics' ``ap_per_class``; the figures in the detector's manifest
-(from its training run) are shown beside.
+The same masks are also tallied by subtype (``evaluation.by_subtype``: slice Dice, voxel recall, lesions found),
+shown for the guarded two-stage rows, to say which blood is missed.
+Detector mAP@0.5 and mAP@0.5:0.95 (and AP@0.5 per subtype) are computed on the same test studies from detections
+at confidence ``ichseg.detector.KEEP_EVERY_BOX`` and the detector's NMS IoU, matched to the per-lesion ground-truth
+boxes as ultralytics' validator does and averaged with ultralytics' ``ap_per_class``; the figures in the detector's
+manifest (from its training run) are shown beside.
 
 ``--choose-guard`` instead sweeps detector confidences and extend confidences (``ichseg.z_continuity``), both merge
 modes and the guard's settings over the *validation* split's product masks (``evaluation.guard_choice``) and writes
@@ -50,6 +52,7 @@ from monai.metrics import compute_dice
 from torchvision.ops import box_iou
 from tqdm import tqdm
 
+from evaluation.by_subtype import SubtypeScores
 from ichseg import pipeline
 from ichseg.boxes import DEFAULT_MERGE, MERGE_MODES, lesion_boxes
 from ichseg.detector import KEEP_EVERY_BOX, NMS_IOU, Detection, HemorrhageDetector, operating_point
@@ -58,6 +61,7 @@ from ichseg.labelled_study import Study, load_study, study_ids
 from ichseg.model_manifest import MANIFEST_NAME
 from ichseg.runtime import configure_threads
 from ichseg.segmenter import CROP_MODE, HemorrhageSegmenter
+from ichseg.subtypes import ABBREVIATIONS, SUBTYPES
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 ROWS = {  # model key: (label, paper Dice, paper IoU) — the paper's figures are on real CT, for orientation only
@@ -263,14 +267,26 @@ class DetectionRecords:
         """(mAP@0.5, mAP@0.5:0.95) over the subtypes present in the ground truth."""
         if not self.true_classes:
             return math.nan, math.nan
+        ap, _ = self._ap_per_class()
+        return float(ap[:, 0].mean()), float(ap.mean())
+
+    def ap50_by_subtype(self) -> dict[str, float]:
+        """AP@0.5 of each subtype present in the ground truth, by abbreviation (IPH, IVH, …)."""
+        if not self.true_classes:
+            return {}
+        ap, classes = self._ap_per_class()
+        return {ABBREVIATIONS[SUBTYPES[c]]: float(ap[i, 0]) for i, c in enumerate(classes)}
+
+    def _ap_per_class(self) -> tuple[np.ndarray, np.ndarray]:
+        """ultralytics' (classes, 10) AP at IoU 0.5…0.95 and the class index of each line."""
         import ichseg.ultralytics_offline  # noqa: F401  (ultralytics' network switches, before its first import)
 
         # isort: split
         from ultralytics.utils.metrics import ap_per_class
 
-        ap = ap_per_class(np.concatenate(self.correct), np.asarray(self.confidence), np.asarray(self.pred_classes),
-                          np.asarray(self.true_classes))[5]
-        return float(ap[:, 0].mean()), float(ap.mean())
+        result = ap_per_class(np.concatenate(self.correct), np.asarray(self.confidence),
+                              np.asarray(self.pred_classes), np.asarray(self.true_classes))
+        return result[5], result[6]
 
 
 def optional_model(folder: Path | None, role: str) -> Path | None:
@@ -368,13 +384,18 @@ def study_masks(
     return masks
 
 
-def add_study(scores: dict[str, Scores], study: Study, masks: dict[str, RowMask]) -> None:
-    """Score one study's masks of every row against its ground truth (any subtype = hemorrhage)."""
+def add_study(scores: dict[str, Scores], study: Study, masks: dict[str, RowMask],
+              by_subtype: dict[str, SubtypeScores] | None = None) -> None:
+    """Score one study's masks of every row against its ground truth (any subtype = hemorrhage) and, if given, tally
+    them by subtype too."""
     truth = study.labels > 0
     voxel_ml = study.series.voxel_volume_ml
     for key, (mask, seconds, removed) in masks.items():
+        measured = StudyScore.measure(mask, truth, voxel_ml)
         row = scores.setdefault(key, Scores())
-        row.add(mask, truth, voxel_ml, seconds)
+        row.record(measured, seconds)
+        if by_subtype is not None:
+            by_subtype.setdefault(key, SubtypeScores()).add(mask, study.labels, measured.slice_dice, voxel_ml)
         for rule, voxels in removed.items():
             row.guard_removed_ml[rule] = row.guard_removed_ml.get(rule, 0.0) + voxels * voxel_ml
 
@@ -403,6 +424,7 @@ def detector_results(
         "nms_iou": NMS_IOU,
         "test_mAP50": map50,
         "test_mAP50_95": map50_95,
+        "test_AP50_by_subtype": records.ap50_by_subtype(),
         "manifest_mAP50": manifest.training.get("mAP50"),
         "manifest_mAP50_95": manifest.training.get("mAP50_95"),
     }
@@ -415,10 +437,11 @@ def evaluate(args: argparse.Namespace) -> dict:
     merges = tuple(args.merge)
     ids = study_ids(args.data, "test")[: args.limit]
     scores: dict[str, Scores] = {}
+    by_subtype: dict[str, SubtypeScores] = {}
     records = DetectionRecords()
     for study_id in tqdm(ids, desc="test studies", unit="study"):
         study = load_study(args.data / study_id)
-        add_study(scores, study, study_masks(study, models, merges, guard, records))
+        add_study(scores, study, study_masks(study, models, merges, guard, records), by_subtype)
     labels = row_labels(merges)
     results: dict = {
         "data": str(args.data),
@@ -426,6 +449,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         "models": {key: str(segmenter.model_dir) for key, segmenter in models.segmenters.items()},
         "guard": guard.describe(),
         "rows": {key: {"label": labels[key], **scores[key].summary()} for key in labels if key in scores},
+        "by_subtype": {key: by_subtype[key].summary() for key in labels if key in by_subtype},
     }
     if models.detector is not None:
         results["detector"] = detector_results(
@@ -461,6 +485,7 @@ def markdown(results: dict) -> str:
     if results["rows"]:
         positives = next(iter(results["rows"].values()))["positive_slices"]
         lines += ["", f"Slice Dice/IoU: mean over the {positives} test slices whose ground truth has hemorrhage."]
+    lines += subtype_markdown(results)
     if "detector" in results:
         d = results["detector"]
         lines += [
@@ -468,7 +493,9 @@ def markdown(results: dict) -> str:
             f"Detector ({d['model']}): test mAP@0.5 {cell(d['test_mAP50'])}, mAP@0.5:0.95 {cell(d['test_mAP50_95'])} "
             f"(these studies, confidence {KEEP_EVERY_BOX}, NMS IoU {d['nms_iou']}); manifest figures "
             f"{cell(d['manifest_mAP50'])} / {cell(d['manifest_mAP50_95'])}; paper 0.974 / 0.794. "
-            f"Product boxes: confidence ≥ {d['product_confidence']}"
+            + "".join(f"AP@0.5 by subtype: {', '.join(f'{k} {cell(v, 2)}' for k, v in ap.items())}. "
+                      for ap in [d.get("test_AP50_by_subtype")] if ap)
+            + f"Product boxes: confidence ≥ {d['product_confidence']}"
             + (f", continued across slices down to {d['product_extend_confidence']} (`ichseg.z_continuity`)."
                if d.get("product_extend_confidence") not in (None, d["product_confidence"]) else "."),
         ]
@@ -480,6 +507,31 @@ def markdown(results: dict) -> str:
     lines += ["", "Definitions: see `evaluation/evaluate.py`. "
                   "Synthetic phantoms: not comparable with the paper's figures."]
     return "\n".join(lines) + "\n"
+
+
+def subtype_markdown(results: dict) -> list[str]:
+    """The by-subtype table of the two-stage rows as the app runs them (default merge, guarded)."""
+    keys = [row_key(model, DEFAULT_MERGE, True) for model in TWO_STAGE]
+    rows = {key: results.get("by_subtype", {}).get(key) for key in keys}
+    if not any(rows.values()):
+        return []
+    lines = [
+        "", f"By subtype ({', '.join(results['rows'][key]['label'] for key, row in rows.items() if row)}; a slice "
+        "counts under each subtype it holds; masks are class-agnostic; a lesion is found when any predicted voxel "
+        "touches it):", "",
+        "| subtype | method | slices | slice Dice | voxel recall | lesions found | median missed lesion (mL) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in SUBTYPES:
+        for key, row in rows.items():
+            if row and name in row:
+                s = row[name]
+                lines.append(
+                    f"| {ABBREVIATIONS[name]} | {results['rows'][key]['label']} | {s['slices']} "
+                    f"| {cell(s['slice_dice'])} | {cell(s['voxel_recall'], 2)} | {s['lesions_found']} / "
+                    f"{s['lesions']} | {cell(s['median_missed_ml'], 2)} |"
+                )
+    return lines
 
 
 def _json_ready(value: object) -> object:

@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 from small_study import MATRIX, generated_study
 
-from evaluation.evaluate import DetectionRecords, Models, Scores, add_study, parse_args, study_masks
+from evaluation.by_subtype import SubtypeScores
+from evaluation.evaluate import DetectionRecords, Models, Scores, StudyScore, add_study, parse_args, study_masks
 from evaluation.evaluate import main as evaluate_main
 from ichseg.guard import GuardOptions
 from ichseg.labelled_study import Study, load_study
+from ichseg.subtypes import ABBREVIATIONS, SUBTYPES
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "models"
@@ -85,12 +87,21 @@ def test_evaluation_command_on_a_256_series(study_folder: Path, tmp_path: Path,
                    "--segmenter", str(MODELS / "segmenter"), "--merge", "slice", "--out", str(out)])
     results = json.loads((out / "evaluation.json").read_text())
     assert set(results["rows"]) == {"oracle", "oracle+guard", "product", "product+guard"}
+    present = {ABBREVIATIONS[SUBTYPES[k - 1]] for k in np.unique(np.load(study_folder / "labels.npz")["labels"]) if k}
     oracle = results["rows"]["oracle"]
     assert oracle["positive_slices"] >= 5 and oracle["slice_dice"] > 0.3 and oracle["fp_slices"] == 0
     guarded = results["rows"]["product+guard"]
     assert guarded["guard_removed_ml"].keys() == {"cavity", "density", "size"}
     assert results["detector"]["test_mAP50"] > 0, "detections compared with boxes on the same grid"
-    assert "YOLO + TransDeepLab (product), slice merge + guard" in (out / "evaluation.md").read_text()
+    assert set(results["detector"]["test_AP50_by_subtype"]) == present, "one AP per subtype in the ground truth"
+    by_subtype = results["by_subtype"]["oracle"]
+    labels = np.load(study_folder / "labels.npz")["labels"]
+    assert set(by_subtype) == set(SUBTYPES[k - 1] for k in np.unique(labels) if k) and by_subtype
+    for name, tally in by_subtype.items():
+        assert tally["slices"] == int((labels == SUBTYPES.index(name) + 1).any(axis=(1, 2)).sum())
+        assert 0 < tally["lesions_found"] <= tally["lesions"] and 0 < tally["voxel_recall"] <= 1
+    table = (out / "evaluation.md").read_text()
+    assert "YOLO + TransDeepLab (product), slice merge + guard" in table and "| subtype | method |" in table
 
 
 def test_choose_guard_writes_its_choice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -121,3 +132,23 @@ def test_choose_guard_writes_its_choice(tmp_path: Path, monkeypatch: pytest.Monk
     assert plain["extend_confidence"] == plain["confidence"] and choice["best"]["objective"] >= plain["objective"]
     assert set(choice["current_defaults"]) == {"slice", "cluster"} and choice["split"] == "val"
     assert "Confidence, merge and guard choice" in (out / "guard_choice.md").read_text()
+
+
+def test_subtype_tallies_count_slices_voxels_and_lesions() -> None:
+    """Two intraparenchymal lesions (one touched by half a slice) and one untouched subdural, 0.5 mL voxels."""
+    labels = np.zeros((3, 16, 16), np.uint8)
+    labels[0:2, 2:6, 2:6] = 1  # IPH lesion over two slices, 32 voxels
+    labels[1, 10:12, 10:12] = 1  # a second IPH lesion, 4 voxels
+    labels[2, 0:2, 12:16] = 4  # SDH, 8 voxels
+    predicted = np.zeros(labels.shape, bool)
+    predicted[0, 2:6, 2:4] = True  # half the first lesion's first slice: slice Dice 2·8 / (8 + 16)
+    tallies = SubtypeScores()
+    tallies.add(predicted, labels, StudyScore.measure(predicted, labels > 0, 0.5).slice_dice, 0.5)
+    summary = tallies.summary()
+    assert set(summary) == {"intraparenchymal", "subdural"}
+    iph, sdh = summary["intraparenchymal"], summary["subdural"]
+    assert iph["slices"] == 2 and iph["slice_dice"] == pytest.approx((2 / 3 + 0) / 2)
+    assert iph["voxel_recall"] == pytest.approx(8 / 36)
+    assert (iph["lesions"], iph["lesions_found"], iph["median_missed_ml"]) == (2, 1, 2.0)
+    assert (sdh["slices"], sdh["slice_dice"], sdh["voxel_recall"]) == (1, 0.0, 0.0)
+    assert (sdh["lesions"], sdh["lesions_found"], sdh["median_missed_ml"]) == (1, 0, 4.0)
