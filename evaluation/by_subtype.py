@@ -1,10 +1,11 @@
 """Where the answer falls short, by hemorrhage subtype: the overall slice Dice cannot say which blood is missed.
 
 Per row and subtype (a slice counts under every subtype it holds; the masks are class-agnostic, as the app's):
-* slice Dice: mean, over the slices holding the subtype, of the Dice of the prediction against all hemorrhage;
+* slice Dice (all blood): mean, over the slices holding the subtype, of the row's slice Dice against all hemorrhage;
 * voxel recall: Σ|P ∩ G_k| / Σ|G_k|, the share of the subtype's voxels the prediction covers;
-* lesions found: 3D connected components of the subtype's label (face connectivity) that any predicted voxel
-  touches, and the median volume of the lesions missed (tiny misses and large misses call for different fixes).
+* lesions found: 3D connected components of the subtype's label (26-connected, as the guard's components) that any
+  predicted voxel touches, and the median volume of the lesions missed (tiny misses and large misses call for
+  different fixes).
 """
 
 from __future__ import annotations
@@ -17,6 +18,30 @@ import numpy as np
 from scipy import ndimage
 
 from ichseg.subtypes import SUBTYPES
+
+CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)
+
+
+@dataclass(frozen=True)
+class SubtypeLesions:
+    """One subtype's ground truth in one study, labelled once and scored against every row."""
+
+    truth: np.ndarray  # (N, H, W) bool
+    slices: np.ndarray  # (N,) bool: the slices holding the subtype
+    components: np.ndarray  # (N, H, W) int: 0 outside, lesion number inside
+    volumes_ml: np.ndarray  # (lesions,)
+
+
+def study_lesions(labels: np.ndarray, voxel_ml: float) -> dict[str, SubtypeLesions]:
+    """The lesions of each subtype present in ``labels`` (0 background, k+1 subtype k)."""
+    lesions = {}
+    for index, name in enumerate(SUBTYPES):
+        truth = labels == index + 1
+        if truth.any():
+            components, count = ndimage.label(truth, structure=CONNECTIVITY)
+            sizes = np.bincount(components.ravel(), minlength=count + 1)[1:]
+            lesions[name] = SubtypeLesions(truth, truth.any(axis=(1, 2)), components, sizes * voxel_ml)
+    return lesions
 
 
 @dataclass
@@ -33,8 +58,8 @@ class SubtypeTally:
     def summary(self) -> dict[str, Any]:
         return {
             "slices": len(self.slice_dice),
-            "slice_dice": float(np.mean(self.slice_dice)) if self.slice_dice else math.nan,
-            "voxel_recall": self.covered_voxels / self.voxels if self.voxels else math.nan,
+            "slice_dice": float(np.mean(self.slice_dice)),
+            "voxel_recall": self.covered_voxels / self.voxels,
             "lesions": self.lesions,
             "lesions_found": self.found,
             "median_missed_ml": float(np.median(self.missed_ml)) if self.missed_ml else math.nan,
@@ -47,25 +72,26 @@ class SubtypeScores:
 
     tallies: dict[str, SubtypeTally] = field(default_factory=lambda: {name: SubtypeTally() for name in SUBTYPES})
 
-    def add(self, predicted: np.ndarray, labels: np.ndarray, positive_slice_dice: list[float], voxel_ml: float) -> None:
-        """One study: ``predicted`` (N, H, W) bool; ``labels`` 0 / k+1 for subtype k; ``positive_slice_dice`` the
-        Dice against all hemorrhage of each slice with hemorrhage, in slice order (``StudyScore.slice_dice``)."""
-        per_slice = np.full(len(labels), math.nan)
-        per_slice[(labels > 0).any(axis=(1, 2))] = positive_slice_dice
-        for index, name in enumerate(SUBTYPES):
-            truth = labels == index + 1
-            if not truth.any():
-                continue
+    def add(self, predicted: np.ndarray, lesions: dict[str, SubtypeLesions], positive_slice_dice: list[float]) -> None:
+        """One study: ``predicted`` (N, H, W); ``lesions`` from ``study_lesions``; ``positive_slice_dice`` the Dice
+        against all hemorrhage of each slice with hemorrhage, in slice order (``StudyScore.slice_dice``)."""
+        predicted = np.asarray(predicted, dtype=bool)
+        per_slice = np.full(len(predicted), math.nan)
+        positive = np.zeros(len(predicted), dtype=bool)
+        for subtype in lesions.values():
+            positive |= subtype.slices
+        if len(positive_slice_dice) != positive.sum():
+            raise ValueError(f"{len(positive_slice_dice)} slice Dice values for {positive.sum()} slices with blood")
+        per_slice[positive] = positive_slice_dice
+        for name, subtype in lesions.items():
             tally = self.tallies[name]
-            tally.slice_dice += per_slice[truth.any(axis=(1, 2))].tolist()
-            tally.voxels += int(truth.sum())
-            tally.covered_voxels += int((truth & predicted).sum())
-            components, count = ndimage.label(truth)
-            sizes = np.bincount(components.ravel(), minlength=count + 1)[1:]
-            touched = np.bincount(components[predicted], minlength=count + 1)[1:] > 0
-            tally.lesions += count
+            tally.slice_dice += per_slice[subtype.slices].tolist()
+            tally.voxels += int(subtype.truth.sum())
+            tally.covered_voxels += int((subtype.truth & predicted).sum())
+            touched = np.bincount(subtype.components[predicted], minlength=len(subtype.volumes_ml) + 1)[1:] > 0
+            tally.lesions += len(touched)
             tally.found += int(touched.sum())
-            tally.missed_ml += (sizes[~touched] * voxel_ml).tolist()
+            tally.missed_ml += subtype.volumes_ml[~touched].tolist()
 
     def summary(self) -> dict[str, dict[str, Any]]:
         """Subtypes present in the ground truth only."""

@@ -52,7 +52,7 @@ from monai.metrics import compute_dice
 from torchvision.ops import box_iou
 from tqdm import tqdm
 
-from evaluation.by_subtype import SubtypeScores
+from evaluation.by_subtype import SubtypeScores, study_lesions
 from ichseg import pipeline
 from ichseg.boxes import DEFAULT_MERGE, MERGE_MODES, lesion_boxes
 from ichseg.detector import KEEP_EVERY_BOX, NMS_IOU, Detection, HemorrhageDetector, operating_point
@@ -271,11 +271,11 @@ class DetectionRecords:
         return float(ap[:, 0].mean()), float(ap.mean())
 
     def ap50_by_subtype(self) -> dict[str, float]:
-        """AP@0.5 of each subtype present in the ground truth, by abbreviation (IPH, IVH, …)."""
+        """AP@0.5 of each subtype present in the ground truth, by subtype name."""
         if not self.true_classes:
             return {}
         ap, classes = self._ap_per_class()
-        return {ABBREVIATIONS[SUBTYPES[c]]: float(ap[i, 0]) for i, c in enumerate(classes)}
+        return {SUBTYPES[c]: float(ap[i, 0]) for i, c in enumerate(classes)}
 
     def _ap_per_class(self) -> tuple[np.ndarray, np.ndarray]:
         """ultralytics' (classes, 10) AP at IoU 0.5…0.95 and the class index of each line."""
@@ -390,12 +390,13 @@ def add_study(scores: dict[str, Scores], study: Study, masks: dict[str, RowMask]
     them by subtype too."""
     truth = study.labels > 0
     voxel_ml = study.series.voxel_volume_ml
+    lesions = study_lesions(study.labels, voxel_ml) if by_subtype is not None else {}
     for key, (mask, seconds, removed) in masks.items():
         measured = StudyScore.measure(mask, truth, voxel_ml)
         row = scores.setdefault(key, Scores())
         row.record(measured, seconds)
         if by_subtype is not None:
-            by_subtype.setdefault(key, SubtypeScores()).add(mask, study.labels, measured.slice_dice, voxel_ml)
+            by_subtype.setdefault(key, SubtypeScores()).add(mask, lesions, measured.slice_dice)
         for rule, voxels in removed.items():
             row.guard_removed_ml[rule] = row.guard_removed_ml.get(rule, 0.0) + voxels * voxel_ml
 
@@ -488,13 +489,14 @@ def markdown(results: dict) -> str:
     lines += subtype_markdown(results)
     if "detector" in results:
         d = results["detector"]
+        by_subtype = d.get("test_AP50_by_subtype") or {}
+        per_subtype = ", ".join(f"{ABBREVIATIONS[name]} {cell(ap)}" for name, ap in by_subtype.items())
         lines += [
             "",
             f"Detector ({d['model']}): test mAP@0.5 {cell(d['test_mAP50'])}, mAP@0.5:0.95 {cell(d['test_mAP50_95'])} "
             f"(these studies, confidence {KEEP_EVERY_BOX}, NMS IoU {d['nms_iou']}); manifest figures "
             f"{cell(d['manifest_mAP50'])} / {cell(d['manifest_mAP50_95'])}; paper 0.974 / 0.794. "
-            + "".join(f"AP@0.5 by subtype: {', '.join(f'{k} {cell(v, 2)}' for k, v in ap.items())}. "
-                      for ap in [d.get("test_AP50_by_subtype")] if ap)
+            + (f"AP@0.5 by subtype: {per_subtype}. " if per_subtype else "")
             + f"Product boxes: confidence ≥ {d['product_confidence']}"
             + (f", continued across slices down to {d['product_extend_confidence']} (`ichseg.z_continuity`)."
                if d.get("product_extend_confidence") not in (None, d["product_confidence"]) else "."),
@@ -510,26 +512,31 @@ def markdown(results: dict) -> str:
 
 
 def subtype_markdown(results: dict) -> list[str]:
-    """The by-subtype table of the two-stage rows as the app runs them (default merge, guarded)."""
-    keys = [row_key(model, DEFAULT_MERGE, True) for model in TWO_STAGE]
-    rows = {key: results.get("by_subtype", {}).get(key) for key in keys}
-    if not any(rows.values()):
+    """The by-subtype table of the guarded two-stage rows, in the default merge mode where it was run."""
+    tallies = results.get("by_subtype", {})
+    rows = {}
+    for model in TWO_STAGE:
+        key = next((k for k in (row_key(model, m, True) for m in (DEFAULT_MERGE, *MERGE_MODES)) if k in tallies), None)
+        if key is not None:
+            rows[key] = tallies[key]
+    if not rows:
         return []
     lines = [
-        "", f"By subtype ({', '.join(results['rows'][key]['label'] for key, row in rows.items() if row)}; a slice "
-        "counts under each subtype it holds; masks are class-agnostic; a lesion is found when any predicted voxel "
-        "touches it):", "",
-        "| subtype | method | slices | slice Dice | voxel recall | lesions found | median missed lesion (mL) |",
+        "", "By subtype (a slice counts under each subtype it holds; the masks are class-agnostic, so slice Dice is "
+        "against all blood; a lesion — 26-connected — is found when any predicted voxel touches it):", "",
+        "| subtype | method | slices | slice Dice (all blood) | voxel recall | lesions found "
+        "| median missed lesion (mL) |",
         "|---|---|---|---|---|---|---|",
     ]
     for name in SUBTYPES:
         for key, row in rows.items():
-            if row and name in row:
+            if name in row:
                 s = row[name]
+                missed = "none" if s["lesions_found"] == s["lesions"] else cell(s["median_missed_ml"], 2)
                 lines.append(
                     f"| {ABBREVIATIONS[name]} | {results['rows'][key]['label']} | {s['slices']} "
                     f"| {cell(s['slice_dice'])} | {cell(s['voxel_recall'], 2)} | {s['lesions_found']} / "
-                    f"{s['lesions']} | {cell(s['median_missed_ml'], 2)} |"
+                    f"{s['lesions']} | {missed} |"
                 )
     return lines
 

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from small_study import MATRIX, generated_study
 
-from evaluation.by_subtype import SubtypeScores
+from evaluation.by_subtype import SubtypeScores, study_lesions
 from evaluation.evaluate import DetectionRecords, Models, Scores, StudyScore, add_study, parse_args, study_masks
 from evaluation.evaluate import main as evaluate_main
 from ichseg.guard import GuardOptions
 from ichseg.labelled_study import Study, load_study
-from ichseg.subtypes import ABBREVIATIONS, SUBTYPES
+from ichseg.subtypes import SUBTYPES
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "models"
@@ -87,7 +87,8 @@ def test_evaluation_command_on_a_256_series(study_folder: Path, tmp_path: Path,
                    "--segmenter", str(MODELS / "segmenter"), "--merge", "slice", "--out", str(out)])
     results = json.loads((out / "evaluation.json").read_text())
     assert set(results["rows"]) == {"oracle", "oracle+guard", "product", "product+guard"}
-    present = {ABBREVIATIONS[SUBTYPES[k - 1]] for k in np.unique(np.load(study_folder / "labels.npz")["labels"]) if k}
+    labels = np.load(study_folder / "labels.npz")["labels"]
+    present = {SUBTYPES[k - 1] for k in np.unique(labels) if k}
     oracle = results["rows"]["oracle"]
     assert oracle["positive_slices"] >= 5 and oracle["slice_dice"] > 0.3 and oracle["fp_slices"] == 0
     guarded = results["rows"]["product+guard"]
@@ -95,8 +96,7 @@ def test_evaluation_command_on_a_256_series(study_folder: Path, tmp_path: Path,
     assert results["detector"]["test_mAP50"] > 0, "detections compared with boxes on the same grid"
     assert set(results["detector"]["test_AP50_by_subtype"]) == present, "one AP per subtype in the ground truth"
     by_subtype = results["by_subtype"]["oracle"]
-    labels = np.load(study_folder / "labels.npz")["labels"]
-    assert set(by_subtype) == set(SUBTYPES[k - 1] for k in np.unique(labels) if k) and by_subtype
+    assert set(by_subtype) == present and by_subtype
     for name, tally in by_subtype.items():
         assert tally["slices"] == int((labels == SUBTYPES.index(name) + 1).any(axis=(1, 2)).sum())
         assert 0 < tally["lesions_found"] <= tally["lesions"] and 0 < tally["voxel_recall"] <= 1
@@ -139,16 +139,17 @@ def test_subtype_tallies_count_slices_voxels_and_lesions() -> None:
     labels = np.zeros((3, 16, 16), np.uint8)
     labels[0:2, 2:6, 2:6] = 1  # IPH lesion over two slices, 32 voxels
     labels[1, 10:12, 10:12] = 1  # a second IPH lesion, 4 voxels
+    labels[2, 6:8, 6:8] = 1  # diagonal to the first lesion's last slice: the same lesion (26-connected)
     labels[2, 0:2, 12:16] = 4  # SDH, 8 voxels
     predicted = np.zeros(labels.shape, bool)
     predicted[0, 2:6, 2:4] = True  # half the first lesion's first slice: slice Dice 2·8 / (8 + 16)
     tallies = SubtypeScores()
-    tallies.add(predicted, labels, StudyScore.measure(predicted, labels > 0, 0.5).slice_dice, 0.5)
+    tallies.add(predicted, study_lesions(labels, 0.5), StudyScore.measure(predicted, labels > 0, 0.5).slice_dice)
     summary = tallies.summary()
     assert set(summary) == {"intraparenchymal", "subdural"}
     iph, sdh = summary["intraparenchymal"], summary["subdural"]
-    assert iph["slices"] == 2 and iph["slice_dice"] == pytest.approx((2 / 3 + 0) / 2)
-    assert iph["voxel_recall"] == pytest.approx(8 / 36)
+    assert iph["slices"] == 3 and iph["slice_dice"] == pytest.approx((2 / 3 + 0 + 0) / 3)
+    assert iph["voxel_recall"] == pytest.approx(8 / 40)
     assert (iph["lesions"], iph["lesions_found"], iph["median_missed_ml"]) == (2, 1, 2.0)
     assert (sdh["slices"], sdh["slice_dice"], sdh["voxel_recall"]) == (1, 0.0, 0.0)
     assert (sdh["lesions"], sdh["lesions_found"], sdh["median_missed_ml"]) == (1, 0, 4.0)
