@@ -27,8 +27,9 @@ The same masks are also tallied by subtype (``evaluation.by_subtype``: slice Dic
 shown for the guarded two-stage rows, to say which blood is missed.
 Detector mAP@0.5 and mAP@0.5:0.95 (and AP@0.5 per subtype) are computed on the same test studies from detections
 at confidence ``ichseg.detector.KEEP_EVERY_BOX`` and the detector's NMS IoU, matched to the per-lesion ground-truth
-boxes as ultralytics' validator does and averaged with ultralytics' ``ap_per_class``; the figures in the detector's
-manifest (from its training run) are shown beside.
+boxes (``ichseg.boxes.lesion_boxes``: fragments of one subtype within ``LESION_GAP_MM`` form one lesion, as in the
+generator's ``boxes.csv``) as ultralytics' validator does and averaged with ultralytics' ``ap_per_class``; the
+figures in the detector's manifest (from its training run) are shown beside.
 
 ``--choose-guard`` instead sweeps detector confidences and extend confidences (``ichseg.z_continuity``), both merge
 modes and the guard's settings over the *validation* split's product masks (``evaluation.guard_choice``) and writes
@@ -54,7 +55,7 @@ from tqdm import tqdm
 
 from evaluation.by_subtype import SubtypeScores, study_lesions
 from ichseg import pipeline
-from ichseg.boxes import DEFAULT_MERGE, MERGE_MODES, lesion_boxes
+from ichseg.boxes import DEFAULT_MERGE, LESION_GAP_MM, MERGE_MODES, lesion_boxes, lesion_gap_pixels
 from ichseg.detector import KEEP_EVERY_BOX, NMS_IOU, Detection, HemorrhageDetector, operating_point
 from ichseg.guard import BLOOD_HU, CAVITY_MARGIN_MM, MIN_COMPONENT_ML, Anatomy, GuardOptions
 from ichseg.labelled_study import Study, load_study, study_ids
@@ -252,8 +253,9 @@ class DetectionRecords:
     pred_classes: list[int] = field(default_factory=list)
     true_classes: list[int] = field(default_factory=list)
 
-    def add_slice(self, detections: list, label_slice: np.ndarray) -> None:
-        truth = lesion_boxes(label_slice)
+    def add_slice(self, detections: list, label_slice: np.ndarray, gap: float | None = None) -> None:
+        """One slice's detections against its lesion boxes (fragments within ``gap`` pixels grouped)."""
+        truth = lesion_boxes(label_slice, gap)
         true_boxes = np.asarray([t.box for t in truth], dtype=np.float64).reshape(-1, 4)
         true_classes = np.asarray([t.subtype for t in truth], dtype=np.int64)
         pred_boxes = np.asarray([d.box for d in detections], dtype=np.float64).reshape(-1, 4)
@@ -297,9 +299,9 @@ def optional_model(folder: Path | None, role: str) -> Path | None:
     return None
 
 
-def truth_detections(labels: np.ndarray) -> list[list[Detection]]:
+def truth_detections(labels: np.ndarray, gap: float | None = None) -> list[list[Detection]]:
     """The per-lesion ground-truth boxes of each slice as detections (confidence 1): the oracle's "detector"."""
-    return [[Detection(box.subtype, 1.0, box.box) for box in lesion_boxes(label_slice)] for label_slice in labels]
+    return [[Detection(box.subtype, 1.0, box.box) for box in lesion_boxes(label_slice, gap)] for label_slice in labels]
 
 
 @dataclass
@@ -348,14 +350,15 @@ def detection_sources(study: Study, models: Models, records: DetectionRecords | 
     The detector runs on the study's 512 grid and its boxes come back on the source grid (``pipeline.detect``),
     the grid of the labels they are matched to in ``records``.
     """
-    sources: dict[str, Source] = {"oracle": (truth_detections(study.labels), 0.0, None, None)}
+    gap = lesion_gap_pixels(study.series.pixel_spacing)  # the lesion boxes of the data's boxes.csv
+    sources: dict[str, Source] = {"oracle": (truth_detections(study.labels, gap), 0.0, None, None)}
     if models.detector is not None:
         started = time.perf_counter()
         detections = pipeline.detect(models.detector, study.windowed)
         sources["product"] = (detections, time.perf_counter() - started, models.confidence, models.extend_confidence)
         if records is not None:
             for slice_detections, label_slice in zip(detections, study.labels, strict=True):
-                records.add_slice(slice_detections, label_slice)
+                records.add_slice(slice_detections, label_slice, gap)
     return sources
 
 
@@ -423,6 +426,7 @@ def detector_results(
         "product_confidence": product_confidence,
         "product_extend_confidence": product_extend,
         "nms_iou": NMS_IOU,
+        "lesion_gap_mm": LESION_GAP_MM,
         "test_mAP50": map50,
         "test_mAP50_95": map50_95,
         "test_AP50_by_subtype": records.ap50_by_subtype(),
@@ -494,7 +498,8 @@ def markdown(results: dict) -> str:
         lines += [
             "",
             f"Detector ({d['model']}): test mAP@0.5 {cell(d['test_mAP50'])}, mAP@0.5:0.95 {cell(d['test_mAP50_95'])} "
-            f"(these studies, confidence {KEEP_EVERY_BOX}, NMS IoU {d['nms_iou']}); manifest figures "
+            f"(these studies, confidence {KEEP_EVERY_BOX}, NMS IoU {d['nms_iou']}, lesion boxes grouping fragments "
+            f"within {d.get('lesion_gap_mm', LESION_GAP_MM):g} mm); manifest figures "
             f"{cell(d['manifest_mAP50'])} / {cell(d['manifest_mAP50_95'])}; paper 0.974 / 0.794. "
             + (f"AP@0.5 by subtype: {per_subtype}. " if per_subtype else "")
             + f"Product boxes: confidence ≥ {d['product_confidence']}"

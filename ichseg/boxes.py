@@ -19,6 +19,7 @@ Box = tuple[float, float, float, float]
 MERGE_MODES = ("slice", "cluster")
 DEFAULT_MERGE = "slice"  # the paper's one enclosing box per slice; "cluster" stays selectable until validation decides
 CLUSTER_MARGIN_MM = 10.0  # boxes closer than this (or overlapping) form one cluster, cropped as one
+LESION_GAP_MM = 5.0  # label fragments of one subtype closer than this are one lesion with one box, as a reader draws it
 
 
 class LabelledBox(NamedTuple):
@@ -36,19 +37,29 @@ def box_of_mask(mask: np.ndarray) -> Box:
     return (float(columns[0]), float(rows[0]), float(columns[-1] + 1), float(rows[-1] + 1))
 
 
-def lesion_boxes(label_slice: np.ndarray) -> list[LabelledBox]:
-    """One box per connected component per subtype of a label slice (0 background, k+1 subtype k).
+def lesion_boxes(label_slice: np.ndarray, gap: float | None = None) -> list[LabelledBox]:
+    """One box per lesion per subtype of a label slice (0 background, k+1 subtype k).
 
-    Components touching diagonally count as one (8-connectivity), like a reader drawing one box around them.
+    A lesion is a connected component (8-connectivity: touching diagonally counts) or, with ``gap`` (pixels), a
+    group of components of the same subtype whose boxes overlap or lie within ``gap`` of each other
+    (``cluster_boxes``). Why: at 5 mm slices a thin subdural crescent or sulcal blood breaks into many fragments of a
+    few pixels; a reader draws one box around the lesion, and a detector cannot learn one box per fragment.
     """
     boxes: list[LabelledBox] = []
     for label in np.unique(label_slice):
         if label == 0:
             continue
         components, count = ndimage.label(label_slice == label, structure=np.ones((3, 3), dtype=bool))
-        for component in range(1, count + 1):
-            boxes.append(LabelledBox(int(label) - 1, box_of_mask(components == component)))
+        found = [box_of_mask(components == component) for component in range(1, count + 1)]
+        if gap is not None:
+            found = cluster_boxes(found, gap)
+        boxes += [LabelledBox(int(label) - 1, box) for box in found]
     return boxes
+
+
+def lesion_gap_pixels(pixel_spacing: tuple[float, float], gap_mm: float = LESION_GAP_MM) -> float:
+    """``LESION_GAP_MM`` in pixels of a slice with this (row, column) spacing (their mean)."""
+    return gap_mm / float(np.mean(pixel_spacing))
 
 
 def merge_boxes(boxes: Iterable[Box]) -> Box | None:

@@ -1,7 +1,8 @@
 """Generate synthetic head-CT studies: ``python -m synthetic --out data/synthetic --studies 200``.
 
 Writes, under --out: one folder per study (``ct/`` DICOM series, ``labels.npz``, ``ground_truth_seg.dcm``),
-``studies.csv`` (manifest with the split) and ``boxes.csv`` (BHX-style boxes, one row per box per slice).
+``studies.csv`` (manifest with the split) and ``boxes.csv`` (BHX-style boxes, one row per lesion per slice; label
+fragments of one subtype within 5 mm are one lesion, as a reader boxes them: ``ichseg.boxes.lesion_boxes``).
 The studies are phantoms for demonstration and testing, not patient data: heads from below the skull base to the
 vertex with the classic hemorrhage mimics (calcifications, dense venous sinuses, tentorium/falx, petrous bones,
 beam hardening, scalp haematoma, ...), ≈45 % without hemorrhage, slice thickness 0.625–5 mm. Thin series have

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ichseg.boxes import lesion_boxes
+from ichseg.boxes import lesion_boxes, lesion_gap_pixels
 from ichseg.dicom_seg import SegAuthor, SegmentMask, build_seg, subtype_segments, write_atomically
 from ichseg.dicom_series import load_single_series
 from ichseg.subtypes import SUBTYPES
@@ -59,13 +59,23 @@ def make_study(number: int, seed: int, root: Path, max_slices: int | None = None
     seg = build_seg(series.headers, segments, GROUND_TRUTH_AUTHOR, "Ground truth (synthetic)")
     write_atomically(seg, folder / "ground_truth_seg.dcm")
 
-    rows = []
-    for header, label_slice in zip(series.headers, labels, strict=True):
-        for subtype, (x0, y0, x1, y1) in lesion_boxes(label_slice):
-            rows.append((
-                identity.study_uid, identity.series_uid, str(header.SOPInstanceUID), SUBTYPES[subtype].capitalize(),
-                f"{x0:.1f}", f"{y0:.1f}", f"{x1 - x0:.1f}", f"{y1 - y0:.1f}",
-            ))
+    sop_uids = [str(h.SOPInstanceUID) for h in series.headers]
+    rows = lesion_box_rows(identity.study_uid, identity.series_uid, sop_uids, labels, series.pixel_spacing)
     present = sorted({SUBTYPES[v - 1] for v in np.unique(labels) if v})
     return StudyRecord(study_id, split_of(number), len(series.headers), present,
                        float((labels > 0).sum() * series.voxel_volume_ml), rows)
+
+
+def lesion_box_rows(study_uid: str, series_uid: str, sop_uids: list[str], labels: np.ndarray,
+             pixel_spacing: tuple[float, float]) -> list[tuple[str, ...]]:
+    """BHX-style rows (``BOX_COLUMNS``) of a labelled series: one box per lesion (``lesion_boxes``, fragments within
+    ``LESION_GAP_MM`` grouped) per slice."""
+    rows = []
+    gap = lesion_gap_pixels(pixel_spacing)
+    for sop_uid, label_slice in zip(sop_uids, labels, strict=True):
+        for subtype, (x0, y0, x1, y1) in lesion_boxes(label_slice, gap):
+            rows.append((
+                study_uid, series_uid, sop_uid, SUBTYPES[subtype].capitalize(),
+                f"{x0:.1f}", f"{y0:.1f}", f"{x1 - x0:.1f}", f"{y1 - y0:.1f}",
+            ))
+    return rows

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from ichseg.boxes import lesion_boxes
+from ichseg.boxes import lesion_boxes, lesion_gap_pixels
 from ichseg.detector import INPUT_SIZE, KEEP_EVERY_BOX, Detection, HemorrhageDetector, to_bgr
 from ichseg.dicom_series import load_single_series
 from ichseg.model_manifest import ModelError, ModelManifest
@@ -96,7 +96,7 @@ def test_converter_labels_equal_mask_boxes(tmp_path: Path, positive_study: Path,
     for index, (header, label_slice) in enumerate(zip(series.headers, labels["labels"], strict=True)):
         assert str(header.SOPInstanceUID) == str(labels["sop_instance_uids"][index])
         got = sorted(read_label(out / "labels" / "train" / f"pos_{header.SOPInstanceUID}.txt"))
-        want = sorted((b.subtype, b.box) for b in lesion_boxes(label_slice))
+        want = sorted((b.subtype, b.box) for b in lesion_boxes(label_slice, lesion_gap_pixels(series.pixel_spacing)))
         assert [c for c, _ in got] == [c for c, _ in want]
         np.testing.assert_allclose(box_array(got), box_array(want), atol=0.01)
         image = cv2.imread(str(out / "images" / "train" / f"pos_{header.SOPInstanceUID}.png"), cv2.IMREAD_COLOR)

@@ -10,7 +10,7 @@ import pydicom
 import pytest
 from scipy import ndimage
 
-from ichseg.boxes import box_of_mask, lesion_boxes, merge_boxes
+from ichseg.boxes import LESION_GAP_MM, box_of_mask, lesion_boxes, lesion_gap_pixels, merge_boxes
 from ichseg.crops import CROP_SIZE, crop_mask_to_target, crop_to_input, paste_probability
 from ichseg.dicom_series import DicomInputError, load_single_series
 from ichseg.windowing import BRAIN_WINDOW, apply_window, window_from_header
@@ -65,6 +65,21 @@ def test_lesion_boxes_one_per_component() -> None:
     label[30:35, 30:33] = 1
     boxes = sorted(lesion_boxes(label))
     assert boxes == [(0, (30.0, 30.0, 33.0, 35.0)), (3, (5.0, 10.0, 15.0, 20.0)), (3, (40.0, 40.0, 50.0, 42.0))]
+
+
+def test_lesion_boxes_group_fragments_of_one_subtype() -> None:
+    """A subdural broken into fragments 3 px apart is one lesion box at a 5 px gap; a clot of another subtype beside
+    it and a fragment 20 px away keep their own boxes; without a gap every component has its box."""
+    label = np.zeros((64, 64), dtype=np.uint8)
+    label[10:12, 5:15] = 4
+    label[14:16, 12:20] = 4  # 2 rows below the first fragment
+    label[12:14, 22:26] = 4  # 2 columns right of the second fragment's box, overlapping it in rows
+    label[40:42, 40:50] = 4  # 24 rows further down
+    label[16:20, 16:20] = 1  # IPH touching the second fragment's box: another subtype, another lesion
+    assert len(lesion_boxes(label)) == 5
+    grouped = sorted(lesion_boxes(label, gap=5.0))
+    assert grouped == [(0, (16.0, 16.0, 20.0, 20.0)), (3, (5.0, 10.0, 26.0, 16.0)), (3, (40.0, 40.0, 50.0, 42.0))]
+    assert lesion_gap_pixels((0.5, 0.5)) == pytest.approx(LESION_GAP_MM / 0.5)
 
 
 #: Bound on crop → 224×224 → paste-back of a ground-truth mask: the two masks differ only on the lesion's
