@@ -3,8 +3,9 @@
 Per row and subtype (a slice counts under every subtype it holds; the masks are class-agnostic, as the app's):
 * slice Dice (all blood): mean, over the slices holding the subtype, of the row's slice Dice against all hemorrhage;
 * voxel recall: Σ|P ∩ G_k| / Σ|G_k|, the share of the subtype's voxels the prediction covers;
-* lesions found: 3D connected components of the subtype's label (26-connected, as the guard's components) that any
-  predicted voxel touches, and the median volume of the lesions missed (tiny misses and large misses call for
+* lesions found: the subtype's lesions — its voxels grouped in 3D where they lie within ``LESION_GAP_MM`` of each
+  other, as the boxes group fragments (a thin subdural at 5 mm slices is one lesion, not dozens of specks) — that
+  any predicted voxel touches, and the median volume of the lesions missed (tiny misses and large misses call for
   different fixes).
 """
 
@@ -17,9 +18,10 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from ichseg.boxes import LESION_GAP_MM
 from ichseg.subtypes import SUBTYPES
 
-CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)
+CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)  # touching along an edge or a corner counts
 
 
 @dataclass(frozen=True)
@@ -32,16 +34,38 @@ class SubtypeLesions:
     volumes_ml: np.ndarray  # (lesions,)
 
 
-def study_lesions(labels: np.ndarray, voxel_ml: float) -> dict[str, SubtypeLesions]:
-    """The lesions of each subtype present in ``labels`` (0 background, k+1 subtype k)."""
+def study_lesions(labels: np.ndarray, voxel_ml: float, spacing_mm: tuple[float, float, float] | None = None,
+                  gap_mm: float = LESION_GAP_MM) -> dict[str, SubtypeLesions]:
+    """The lesions of each subtype present in ``labels`` (0 background, k+1 subtype k): with ``spacing_mm`` (slice,
+    row, column) voxels closer than ``gap_mm`` are one lesion, without it each connected component is."""
     lesions = {}
     for index, name in enumerate(SUBTYPES):
         truth = labels == index + 1
         if truth.any():
-            components, count = ndimage.label(truth, structure=CONNECTIVITY)
-            sizes = np.bincount(components.ravel(), minlength=count + 1)[1:]
+            groups = _groups(truth, spacing_mm, gap_mm)
+            kept = np.unique(groups[truth])  # the groups that hold the subtype's voxels, numbered 1…
+            lookup = np.zeros(groups.max() + 1, dtype=np.int64)
+            lookup[kept] = np.arange(1, len(kept) + 1)
+            components = np.where(truth, lookup[groups], 0)
+            sizes = np.bincount(components.ravel(), minlength=len(kept) + 1)[1:]
             lesions[name] = SubtypeLesions(truth, truth.any(axis=(1, 2)), components, sizes * voxel_ml)
     return lesions
+
+
+def _groups(truth: np.ndarray, spacing_mm: tuple[float, float, float] | None, gap_mm: float) -> np.ndarray:
+    """Connected components of ``truth`` widened by ``gap_mm / 2`` (a voxel near two fragments bridges them),
+    computed in the truth's bounding box plus that margin."""
+    if spacing_mm is None:
+        return ndimage.label(truth, structure=CONNECTIVITY)[0]
+    margin = [int(np.ceil(gap_mm / 2 / step)) + 1 for step in spacing_mm]
+    where = np.argwhere(truth)
+    low = np.maximum(where.min(axis=0) - margin, 0)
+    high = np.minimum(where.max(axis=0) + 1 + margin, truth.shape)
+    window = tuple(slice(a, b) for a, b in zip(low, high, strict=True))
+    near = ndimage.distance_transform_edt(~truth[window], sampling=spacing_mm) <= gap_mm / 2
+    groups = np.zeros(truth.shape, dtype=np.int32)
+    groups[window] = ndimage.label(near, structure=CONNECTIVITY)[0]
+    return groups
 
 
 @dataclass

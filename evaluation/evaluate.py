@@ -393,7 +393,9 @@ def add_study(scores: dict[str, Scores], study: Study, masks: dict[str, RowMask]
     them by subtype too."""
     truth = study.labels > 0
     voxel_ml = study.series.voxel_volume_ml
-    lesions = study_lesions(study.labels, voxel_ml) if by_subtype is not None else {}
+    series = study.series
+    spacing = (series.slice_spacing, *series.pixel_spacing)
+    lesions = study_lesions(study.labels, voxel_ml, spacing) if by_subtype is not None else {}
     for key, (mask, seconds, removed) in masks.items():
         measured = StudyScore.measure(mask, truth, voxel_ml)
         row = scores.setdefault(key, Scores())
@@ -528,7 +530,8 @@ def subtype_markdown(results: dict) -> list[str]:
         return []
     lines = [
         "", "By subtype (a slice counts under each subtype it holds; the masks are class-agnostic, so slice Dice is "
-        "against all blood; a lesion — 26-connected — is found when any predicted voxel touches it):", "",
+        f"against all blood; a lesion — voxels of one subtype within {LESION_GAP_MM:g} mm of each other — is found "
+        "when any predicted voxel touches it):", "",
         "| subtype | method | slices | slice Dice (all blood) | voxel recall | lesions found "
         "| median missed lesion (mL) |",
         "|---|---|---|---|---|---|---|",

@@ -153,3 +153,15 @@ def test_subtype_tallies_count_slices_voxels_and_lesions() -> None:
     assert (iph["lesions"], iph["lesions_found"], iph["median_missed_ml"]) == (2, 1, 2.0)
     assert (sdh["slices"], sdh["slice_dice"], sdh["voxel_recall"]) == (1, 0.0, 0.0)
     assert (sdh["lesions"], sdh["lesions_found"], sdh["median_missed_ml"]) == (1, 0, 4.0)
+
+
+def test_lesions_group_fragments_within_the_gap() -> None:
+    """Two subdural fragments 4 mm apart are one lesion at the 5 mm gap; a fragment 30 mm away is another."""
+    labels = np.zeros((3, 40, 40), np.uint8)
+    labels[0, 0:2, 0:10] = 4
+    labels[0, 0:2, 13:20] = 4  # columns 10-12 empty: 4 mm from column 9 at 1 mm pixels
+    labels[2, 30:32, 30:40] = 4
+    assert len(study_lesions(labels, 1.0)["subdural"].volumes_ml) == 3, "connected components without a spacing"
+    grouped = study_lesions(labels, 1.0, spacing_mm=(5.0, 1.0, 1.0))["subdural"]
+    assert sorted(grouped.volumes_ml) == [20.0, 34.0]
+    assert set(np.unique(grouped.components)) == {0, 1, 2} and (grouped.components > 0).sum() == 54
