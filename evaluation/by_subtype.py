@@ -3,8 +3,9 @@
 Per row and subtype (a slice counts under every subtype it holds; the masks are class-agnostic, as the app's):
 * slice Dice (all blood): mean, over the slices holding the subtype, of the row's slice Dice against all hemorrhage;
 * voxel recall: Σ|P ∩ G_k| / Σ|G_k|, the share of the subtype's voxels the prediction covers;
-* lesions found: the subtype's lesions — its voxels grouped in 3D where they lie within ``LESION_GAP_MM`` of each
-  other, as the boxes group fragments (a thin subdural at 5 mm slices is one lesion, not dozens of specks) — that
+* lesions found: the subtype's lesions — its voxels grouped in 3D where they lie within about ``LESION_GAP_MM`` of
+  each other (a distance between voxels, where the boxes measure the gap between box edges in 2D: the two groupings
+  agree roughly, not exactly; a thin subdural at 5 mm slices is one lesion, not dozens of specks) — that
   any predicted voxel touches, and the median volume of the lesions missed (tiny misses and large misses call for
   different fixes).
 """

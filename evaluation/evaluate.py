@@ -501,7 +501,7 @@ def markdown(results: dict) -> str:
             "",
             f"Detector ({d['model']}): test mAP@0.5 {cell(d['test_mAP50'])}, mAP@0.5:0.95 {cell(d['test_mAP50_95'])} "
             f"(these studies, confidence {KEEP_EVERY_BOX}, NMS IoU {d['nms_iou']}, lesion boxes grouping fragments "
-            f"within {d.get('lesion_gap_mm', LESION_GAP_MM):g} mm); manifest figures "
+            f"within {d.get('lesion_gap_mm', LESION_GAP_MM):g} mm); manifest figures (its training run's own boxes) "
             f"{cell(d['manifest_mAP50'])} / {cell(d['manifest_mAP50_95'])}; paper 0.974 / 0.794. "
             + (f"AP@0.5 by subtype: {per_subtype}. " if per_subtype else "")
             + f"Product boxes: confidence ≥ {d['product_confidence']}"
