@@ -392,8 +392,8 @@ def add_study(scores: dict[str, Scores], study: Study, masks: dict[str, RowMask]
     """Score one study's masks of every row against its ground truth (any subtype = hemorrhage) and, if given, tally
     them by subtype too."""
     truth = study.labels > 0
-    voxel_ml = study.series.voxel_volume_ml
     series = study.series
+    voxel_ml = series.voxel_volume_ml
     spacing = (series.slice_spacing, *series.pixel_spacing)
     lesions = study_lesions(study.labels, voxel_ml, spacing) if by_subtype is not None else {}
     for key, (mask, seconds, removed) in masks.items():

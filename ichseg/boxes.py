@@ -57,9 +57,14 @@ def lesion_boxes(label_slice: np.ndarray, gap: float | None = None) -> list[Labe
     return boxes
 
 
+def mm_to_pixels(distance_mm: float, pixel_spacing: tuple[float, float]) -> float:
+    """An in-plane distance in pixels of a slice with this (row, column) spacing (their mean)."""
+    return distance_mm / float(np.mean(pixel_spacing))
+
+
 def lesion_gap_pixels(pixel_spacing: tuple[float, float], gap_mm: float = LESION_GAP_MM) -> float:
-    """``LESION_GAP_MM`` in pixels of a slice with this (row, column) spacing (their mean)."""
-    return gap_mm / float(np.mean(pixel_spacing))
+    """``LESION_GAP_MM`` in pixels: the gap the generator's boxes and the evaluation's ground truth both use."""
+    return mm_to_pixels(gap_mm, pixel_spacing)
 
 
 def merge_boxes(boxes: Iterable[Box]) -> Box | None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ichseg.boxes import CLUSTER_MARGIN_MM, DEFAULT_MERGE, Box, merge_slice
+from ichseg.boxes import CLUSTER_MARGIN_MM, DEFAULT_MERGE, Box, merge_slice, mm_to_pixels
 from ichseg.detector import INPUT_SIZE, Detection, extend_confidence, resize_to_input
 from ichseg.dicom_series import CTSeries
 from ichseg.guard import Anatomy, GuardOptions, GuardReport, apply_guard, read_anatomy
@@ -103,7 +103,7 @@ def keep_findings(
 
 def cluster_margin_px(pixel_spacing: tuple[float, float], margin_mm: float = CLUSTER_MARGIN_MM) -> float:
     """The cluster margin in source-grid pixels."""
-    return margin_mm / float(np.mean(pixel_spacing))
+    return mm_to_pixels(margin_mm, pixel_spacing)
 
 
 def merge(

@@ -67,7 +67,7 @@ def make_study(number: int, seed: int, root: Path, max_slices: int | None = None
 
 
 def lesion_box_rows(study_uid: str, series_uid: str, sop_uids: list[str], labels: np.ndarray,
-             pixel_spacing: tuple[float, float]) -> list[tuple[str, ...]]:
+                    pixel_spacing: tuple[float, float]) -> list[tuple[str, ...]]:
     """BHX-style rows (``BOX_COLUMNS``) of a labelled series: one box per lesion (``lesion_boxes``, fragments within
     ``LESION_GAP_MM`` grouped) per slice."""
     rows = []
