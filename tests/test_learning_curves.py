@@ -23,7 +23,7 @@ def test_legs_are_read_replaced_when_resumed_and_drawn(tmp_path: Path) -> None:
     curves, run = tmp_path / "curves.json", tmp_path / "runs" / "leg"
     write_results(run, [(1, 300.0, 0.21), (2, 600.0, 0.25)])
     main(["--curves", str(curves), "add-detector", str(run), "--leg", "leg", "--validation", "val", "--bundled"])
-    write_results(run, [(1, 300.0, 0.21), (2, 600.0, 0.25), (3, 900.0, 0.3)])  # the run was resumed
+    write_results(run, [(1, 300.0, 0.21), (2, 600.0, 0.25), (3, 290.0, 0.3)])  # resumed: its clock restarts
     main(["--curves", str(curves), "add-detector", str(run), "--leg", "leg", "--validation", "val"])
     checkpoint = tmp_path / "checkpoint.pt"
     history = [{"epoch": 1, "steps": 25, "loss": 0.9, "val_dice": 0.61234, "seconds": 240.0},
@@ -33,7 +33,7 @@ def test_legs_are_read_replaced_when_resumed_and_drawn(tmp_path: Path) -> None:
 
     recorded = json.loads(curves.read_text())
     assert recorded["detector"] == [
-        {"leg": "leg", "validation": "val", "bundled": False, "values": [0.21, 0.25, 0.3], "minutes": 15.0}
+        {"leg": "leg", "validation": "val", "bundled": False, "values": [0.21, 0.25, 0.3], "minutes": 14.8}
     ]
     assert recorded["segmenter"][0]["values"] == [0.6123, 0.65] and recorded["segmenter"][0]["minutes"] == 8.0
 

@@ -34,7 +34,17 @@ def detector_leg(run_dir: Path) -> dict[str, Any]:
     if not rows:
         raise SystemExit(f"{run_dir / 'results.csv'}: no finished epoch")
     return {"values": [round(float(row[ULTRALYTICS_MAP50]), 4) for row in rows],
-            "minutes": round(float(rows[-1]["time"]) / 60.0, 1)}
+            "minutes": round(run_seconds([float(row["time"]) for row in rows]) / 60.0, 1)}
+
+
+def run_seconds(elapsed: list[float]) -> float:
+    """Training seconds from ultralytics' per-epoch ``time`` column, which counts from the start of each invocation:
+    a resumed run starts again near zero."""
+    total, previous = 0.0, 0.0
+    for seconds in elapsed:
+        total += seconds - previous if seconds >= previous else seconds
+        previous = seconds
+    return total
 
 
 def segmenter_leg(checkpoint: Path) -> dict[str, Any]:
