@@ -100,6 +100,7 @@ def test_evaluation_command_on_a_256_series(study_folder: Path, tmp_path: Path,
     for name, tally in by_subtype.items():
         assert tally["slices"] == int((labels == SUBTYPES.index(name) + 1).any(axis=(1, 2)).sum())
         assert 0 < tally["lesions_found"] <= tally["lesions"] and 0 < tally["voxel_recall"] <= 1
+        assert 0 < tally["slices_marked"] <= 1
     table = (out / "evaluation.md").read_text()
     assert "YOLO + TransDeepLab (product), slice merge + guard" in table and "| subtype | method |" in table
 
@@ -149,9 +150,9 @@ def test_subtype_tallies_count_slices_voxels_and_lesions() -> None:
     assert set(summary) == {"intraparenchymal", "subdural"}
     iph, sdh = summary["intraparenchymal"], summary["subdural"]
     assert iph["slices"] == 3 and iph["slice_dice"] == pytest.approx((2 / 3 + 0 + 0) / 3)
-    assert iph["voxel_recall"] == pytest.approx(8 / 40)
+    assert iph["voxel_recall"] == pytest.approx(8 / 40) and iph["slices_marked"] == pytest.approx(1 / 3)
     assert (iph["lesions"], iph["lesions_found"], iph["median_missed_ml"]) == (2, 1, 2.0)
-    assert (sdh["slices"], sdh["slice_dice"], sdh["voxel_recall"]) == (1, 0.0, 0.0)
+    assert (sdh["slices"], sdh["slices_marked"], sdh["slice_dice"], sdh["voxel_recall"]) == (1, 0.0, 0.0, 0.0)
     assert (sdh["lesions"], sdh["lesions_found"], sdh["median_missed_ml"]) == (1, 0, 4.0)
 
 
