@@ -2,8 +2,8 @@
 
 Per row and subtype (a slice counts under every subtype it holds; the masks are class-agnostic, as the app's):
 * slice Dice (all blood): mean, over the slices holding the subtype, of the row's slice Dice against all hemorrhage;
-* slices marked: the share of those slices with any predicted voxel (a slice the detector left without a box stays
-  empty: low here and high voxel recall on the marked ones means missed lesions, not boxes too small);
+* slices touched: the share of those slices where the prediction touches the subtype's blood (a slice the detector
+  left without a box stays untouched, so this falls with missed lesions, and voxel recall with boxes too small too);
 * voxel recall: Σ|P ∩ G_k| / Σ|G_k|, the share of the subtype's voxels the prediction covers;
 * lesions found: the subtype's lesions — its voxels grouped in 3D where they lie within about ``LESION_GAP_MM`` of
   each other (a distance between voxels, where the boxes measure the gap between box edges in 2D: the two groupings
@@ -76,7 +76,7 @@ class SubtypeTally:
     """Running totals of one subtype in one row."""
 
     slice_dice: list[float] = field(default_factory=list)
-    marked_slices: int = 0
+    touched_slices: int = 0
     covered_voxels: int = 0
     voxels: int = 0
     lesions: int = 0
@@ -87,7 +87,7 @@ class SubtypeTally:
         return {
             "slices": len(self.slice_dice),
             "slice_dice": float(np.mean(self.slice_dice)),
-            "slices_marked": self.marked_slices / len(self.slice_dice),
+            "slices_touched": self.touched_slices / len(self.slice_dice),
             "voxel_recall": self.covered_voxels / self.voxels,
             "lesions": self.lesions,
             "lesions_found": self.found,
@@ -115,7 +115,7 @@ class SubtypeScores:
         for name, subtype in lesions.items():
             tally = self.tallies[name]
             tally.slice_dice += per_slice[subtype.slices].tolist()
-            tally.marked_slices += int(predicted[subtype.slices].any(axis=(1, 2)).sum())
+            tally.touched_slices += int((subtype.truth & predicted).any(axis=(1, 2)).sum())
             tally.voxels += int(subtype.truth.sum())
             tally.covered_voxels += int((subtype.truth & predicted).sum())
             touched = np.bincount(subtype.components[predicted], minlength=len(subtype.volumes_ml) + 1)[1:] > 0

@@ -532,7 +532,7 @@ def subtype_markdown(results: dict) -> list[str]:
         "", "By subtype (a slice counts under each subtype it holds; the masks are class-agnostic, so slice Dice is "
         f"against all blood; a lesion — voxels of one subtype within {LESION_GAP_MM:g} mm of each other — is found "
         "when any predicted voxel touches it):", "",
-        "| subtype | method | slices | slices marked | slice Dice (all blood) | voxel recall | lesions found "
+        "| subtype | method | slices | slices touched | slice Dice (all blood) | voxel recall | lesions found "
         "| median missed lesion (mL) |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -543,7 +543,7 @@ def subtype_markdown(results: dict) -> list[str]:
                 missed = "none" if s["lesions_found"] == s["lesions"] else cell(s["median_missed_ml"], 2)
                 lines.append(
                     f"| {ABBREVIATIONS[name]} | {results['rows'][key]['label']} | {s['slices']} "
-                    f"| {cell(s['slices_marked'], 2)} | {cell(s['slice_dice'])} | {cell(s['voxel_recall'], 2)} "
+                    f"| {cell(s['slices_touched'], 2)} | {cell(s['slice_dice'])} | {cell(s['voxel_recall'], 2)} "
                     f"| {s['lesions_found']} / {s['lesions']} | {missed} |"
                 )
     return lines

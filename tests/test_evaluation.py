@@ -100,7 +100,6 @@ def test_evaluation_command_on_a_256_series(study_folder: Path, tmp_path: Path,
     for name, tally in by_subtype.items():
         assert tally["slices"] == int((labels == SUBTYPES.index(name) + 1).any(axis=(1, 2)).sum())
         assert 0 < tally["lesions_found"] <= tally["lesions"] and 0 < tally["voxel_recall"] <= 1
-        assert 0 < tally["slices_marked"] <= 1
     table = (out / "evaluation.md").read_text()
     assert "YOLO + TransDeepLab (product), slice merge + guard" in table and "| subtype | method |" in table
 
@@ -144,15 +143,16 @@ def test_subtype_tallies_count_slices_voxels_and_lesions() -> None:
     labels[2, 0:2, 12:16] = 4  # SDH, 8 voxels
     predicted = np.zeros(labels.shape, bool)
     predicted[0, 2:6, 2:4] = True  # half the first lesion's first slice: slice Dice 2·8 / (8 + 16)
+    predicted[2, 12:14, 0:2] = True  # a false positive beside the subdural and the lesions: touches no blood
     tallies = SubtypeScores()
     tallies.add(predicted, study_lesions(labels, 0.5), StudyScore.measure(predicted, labels > 0, 0.5).slice_dice)
     summary = tallies.summary()
     assert set(summary) == {"intraparenchymal", "subdural"}
     iph, sdh = summary["intraparenchymal"], summary["subdural"]
     assert iph["slices"] == 3 and iph["slice_dice"] == pytest.approx((2 / 3 + 0 + 0) / 3)
-    assert iph["voxel_recall"] == pytest.approx(8 / 40) and iph["slices_marked"] == pytest.approx(1 / 3)
+    assert iph["voxel_recall"] == pytest.approx(8 / 40) and iph["slices_touched"] == pytest.approx(1 / 3)
     assert (iph["lesions"], iph["lesions_found"], iph["median_missed_ml"]) == (2, 1, 2.0)
-    assert (sdh["slices"], sdh["slices_marked"], sdh["slice_dice"], sdh["voxel_recall"]) == (1, 0.0, 0.0, 0.0)
+    assert (sdh["slices"], sdh["slices_touched"], sdh["slice_dice"], sdh["voxel_recall"]) == (1, 0.0, 0.0, 0.0)
     assert (sdh["lesions"], sdh["lesions_found"], sdh["median_missed_ml"]) == (1, 0, 4.0)
 
 

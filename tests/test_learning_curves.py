@@ -1,4 +1,5 @@
-"""The learning-curve record: legs read from real ultralytics and segmenter run files, replaced when resumed, drawn."""
+"""The learning-curve record: legs read from ultralytics' results.csv and a segmenter checkpoint (written here in
+their formats), replaced in place when resumed, drawn."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 from training.learning_curves import main
 
 ROOT = Path(__file__).resolve().parents[1]
-HEADER = ("                  epoch,                  time,     metrics/mAP50(B),  metrics/mAP50-95(B)\n")
+HEADER = "epoch,time,metrics/mAP50(B),metrics/mAP50-95(B)\n"  # ultralytics 8.4 (older versions pad the names)
 
 
 def write_results(run: Path, rows: list[tuple[int, float, float]]) -> None:
@@ -23,7 +24,12 @@ def test_legs_are_read_replaced_when_resumed_and_drawn(tmp_path: Path) -> None:
     curves, run = tmp_path / "curves.json", tmp_path / "runs" / "leg"
     write_results(run, [(1, 300.0, 0.21), (2, 600.0, 0.25)])
     main(["--curves", str(curves), "add-detector", str(run), "--leg", "leg", "--validation", "val", "--bundled"])
-    write_results(run, [(1, 300.0, 0.21), (2, 600.0, 0.25), (3, 290.0, 0.3)])  # resumed: its clock restarts
+    later = tmp_path / "runs" / "later"
+    write_results(later, [(1, 400.0, 0.3)])
+    main(["--curves", str(curves), "add-detector", str(later), "--leg", "later", "--validation", "val"])
+    # resumed after epoch 1: the clock restarts, so epoch 2 reads 310 s, just more than epoch 1's 300; stopped after
+    # epoch 2's row but before its weights were saved and resumed again: epoch 2 redone (305 s), then epoch 3
+    write_results(run, [(1, 300.0, 0.21), (2, 310.0, 0.24), (2, 305.0, 0.25), (3, 600.0, 0.3)])
     main(["--curves", str(curves), "add-detector", str(run), "--leg", "leg", "--validation", "val"])
     checkpoint = tmp_path / "checkpoint.pt"
     history = [{"epoch": 1, "steps": 25, "loss": 0.9, "val_dice": 0.61234, "seconds": 240.0},
@@ -33,8 +39,9 @@ def test_legs_are_read_replaced_when_resumed_and_drawn(tmp_path: Path) -> None:
 
     recorded = json.loads(curves.read_text())
     assert recorded["detector"] == [
-        {"leg": "leg", "validation": "val", "bundled": False, "values": [0.21, 0.25, 0.3], "minutes": 14.8}
-    ]
+        {"leg": "leg", "validation": "val", "bundled": True, "values": [0.21, 0.25, 0.3], "minutes": 15.0},
+        {"leg": "later", "validation": "val", "bundled": False, "values": [0.3], "minutes": 6.7},
+    ], "replaced in its place, still bundled"
     assert recorded["segmenter"][0]["values"] == [0.6123, 0.65] and recorded["segmenter"][0]["minutes"] == 8.0
 
     png = tmp_path / "curves.png"

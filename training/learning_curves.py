@@ -1,9 +1,10 @@
-"""The validation curves of every training leg behind the bundled weights, kept in ``models/learning_curves.json``
-and drawn as one figure: how far each stage is from its target and what the last hours of CPU bought.
+"""The validation curves of the training legs — those of the bundled weights and the side legs that were not
+bundled — kept in ``models/learning_curves.json`` and drawn as one figure: how far each stage is from its target and
+what the hours of CPU bought.
 
-Legs are fresh schedules, each started from the weights of an earlier leg, so the x axis is the training time summed
-over the legs in the order they ran. A leg's validation set is named with it: the early legs were scored on other
-draws of the phantoms or against other boxes, so a step between legs is not all learning.
+Legs are fresh schedules, each started from the weights of an earlier leg, so the x axis is the training time spent,
+summed over the legs in the order they ran (side legs included). A leg's validation set is named with it: the early
+legs were scored on other draws of the phantoms or against other boxes, so a step between legs is not all learning.
 
     python -m training.learning_curves add-detector runs/detector/NAME --leg "NAME" --validation "..."
     python -m training.learning_curves add-segmenter models/segmenter/checkpoint.pt --leg "NAME" --validation "..."
@@ -30,7 +31,9 @@ ULTRALYTICS_MAP50 = "metrics/mAP50(B)"
 def detector_leg(run_dir: Path) -> dict[str, Any]:
     """One ultralytics run: validation mAP@0.5 per epoch and the run's wall-clock minutes (``results.csv``)."""
     with (run_dir / "results.csv").open(newline="") as handle:
-        rows = [{key.strip(): value for key, value in row.items()} for row in csv.DictReader(handle)]
+        by_epoch = {row["epoch"].strip(): row for row in (
+            {key.strip(): value for key, value in row.items()} for row in csv.DictReader(handle))}
+    rows = list(by_epoch.values())  # an epoch redone after a stop is written twice: its last row counts
     if not rows:
         raise SystemExit(f"{run_dir / 'results.csv'}: no finished epoch")
     return {"values": [round(float(row[ULTRALYTICS_MAP50]), 4) for row in rows],
@@ -39,10 +42,12 @@ def detector_leg(run_dir: Path) -> dict[str, Any]:
 
 def run_seconds(elapsed: list[float]) -> float:
     """Training seconds from ultralytics' per-epoch ``time`` column, which counts from the start of each invocation:
-    a resumed run starts again near zero."""
+    the first row after ``--resume`` holds about one epoch, not the run's total. A row that adds less than half the
+    first epoch's seconds to the previous one (or goes back) is such a restart."""
     total, previous = 0.0, 0.0
     for seconds in elapsed:
-        total += seconds - previous if seconds >= previous else seconds
+        added = seconds - previous
+        total += added if added >= 0.5 * elapsed[0] else seconds
         previous = seconds
     return total
 
@@ -59,12 +64,18 @@ def segmenter_leg(checkpoint: Path) -> dict[str, Any]:
 
 
 def load(path: Path = CURVES) -> dict[str, Any]:
+    """The recorded curves, or none yet."""
     return json.loads(path.read_text()) if path.is_file() else {stage: [] for stage in STAGES}
 
 
 def add_leg(curves: dict[str, Any], stage: str, leg: dict[str, Any]) -> dict[str, Any]:
-    """The curves with ``leg`` appended to ``stage`` (a leg of the same name is replaced: a resumed run grows)."""
-    legs = [old for old in curves.get(stage, []) if old["leg"] != leg["leg"]]
+    """The curves with ``leg`` appended to ``stage``; a leg of the same name (a resumed run grows) is replaced in its
+    place, since the figure lays legs out in the order they ran, and stays bundled if it was."""
+    legs = list(curves.get(stage, []))
+    for index, old in enumerate(legs):
+        if old["leg"] == leg["leg"]:
+            legs[index] = {**leg, "bundled": leg["bundled"] or old["bundled"]}
+            return {**curves, stage: legs}
     return {**curves, stage: [*legs, leg]}
 
 
@@ -88,6 +99,7 @@ def plot(curves: dict[str, Any], png: Path) -> None:
             start += leg["minutes"]
         axis.axhline(target, color="grey", linestyle="--", linewidth=1)
         axis.text(0.0, target, f" {label}", va="bottom", fontsize=8, color="grey")
+        axis.set_xlim(left=0.0)
         axis.set(title=f"{stage}: {metric}", xlabel="training hours on a 2-core CPU, legs in the order they ran",
                  ylim=(0.0, 1.0))
         axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.14))
