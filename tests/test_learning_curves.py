@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from training.learning_curves import main
+from training.learning_curves import main, run_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = "epoch,time,metrics/mAP50(B),metrics/mAP50-95(B)\n"  # ultralytics 8.4 (older versions pad the names)
@@ -24,6 +24,11 @@ def test_legs_are_read_replaced_when_resumed_and_drawn(tmp_path: Path) -> None:
     curves, run = tmp_path / "curves.json", tmp_path / "runs" / "leg"
     write_results(run, [(1, 300.0, 0.21), (2, 600.0, 0.25)])
     main(["--curves", str(curves), "add-detector", str(run), "--leg", "leg", "--validation", "val", "--bundled"])
+    paused = tmp_path / "runs" / "paused"  # paused 10 min in its first epoch: no restart after it
+    write_results(paused, [(1, 900.0, 0.1), (2, 1200.0, 0.2), (3, 1500.0, 0.3)])
+    assert run_seconds([900.0, 1200.0, 1500.0]) == 1500.0, "a long first epoch is not a restart of the next ones"
+    main(["--curves", str(curves), "add-detector", str(paused), "--leg", "paused", "--validation", "val",
+          "--minutes", "15"])
     later = tmp_path / "runs" / "later"
     write_results(later, [(1, 400.0, 0.3)])
     main(["--curves", str(curves), "add-detector", str(later), "--leg", "later", "--validation", "val"])
@@ -38,6 +43,8 @@ def test_legs_are_read_replaced_when_resumed_and_drawn(tmp_path: Path) -> None:
     main(["--curves", str(curves), "add-segmenter", str(checkpoint), "--leg", "seg", "--validation", "crops"])
 
     recorded = json.loads(curves.read_text())
+    assert recorded["detector"].pop(1) == {"leg": "paused", "validation": "val", "bundled": False,
+                                           "values": [0.1, 0.2, 0.3], "minutes": 15.0}
     assert recorded["detector"] == [
         {"leg": "leg", "validation": "val", "bundled": True, "values": [0.21, 0.25, 0.3], "minutes": 15.0},
         {"leg": "later", "validation": "val", "bundled": False, "values": [0.3], "minutes": 6.7},

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +43,15 @@ def detector_leg(run_dir: Path) -> dict[str, Any]:
 
 def run_seconds(elapsed: list[float]) -> float:
     """Training seconds from ultralytics' per-epoch ``time`` column, which counts from the start of each invocation:
-    the first row after ``--resume`` holds about one epoch, not the run's total. A row that adds less than half the
-    first epoch's seconds to the previous one (or goes back) is such a restart."""
+    the first row after ``--resume`` holds about one epoch, not the run's total. A row that adds less than half a
+    typical epoch (the median of the first row and the increments) to the previous one, or goes back, is such a
+    restart. Wall clock: a run paused by the user counts its pause (``--minutes`` overrides)."""
+    increments = [b - a for a, b in zip(elapsed, elapsed[1:], strict=False) if b > a]
+    typical = statistics.median([elapsed[0], *increments])
     total, previous = 0.0, 0.0
     for seconds in elapsed:
         added = seconds - previous
-        total += added if added >= 0.5 * elapsed[0] else seconds
+        total += added if added >= 0.5 * typical else seconds
         previous = seconds
     return total
 
@@ -123,6 +127,7 @@ def main(argv: list[str] | None = None) -> None:
         add.add_argument("--leg", required=True, help="name shown in the figure")
         add.add_argument("--validation", required=True, help="what it was validated on")
         add.add_argument("--bundled", action="store_true", help="these weights were bundled")
+        add.add_argument("--minutes", type=float, help="training minutes, where the run's clock counted pauses")
     draw = commands.add_parser("plot", help="draw the figure")
     draw.add_argument("--png", type=Path, default=FIGURE)
     args = parser.parse_args(argv)
@@ -133,6 +138,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     stage = args.command.removeprefix("add-")
     measured = detector_leg(args.source) if stage == "detector" else segmenter_leg(args.source)
+    if args.minutes is not None:
+        measured["minutes"] = args.minutes
     leg = {"leg": args.leg, "validation": args.validation, "bundled": args.bundled, **measured}
     args.curves.write_text(json.dumps(add_leg(curves, stage, leg), indent=1) + "\n")
     print(f"{args.curves}: {stage} leg {args.leg!r}, {len(measured['values'])} epochs, {measured['minutes']} min")
