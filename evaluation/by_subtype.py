@@ -115,9 +115,10 @@ class SubtypeScores:
         for name, subtype in lesions.items():
             tally = self.tallies[name]
             tally.slice_dice += per_slice[subtype.slices].tolist()
-            tally.touched_slices += int((subtype.truth & predicted).any(axis=(1, 2)).sum())
+            hit = subtype.truth & predicted
+            tally.touched_slices += int(hit.any(axis=(1, 2)).sum())
             tally.voxels += int(subtype.truth.sum())
-            tally.covered_voxels += int((subtype.truth & predicted).sum())
+            tally.covered_voxels += int(hit.sum())
             touched = np.bincount(subtype.components[predicted], minlength=len(subtype.volumes_ml) + 1)[1:] > 0
             tally.lesions += len(touched)
             tally.found += int(touched.sum())

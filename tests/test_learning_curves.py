@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from training.learning_curves import main, run_seconds
+from training.learning_curves import main
+from training.ultralytics_results import run_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = "epoch,time,metrics/mAP50(B),metrics/mAP50-95(B)\n"  # ultralytics 8.4 (older versions pad the names)

@@ -14,11 +14,11 @@ legs were scored on other draws of the phantoms or against other boxes, so a ste
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import statistics
 from pathlib import Path
 from typing import Any
+
+from training.ultralytics_results import RESULTS_NAME, epoch_rows, run_seconds
 
 CURVES = Path("models/learning_curves.json")
 FIGURE = Path("docs/learning_curves.png")
@@ -30,30 +30,13 @@ ULTRALYTICS_MAP50 = "metrics/mAP50(B)"
 
 
 def detector_leg(run_dir: Path) -> dict[str, Any]:
-    """One ultralytics run: validation mAP@0.5 per epoch and the run's wall-clock minutes (``results.csv``)."""
-    with (run_dir / "results.csv").open(newline="") as handle:
-        by_epoch = {row["epoch"].strip(): row for row in (
-            {key.strip(): value for key, value in row.items()} for row in csv.DictReader(handle))}
-    rows = list(by_epoch.values())  # an epoch redone after a stop is written twice: its last row counts
+    """One ultralytics run: validation mAP@0.5 per epoch and the run's wall-clock minutes (``results.csv``; a
+    run paused by the user counts its pause: ``--minutes`` overrides)."""
+    rows = epoch_rows(run_dir)
     if not rows:
-        raise SystemExit(f"{run_dir / 'results.csv'}: no finished epoch")
+        raise SystemExit(f"{run_dir / RESULTS_NAME}: no finished epoch")
     return {"values": [round(float(row[ULTRALYTICS_MAP50]), 4) for row in rows],
             "minutes": round(run_seconds([float(row["time"]) for row in rows]) / 60.0, 1)}
-
-
-def run_seconds(elapsed: list[float]) -> float:
-    """Training seconds from ultralytics' per-epoch ``time`` column, which counts from the start of each invocation:
-    the first row after ``--resume`` holds about one epoch, not the run's total. A row that adds less than half a
-    typical epoch (the median of the first row and the increments) to the previous one, or goes back, is such a
-    restart. Wall clock: a run paused by the user counts its pause (``--minutes`` overrides)."""
-    increments = [b - a for a, b in zip(elapsed, elapsed[1:], strict=False) if b > a]
-    typical = statistics.median([elapsed[0], *increments])
-    total, previous = 0.0, 0.0
-    for seconds in elapsed:
-        added = seconds - previous
-        total += added if added >= 0.5 * typical else seconds
-        previous = seconds
-    return total
 
 
 def segmenter_leg(checkpoint: Path) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from ichseg.windowing import HEADER_INPUT
 from training.bf16_trainer import Bf16DetectionTrainer
 from training.detector_dataset import dataset_input
 from training.detector_operating_point import store as store_operating_point
+from training.ultralytics_results import epoch_rows, run_seconds
 
 # isort: split
 from ultralytics.utils.torch_utils import strip_optimizer  # after ichseg.ultralytics_offline has switched it offline
@@ -196,8 +197,8 @@ def export_stopped_run(args: argparse.Namespace, extra: dict[str, Any], device: 
     best = folder / "weights" / "best.pt" if (folder / "weights" / "best.pt").is_file() else last
     checkpoint = torch.load(last, map_location="cpu", weights_only=False)
     train_args = argparse.Namespace(**checkpoint["train_args"])
-    rows = (folder / "results.csv").read_text().splitlines()[1:]  # one per finished epoch (a finished run's
-    seconds = float(rows[-1].split(",")[1]) if rows else 0.0  # last.pt says epoch -1); time: pauses included
+    rows = epoch_rows(folder)  # one per finished epoch (a finished run's last.pt says epoch -1)
+    seconds = run_seconds([float(row["time"]) for row in rows])  # across --resume; pauses included
     model_yaml = (checkpoint.get("ema") or checkpoint["model"]).yaml.get("yaml_file", train_args.model)  # EMA: mid-run
     print(f"exporting {best}: {len(rows)} of {train_args.epochs} epochs")
     bundle(best, args, train_args, len(rows), seconds, model_yaml, extra, device)
