@@ -7,6 +7,9 @@ The studies are phantoms for demonstration and testing, not patient data: heads 
 vertex with the classic hemorrhage mimics (calcifications, dense venous sinuses, tentorium/falx, petrous bones,
 beam hardening, scalp haematoma, ...), ≈45 % without hemorrhage, slice thickness 0.625–5 mm. Thin series have
 many slices; ``--max-slices N`` draws an acquisition that would exceed N slices at the thinnest thickness that fits.
+Generating into a folder that already holds studies adds to its ``studies.csv`` and ``boxes.csv``: rows of studies
+this run does not regenerate are kept (``--first`` and a new ``--seed`` extend a set; the split is fixed by the study
+number, so old studies never change split).
 """
 
 from __future__ import annotations
@@ -22,7 +25,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ichseg.atomic_file import atomic_path
+from synthetic.ct_writer import StudyIdentity
 from synthetic.study import BOX_COLUMNS, StudyRecord, make_study
+
+STUDY_COLUMNS = ("study_id", "split", "slices", "subtypes", "hemorrhage_ml")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -46,6 +52,21 @@ def write_csv(path: Path, header: tuple[str, ...], rows: list[tuple]) -> None:
         writer.writerows(rows)
 
 
+def kept_rows(path: Path, header: tuple[str, ...], key: str, regenerated: set[str]) -> list[tuple[str, ...]]:
+    """Rows of an existing CSV whose ``key`` column is not in ``regenerated``: what an earlier run into the same
+    folder wrote about studies this run leaves alone. A CSV with other columns is an error, not overwritten."""
+    if not path.exists():
+        return []
+    with path.open(newline="") as handle:
+        reader = csv.reader(handle)
+        found = tuple(next(reader, ()))
+        if found != header:
+            raise SystemExit(f"{path}: columns {', '.join(found) or '(none)'} are not {', '.join(header)}; "
+                             "move it away or choose another --out")
+        column = header.index(key)
+        return [tuple(row) for row in reader if row[column] not in regenerated]
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -58,12 +79,12 @@ def main(argv: list[str] | None = None) -> None:
     else:
         with ProcessPoolExecutor(max_workers=args.workers) as pool:
             records = list(tqdm(pool.map(make, numbers), total=len(numbers), desc="studies", unit="study"))
-    write_csv(
-        args.out / "studies.csv",
-        ("study_id", "split", "slices", "subtypes", "hemorrhage_ml"),
-        [(r.study_id, r.split, r.slices, ";".join(r.subtypes), f"{r.hemorrhage_ml:.2f}") for r in records],
-    )
-    write_csv(args.out / "boxes.csv", BOX_COLUMNS, [row for r in records for row in r.box_rows])
+    studies = kept_rows(args.out / "studies.csv", STUDY_COLUMNS, "study_id", {r.study_id for r in records})
+    studies += [(r.study_id, r.split, str(r.slices), ";".join(r.subtypes), f"{r.hemorrhage_ml:.2f}") for r in records]
+    regenerated_uids = {StudyIdentity(n, args.seed).study_uid for n in numbers}
+    boxes = kept_rows(args.out / "boxes.csv", BOX_COLUMNS, "StudyInstanceUID", regenerated_uids)
+    write_csv(args.out / "studies.csv", STUDY_COLUMNS, sorted(studies))
+    write_csv(args.out / "boxes.csv", BOX_COLUMNS, boxes + [row for r in records for row in r.box_rows])
     seconds = time.perf_counter() - started
     print(f"{len(records)} studies in {seconds:.0f} s ({seconds / max(1, len(records)):.1f} s/study) → {args.out}")
 

@@ -429,3 +429,28 @@ def test_bone_dominated_blood_is_not_labelled(positive_study: Path) -> None:
     labelled = maps["labels"] > 0
     assert labelled.any()
     assert np.percentile(hu[labelled], 99) < 400, "labelled voxels look like blood, not like bone"
+
+
+def test_generating_into_a_folder_keeps_the_other_studies_rows(tmp_path: Path) -> None:
+    from synthetic.__main__ import STUDY_COLUMNS, kept_rows, main
+
+    def generate(number: int) -> None:
+        main(["--out", str(tmp_path), "--studies", "1", "--first", str(number), "--seed", "9",
+              "--max-slices", "40", "--workers", "1"])
+
+    def read(name: str) -> list[dict[str, str]]:
+        with (tmp_path / name).open(newline="") as handle:
+            return list(csv.DictReader(handle))
+
+    generate(1)  # epidural + intraparenchymal
+    boxes_of_one = read("boxes.csv")
+    assert boxes_of_one
+    generate(0)  # hemorrhage-free: adds a row, keeps study 1's row and boxes
+    assert [r["study_id"] for r in read("studies.csv")] == ["study_009_00000", "study_009_00001"]
+    assert read("boxes.csv") == boxes_of_one
+    generate(1)  # regenerated: its rows replaced, not doubled
+    assert len(read("studies.csv")) == 2
+    assert read("boxes.csv") == boxes_of_one
+    (tmp_path / "studies.csv").write_text("StudyInstanceUID,x\n1.2.3,4\n")
+    with pytest.raises(SystemExit, match="studies.csv: columns StudyInstanceUID, x are not study_id"):
+        kept_rows(tmp_path / "studies.csv", STUDY_COLUMNS, "study_id", set())
