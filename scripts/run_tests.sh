@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install what the tests need (Debian's dicom3tools for dciodvfy, the Python stack), lint (ruff), type-check (mypy)
-# and run the test suite.
+# Install what the tests need (Debian packages through apt-get, sudo when not root: dicom3tools, dcmtk, orthanc,
+# orthanc-dicomweb, iproute2, nodejs + npm; npm's dcmjs; the Python stack), lint (ruff), type-check (mypy) and run the
+# test suite offline in a private network namespace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Debian: dicom3tools (dciodvfy checks every SEG), dcmtk (storescu/echoscu) and Orthanc + its DICOMweb plugin (the

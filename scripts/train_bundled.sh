@@ -2,8 +2,8 @@
 # Reproduce the bundled demo weights on this machine's CPU (or a GPU), step by step, resumably.
 #   bash scripts/train_bundled.sh data        # synthetic studies + detector dataset (NEG_RATIO negatives per positive,
 #       default 1; HARD_FROM=DIR: half the training negatives mined with the detector in DIR)
-# Detector v0.5.0 took two rounds: data, then DET_INIT=<v0.4.0> DET_EPOCHS=12 detector (a three-window model), then
-# NEG_RATIO=2.0 NEG_SEED=2 HARD_FROM=<that model> data, then DET_INIT=<that model> DET_EPOCHS=8 detector.
+# Detector v0.5.0 took two rounds: data, then DET_INIT=<v0.4.0>/model.pt DET_EPOCHS=12 detector (a three-window model), then
+# NEG_RATIO=2.0 NEG_SEED=2 HARD_FROM=<that model> data, then DET_INIT=<that model>/model.pt DET_EPOCHS=8 detector.
 #   bash scripts/train_bundled.sh segmenter   # TransDeepLab: AdamW, bf16 where native; rerun to continue
 #   bash scripts/train_bundled.sh detector    # yolov5n: AdamW, bf16 where native (a stopped run: bundle its best so far
 #       with .venv/bin/python -m training.train_detector --export-only --project runs/detector --name bundled --out DIR)
