@@ -326,3 +326,37 @@ def test_negative_selection_mines_only_the_ranked_split() -> None:
     everything, _ = select_negatives(negatives, positives, 1.0, seed=3, scores=scores, hard_share=1.0)
     assert len(everything) == 20 and {"t00", "t01", "t02"} <= everything
     assert select_negatives(negatives, {"train": 0}, 1.0, seed=3, scores=scores, hard_share=1.0) == (set(), [])
+
+
+def _tiny_dataset(root: Path, name: str, input_kind: str) -> Path:
+    """A detector dataset of one labelled slice per split, in the converter's layout."""
+    from training.detector_dataset import write_data_yaml
+
+    for split in ("train", "val", "test"):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "labels" / split).mkdir(parents=True)
+        cv2.imwrite(str(root / "images" / split / f"{name}.png"), np.full((64, 64, 3), 40, np.uint8))
+        (root / "labels" / split / f"{name}.txt").write_text("3 0.5 0.5 0.25 0.25\n")
+    return write_data_yaml(root, input_kind)
+
+
+def test_combined_dataset_trains_on_both_and_validates_on_the_first(ultralytics_config: Path, tmp_path: Path) -> None:
+    from ultralytics.data.dataset import YOLODataset
+    from ultralytics.data.utils import check_det_dataset
+
+    from training.combine_datasets import combine, main
+
+    first = _tiny_dataset(tmp_path / "first", "a", MULTI_WINDOW_INPUT)
+    second = _tiny_dataset(tmp_path / "second", "b", MULTI_WINDOW_INPUT)
+    combined = combine([first, second], tmp_path / "combined")
+    data = check_det_dataset(str(combined))  # ultralytics' own reading of the YAML
+    assert dataset_input(combined) == MULTI_WINDOW_INPUT
+    train = YOLODataset(img_path=data["train"], data=data, imgsz=64, augment=False)
+    assert sorted(Path(f).name for f in train.im_files) == ["a.png", "b.png"]
+    assert all(len(label["cls"]) == 1 for label in train.labels)
+    assert Path(data["val"]) == (tmp_path / "first" / "images" / "val").resolve()
+    assert Path(data["test"]) == (tmp_path / "first" / "images" / "test").resolve()
+    grey = _tiny_dataset(tmp_path / "grey", "c", HEADER_INPUT)
+    with pytest.raises(SystemExit, match="images hold 'header-window'"):
+        main([str(first), str(grey), "--out", str(tmp_path / "mixed")])
+    assert not (tmp_path / "mixed").exists()
