@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from ichseg.atomic_file import atomic_path
 from synthetic.ct_writer import StudyIdentity
-from synthetic.study import BOX_COLUMNS, StudyRecord, make_study
+from synthetic.study import BOX_COLUMNS, StudyRecord, make_study, study_id
 
 STUDY_COLUMNS = ("study_id", "split", "slices", "subtypes", "hemorrhage_ml")
 
@@ -71,6 +71,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     numbers = range(args.first, args.first + args.studies)
+    # what earlier runs wrote about the studies this run leaves alone, read first: a foreign CSV stops the run here
+    studies = kept_rows(args.out / "studies.csv", STUDY_COLUMNS, "study_id", {study_id(args.seed, n) for n in numbers})
+    regenerated_uids = {StudyIdentity(n, args.seed).study_uid for n in numbers}
+    boxes = kept_rows(args.out / "boxes.csv", BOX_COLUMNS, "StudyInstanceUID", regenerated_uids)
     started = time.perf_counter()
     make = partial(make_study, seed=args.seed, root=args.out, max_slices=args.max_slices)
     records: list[StudyRecord]
@@ -79,12 +83,10 @@ def main(argv: list[str] | None = None) -> None:
     else:
         with ProcessPoolExecutor(max_workers=args.workers) as pool:
             records = list(tqdm(pool.map(make, numbers), total=len(numbers), desc="studies", unit="study"))
-    studies = kept_rows(args.out / "studies.csv", STUDY_COLUMNS, "study_id", {r.study_id for r in records})
     studies += [(r.study_id, r.split, str(r.slices), ";".join(r.subtypes), f"{r.hemorrhage_ml:.2f}") for r in records]
-    regenerated_uids = {StudyIdentity(n, args.seed).study_uid for n in numbers}
-    boxes = kept_rows(args.out / "boxes.csv", BOX_COLUMNS, "StudyInstanceUID", regenerated_uids)
+    boxes += [row for r in records for row in r.box_rows]
     write_csv(args.out / "studies.csv", STUDY_COLUMNS, sorted(studies))
-    write_csv(args.out / "boxes.csv", BOX_COLUMNS, boxes + [row for r in records for row in r.box_rows])
+    write_csv(args.out / "boxes.csv", BOX_COLUMNS, sorted(boxes, key=lambda row: row[0]))  # stable: slice order kept
     seconds = time.perf_counter() - started
     print(f"{len(records)} studies in {seconds:.0f} s ({seconds / max(1, len(records)):.1f} s/study) → {args.out}")
 

@@ -106,7 +106,7 @@ def write_ct_series(
     when = dt.datetime(2026, 1, 1, 8) + dt.timedelta(minutes=int(rng.integers(0, 60 * 24 * 300)))
     signed = bool(rng.random() < 0.3)
     descending = bool(rng.random() < 0.3)
-    window_missing = rng.random(hu.shape[0]) < 0.15
+    window_missing = np.asarray(rng.random(hu.shape[0]) < 0.15)
     windows = acquisition.windows
     x0, y0 = acquisition.first_pixel_xy
     field_of_view = _outside_circle(acquisition.matrix)

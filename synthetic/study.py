@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,11 @@ GROUND_TRUTH_AUTHOR = SegAuthor("Synthetic phantom ground truth", "1", automatic
 def split_of(number: int) -> str:
     """Study-level split, fixed by the study number so that adding studies never moves old ones."""
     return SPLITS[number % len(SPLITS)]
+
+
+def study_id(seed: int, number: int) -> str:
+    """The study's folder name: unique across sets, since the seed is part of it."""
+    return f"study_{seed:03d}_{number:05d}"
 
 
 @dataclass
@@ -46,8 +52,9 @@ def make_study(number: int, seed: int, root: Path, max_slices: int | None = None
     head = SyntheticHead.sample(rng, max_slices)
     hu, labels, tissues = head.render(rng)
     identity = StudyIdentity(number, seed)
-    study_id = f"study_{seed:03d}_{number:05d}"
-    folder = root / study_id
+    name = study_id(seed, number)
+    folder = root / name
+    shutil.rmtree(folder / "ct", ignore_errors=True)  # regenerated: no slice of an earlier draw beside the new ones
     write_ct_series(hu, head.acquisition, identity, folder / "ct", rng)
 
     series = load_single_series(folder / "ct")  # read back: the ground truth is aligned to what readers see
@@ -62,7 +69,7 @@ def make_study(number: int, seed: int, root: Path, max_slices: int | None = None
     sop_uids = [str(h.SOPInstanceUID) for h in series.headers]
     rows = lesion_box_rows(identity.study_uid, identity.series_uid, sop_uids, labels, series.pixel_spacing)
     present = sorted({SUBTYPES[v - 1] for v in np.unique(labels) if v})
-    return StudyRecord(study_id, split_of(number), len(series.headers), present,
+    return StudyRecord(name, split_of(number), len(series.headers), present,
                        float((labels > 0).sum() * series.voxel_volume_ml), rows)
 
 
@@ -70,7 +77,7 @@ def lesion_box_rows(study_uid: str, series_uid: str, sop_uids: list[str], labels
                     pixel_spacing: tuple[float, float]) -> list[tuple[str, ...]]:
     """BHX-style rows (``BOX_COLUMNS``) of a labelled series: one box per lesion (``lesion_boxes``, fragments within
     ``LESION_GAP_MM`` grouped) per slice."""
-    rows = []
+    rows: list[tuple[str, ...]] = []
     gap = lesion_gap_pixels(pixel_spacing)
     for sop_uid, label_slice in zip(sop_uids, labels, strict=True):
         for subtype, (x0, y0, x1, y1) in lesion_boxes(label_slice, gap):

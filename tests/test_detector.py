@@ -329,18 +329,21 @@ def test_negative_selection_mines_only_the_ranked_split() -> None:
 
 
 def _tiny_dataset(root: Path, name: str, input_kind: str) -> Path:
-    """A detector dataset of one labelled slice per split, in the converter's layout."""
+    """A detector dataset of one labelled slice per split, in the converter's layout (``slices.csv`` included)."""
     from training.detector_dataset import write_data_yaml
 
+    rows = ["image,split,study_id"]
     for split in ("train", "val", "test"):
         (root / "images" / split).mkdir(parents=True)
         (root / "labels" / split).mkdir(parents=True)
         cv2.imwrite(str(root / "images" / split / f"{name}.png"), np.full((64, 64, 3), 40, np.uint8))
         (root / "labels" / split / f"{name}.txt").write_text("3 0.5 0.5 0.25 0.25\n")
+        rows.append(f"images/{split}/{name}.png,{split},{name}_{split}")
+    (root / "slices.csv").write_text("\n".join(rows) + "\n")
     return write_data_yaml(root, input_kind)
 
 
-def test_combined_dataset_trains_on_both_and_validates_on_the_first(ultralytics_config: Path, tmp_path: Path) -> None:
+def test_combined_dataset_trains_on_all_and_validates_on_the_first(ultralytics_config: Path, tmp_path: Path) -> None:
     from ultralytics.data.dataset import YOLODataset
     from ultralytics.data.utils import check_det_dataset
 
@@ -348,15 +351,26 @@ def test_combined_dataset_trains_on_both_and_validates_on_the_first(ultralytics_
 
     first = _tiny_dataset(tmp_path / "first", "a", MULTI_WINDOW_INPUT)
     second = _tiny_dataset(tmp_path / "second", "b", MULTI_WINDOW_INPUT)
-    combined = combine([first, second], tmp_path / "combined")
+    third = _tiny_dataset(tmp_path / "third", "c", MULTI_WINDOW_INPUT)
+    pair = combine([first, second, first], tmp_path / "pair")  # a dataset given twice counts once
+    combined = combine([pair, third], tmp_path / "combined")  # a combined (list-valued) train: entry combines again
     data = check_det_dataset(str(combined))  # ultralytics' own reading of the YAML
     assert dataset_input(combined) == MULTI_WINDOW_INPUT
     train = YOLODataset(img_path=data["train"], data=data, imgsz=64, augment=False)
-    assert sorted(Path(f).name for f in train.im_files) == ["a.png", "b.png"]
+    assert sorted(Path(f).name for f in train.im_files) == ["a.png", "b.png", "c.png"]
     assert all(len(label["cls"]) == 1 for label in train.labels)
     assert Path(data["val"]) == (tmp_path / "first" / "images" / "val").resolve()
     assert Path(data["test"]) == (tmp_path / "first" / "images" / "test").resolve()
-    grey = _tiny_dataset(tmp_path / "grey", "c", HEADER_INPUT)
-    with pytest.raises(SystemExit, match="images hold 'header-window'"):
-        main([str(first), str(grey), "--out", str(tmp_path / "mixed")])
-    assert not (tmp_path / "mixed").exists()
+
+    def refused(sources: list[Path], message: str) -> None:
+        with pytest.raises(SystemExit, match=message):
+            main([*map(str, sources), "--out", str(tmp_path / "refused")])
+        assert not (tmp_path / "refused" / "data.yaml").exists()
+
+    refused([first, _tiny_dataset(tmp_path / "grey", "g", HEADER_INPUT)], "images hold 'header-window'")
+    leaky = _tiny_dataset(tmp_path / "leaky", "d", MULTI_WINDOW_INPUT)
+    (tmp_path / "leaky" / "slices.csv").write_text("image,split,study_id\nimages/train/d.png,train,a_test\n")
+    refused([first, leaky], "training studies a_test are in .*first/data.yaml's validation or test split")
+    no_test = tmp_path / "no_test.yaml"
+    no_test.write_text(first.read_text().replace("test: images/test\n", ""))
+    refused([no_test, second], "no_test.yaml: no test split")
