@@ -4,12 +4,14 @@
 #       default 1; HARD_FROM=DIR: half the training negatives mined with the detector in DIR)
 # Detector v0.5.0 took two rounds: data, then DET_INIT=<v0.4.0>/model.pt DET_EPOCHS=12 detector (a three-window model), then
 # NEG_RATIO=2.0 NEG_SEED=2 HARD_FROM=<that model> data, then DET_INIT=<that model>/model.pt DET_EPOCHS=8 detector.
+#   bash scripts/train_bundled.sh more-data   # a second phantom set (MORE_SEED, default 3) whose training studies join
+#       data/yolo's training split in data/yolo_combined (validation and test stay data/yolo's); DET_DATA=data/yolo_combined/data.yaml
 #   bash scripts/train_bundled.sh segmenter   # TransDeepLab: AdamW, bf16 where native; rerun to continue
 #   bash scripts/train_bundled.sh detector    # yolov5n: AdamW, bf16 where native (a stopped run: bundle its best so far
 #       with .venv/bin/python -m training.train_detector --export-only --project runs/detector --name bundled --out DIR)
 #   bash scripts/train_bundled.sh evaluate    # the README table, results/evaluation.{md,json}
 # Budgets (minutes/hours) and sizes come from the environment: STUDIES, SEG_MINUTES, SEG_EPOCHS, DET_HOURS, DET_EPOCHS,
-# NEG_RATIO, NEG_SEED, HARD_FROM, DET_INIT.
+# NEG_RATIO, NEG_SEED, HARD_FROM, DET_INIT, DET_DATA, MORE, MORE_SEED, MORE_NEG_RATIO.
 # Everything is trained on synthetic phantoms: demonstration and testing only, not clinical use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,12 +20,20 @@ PY=.venv/bin/python
 DATA=${DATA:-data/synthetic}
 WORK=${WORK:-data/train}  # checkpoints and candidate model folders (ignored by git)
 mkdir -p "$WORK" logs
-case "${1:?step: data | segmenter | detector | evaluate}" in
+case "${1:?step: data | more-data | segmenter | detector | evaluate}" in
   data)
     $PY -m synthetic --out "$DATA" --studies "${STUDIES:-160}" --seed "${SEED:-2}" --max-slices "${MAX_SLICES:-120}" --workers 2
     $PY -m training.detector_dataset --boxes "$DATA/boxes.csv" --dicom-root "$DATA" --studies-csv "$DATA/studies.csv" \
         --out data/yolo --negatives-per-positive "${NEG_RATIO:-1.0}" --seed "${NEG_SEED:-0}" \
         ${HARD_FROM:+--hard-negatives "$HARD_FROM" --hard-share 0.5}
+    ;;
+  more-data)
+    MORE=${MORE:-data/synthetic_more}
+    $PY -m synthetic --out "$MORE" --studies "${STUDIES:-160}" --seed "${MORE_SEED:-3}" --max-slices "${MAX_SLICES:-120}" --workers 2
+    $PY -m training.detector_dataset --boxes "$MORE/boxes.csv" --dicom-root "$MORE" --studies-csv "$MORE/studies.csv" \
+        --out data/yolo_more --negatives-per-positive "${MORE_NEG_RATIO:-1.0}" --seed "${MORE_SEED:-3}" \
+        ${HARD_FROM:+--hard-negatives "$HARD_FROM" --hard-share 0.5}
+    $PY -m training.combine_datasets data/yolo/data.yaml data/yolo_more/data.yaml --out data/yolo_combined
     ;;
   segmenter)
     resume=(); [ -f "$WORK/segmenter/checkpoint.pt" ] && resume=(--resume)
@@ -32,7 +42,7 @@ case "${1:?step: data | segmenter | detector | evaluate}" in
         --steps-per-epoch 25 --val-slices 96 --max-minutes "${SEG_MINUTES:-90}" "${resume[@]}"
     ;;
   detector)
-    $PY -m training.train_detector --data data/yolo/data.yaml --out "$WORK/detector" --model yolov5n.yaml \
+    $PY -m training.train_detector --data "${DET_DATA:-data/yolo/data.yaml}" --out "$WORK/detector" --model yolov5n.yaml \
         --pretrained "${DET_INIT:-models/detector/model.pt}" --optimizer AdamW --lr0 0.001 --batch 8 \
         --epochs "${DET_EPOCHS:-40}" ${DET_HOURS:+--time "$DET_HOURS"} --mosaic 0 --close-mosaic 0 --cache ram \
         --workers 1 --project runs/detector --name bundled --no-plots --hyp training/cpu_finetune.yaml
