@@ -70,16 +70,18 @@ def combine(data_yamls: list[Path], out: Path) -> Path:
     for path, data in zip(data_yamls[1:], loaded[1:], strict=True):
         if data["names"] != first["names"]:
             raise ValueError(f"{path}: class names {data['names']} differ from {first_path}'s {first['names']}")
-        if data.get(INPUT_KEY, HEADER_INPUT) != expected:
-            raise ValueError(f"{path}: images hold {data.get(INPUT_KEY, HEADER_INPUT)!r}, {first_path}'s {expected!r}")
+        held = data.get(INPUT_KEY, HEADER_INPUT)
+        if held != expected:
+            raise ValueError(f"{path}: images hold {held!r}, {first_path}'s {expected!r}")
     pairs = list(zip(loaded, data_yamls, strict=True))
     entries = list(dict.fromkeys(entry for data, path in pairs for entry in train_entries(data, path)))  # no doubles
     missing = [entry for entry in entries if not Path(entry).exists()]
     if missing:
         raise ValueError(f"training folders not found: {', '.join(missing)}")
-    held_out = set().union(*(studies_by_split(first, first_path).get(split, set()) for split in HELD_OUT))
-    for data, path in pairs:
-        leaked = held_out & studies_by_split(data, path).get("train", set())
+    splits = [studies_by_split(data, path) for data, path in pairs]  # each slices.csv read once
+    held_out = set().union(*(splits[0].get(split, set()) for split in HELD_OUT))
+    for (_, path), studies in zip(pairs, splits, strict=True):
+        leaked = held_out & studies.get("train", set())
         if leaked:
             raise ValueError(f"{path}: training studies {', '.join(sorted(leaked)[:5])} are in {first_path}'s "
                              f"validation or test split ({len(leaked)} in all)")
