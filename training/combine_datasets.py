@@ -20,8 +20,7 @@ from typing import Any
 import yaml
 
 from ichseg.atomic_file import atomic_path
-from ichseg.windowing import HEADER_INPUT
-from training.detector_dataset import INPUT_KEY
+from training.detector_dataset import INPUT_KEY, images_held
 
 HELD_OUT = ("val", "test")
 
@@ -66,11 +65,11 @@ def combine(data_yamls: list[Path], out: Path) -> Path:
     absent = [split for split in HELD_OUT if split not in first]
     if absent:
         raise ValueError(f"{first_path}: no {' or '.join(absent)} split (the first dataset gives validation and test)")
-    expected = first.get(INPUT_KEY, HEADER_INPUT)
+    expected = images_held(first)
     for path, data in zip(data_yamls[1:], loaded[1:], strict=True):
         if data["names"] != first["names"]:
             raise ValueError(f"{path}: class names {data['names']} differ from {first_path}'s {first['names']}")
-        held = data.get(INPUT_KEY, HEADER_INPUT)
+        held = images_held(data)
         if held != expected:
             raise ValueError(f"{path}: images hold {held!r}, {first_path}'s {expected!r}")
     pairs = list(zip(loaded, data_yamls, strict=True))

@@ -27,9 +27,10 @@ import csv
 import re
 import shutil
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
@@ -169,9 +170,14 @@ def write_data_yaml(out: Path, input_kind: str) -> Path:
     return path
 
 
+def images_held(data: Mapping[str, Any]) -> str:
+    """What a loaded data.yaml's image channels hold; datasets written before ``ich_input`` existed are grey."""
+    return str(data.get(INPUT_KEY, HEADER_INPUT))
+
+
 def dataset_input(data_yaml: Path) -> str:
-    """What a dataset's image channels hold; datasets written before ``ich_input`` existed are grey."""
-    return str(yaml.safe_load(Path(data_yaml).read_text()).get(INPUT_KEY, HEADER_INPUT))
+    """``images_held`` of a data.yaml file."""
+    return images_held(yaml.safe_load(Path(data_yaml).read_text()))
 
 
 @dataclass
