@@ -129,6 +129,7 @@ class StudyScore:
     negative_slices: int
     volume_error_ml: float
     slices: int
+    voxel_ml: float
 
     @classmethod
     def measure(cls, predicted: np.ndarray, truth: np.ndarray, voxel_ml: float, empty_slices: int = 0) -> StudyScore:
@@ -167,7 +168,16 @@ class StudyScore:
             has_prediction=predicted_voxels > 0, fp_slices=int((predicted[~positive] > 0).sum()),
             negative_slices=int((~positive).sum()) + empty_slices,
             volume_error_ml=abs(predicted_voxels - truth_voxels) * voxel_ml, slices=len(truth) + empty_slices,
+            voxel_ml=voxel_ml,
         )
+
+    def describe(self, study_id: str) -> dict[str, Any]:
+        """The study's line in ``evaluation.json``'s ``studies``: which study a row gets wrong, and by how much."""
+        return {
+            "study": study_id, "true_ml": round(self.truth * self.voxel_ml, 3),
+            "predicted_ml": round(self.predicted * self.voxel_ml, 3), "fp_slices": self.fp_slices,
+            "slice_dice": round(float(np.mean(self.slice_dice)), 4) if self.slice_dice else None,
+        }
 
 
 @dataclass
@@ -187,13 +197,16 @@ class Scores:
     seconds: float = 0.0
     slices: int = 0
     guard_removed_ml: dict[str, float] = field(default_factory=dict)
+    studies: list[dict[str, Any]] = field(default_factory=list)  # ``StudyScore.describe`` of the studies given an id
 
     def add(self, predicted: np.ndarray, truth: np.ndarray, voxel_ml: float, seconds: float) -> None:
         """One study's masks."""
         self.record(StudyScore.measure(predicted, truth, voxel_ml), seconds)
 
-    def record(self, study: StudyScore, seconds: float = 0.0) -> None:
-        """One study, measured already."""
+    def record(self, study: StudyScore, seconds: float = 0.0, study_id: str | None = None) -> None:
+        """One study, measured already; with ``study_id`` its own figures are kept too."""
+        if study_id is not None:
+            self.studies.append(study.describe(study_id))
         self.slice_dice += study.slice_dice
         self.slice_iou += study.slice_iou
         self.intersection += study.intersection
@@ -399,7 +412,7 @@ def add_study(scores: dict[str, Scores], study: Study, masks: dict[str, RowMask]
     for key, (mask, seconds, removed) in masks.items():
         measured = StudyScore.measure(mask, truth, voxel_ml)
         row = scores.setdefault(key, Scores())
-        row.record(measured, seconds)
+        row.record(measured, seconds, study.study_id)
         if by_subtype is not None:
             by_subtype.setdefault(key, SubtypeScores()).add(mask, lesions, measured.slice_dice)
         for rule, voxels in removed.items():
@@ -457,6 +470,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         "guard": guard.describe(),
         "rows": {key: {"label": labels[key], **scores[key].summary()} for key in labels if key in scores},
         "by_subtype": {key: by_subtype[key].summary() for key in labels if key in by_subtype},
+        "studies": {key: scores[key].studies for key in labels if key in scores},
     }
     if models.detector is not None:
         results["detector"] = detector_results(
@@ -493,6 +507,7 @@ def markdown(results: dict) -> str:
         positives = next(iter(results["rows"].values()))["positive_slices"]
         lines += ["", f"Slice Dice/IoU: mean over the {positives} test slices whose ground truth has hemorrhage."]
     lines += subtype_markdown(results)
+    lines += wrong_studies_markdown(results)
     if "detector" in results:
         d = results["detector"]
         by_subtype = d.get("test_AP50_by_subtype") or {}
@@ -547,6 +562,21 @@ def subtype_markdown(results: dict) -> list[str]:
                     f"| {s['lesions_found']} / {s['lesions']} | {missed} |"
                 )
     return lines
+
+
+def wrong_studies_markdown(results: dict) -> list[str]:
+    """The test studies the guarded product (default merge) gets wrong, by name: what to open in a viewer first."""
+    key = row_key("product", DEFAULT_MERGE, True)
+    studies = results.get("studies", {}).get(key)
+    if not studies:
+        return []
+    missed = [s for s in studies if s["true_ml"] > 0 and s["predicted_ml"] == 0]
+    called = [s for s in studies if s["true_ml"] == 0 and s["predicted_ml"] > 0]
+    return ["", f"Studies {results['rows'][key]['label']} gets wrong: "
+                f"{len(missed)} positive missed" + "".join(f", {s['study']} ({s['true_ml']:g} mL)" for s in missed)
+            + f"; {len(called)} negative called positive"
+            + "".join(f", {s['study']} ({s['predicted_ml']:g} mL)" for s in called)
+            + ". Every study's volumes: `studies` in the JSON."]
 
 
 def _json_ready(value: object) -> object:

@@ -76,6 +76,10 @@ def test_study_masks_on_a_256_series(study: Study, models: Models) -> None:
     assert oracle["slice_dice"] > 0.3 and oracle["pooled_dice"] > 0.3, "GT boxes on the source grid find the lesion"
     assert oracle["fp_slices"] == 0 and oracle["study_sensitivity"] == 1.0
     assert scores["oracle+guard"].summary()["pooled_dice"] > 0.3
+    (line,) = scores["oracle"].studies  # the study's own figures, by name
+    true_ml = (study.labels > 0).sum() * study.series.voxel_volume_ml
+    assert line["study"] == study.study_id and true_ml > 0 and line["true_ml"] == pytest.approx(true_ml, abs=1e-3)
+    assert line["slice_dice"] == pytest.approx(oracle["slice_dice"], abs=1e-4) and line["fp_slices"] == 0
     product = scores["product"].summary()  # boxes left on the 512 grid would land at twice their place: Dice ≈ 0
     assert product["slice_dice"] > 0.3 and product["pooled_dice"] > 0.3
 
@@ -108,6 +112,11 @@ def test_evaluation_command_on_a_256_series(study_folder: Path, tmp_path: Path,
         assert 0 < tally["lesions_found"] <= tally["lesions"] and 0 < tally["voxel_recall"] <= 1
     table = (out / "evaluation.md").read_text()
     assert "YOLO + TransDeepLab (product), slice merge + guard" in table and "| subtype | method |" in table
+    (line,) = results["studies"]["product+guard"]
+    assert line["study"] == study_folder.name and line["true_ml"] > 0
+    missed = line["predicted_ml"] == 0
+    assert f"gets wrong: {int(missed)} positive missed" in table
+    assert (f"missed, {study_folder.name} (" in table) == missed
 
 
 def test_choose_guard_writes_its_choice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
