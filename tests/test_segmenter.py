@@ -42,6 +42,7 @@ from training.segmenter_data import (
     crop_samples,
     jitter_box,
     jitter_reach,
+    load_samples,
     whole_slice_samples,
 )
 from training.train_segmenter import CHECKPOINT_NAME, half_state
@@ -169,6 +170,25 @@ def test_resume_with_more_epochs_extends_the_lr_plan(trained: Path, tmp_path: Pa
         train_main([*common, "--epochs", "5", "--resume"])
     with pytest.raises(SystemExit, match="made for crops/monai-unet/sgd"):
         train_main([*common[:-6], "--optimizer", "adamw", "--epochs", "5", "--resume"])
+
+
+def test_more_data_joins_the_training_split_only(trained: Path, positive_study: Path, tmp_path: Path) -> None:
+    """--more-data adds further folders' training studies (validation stays --data's) and refuses a leaked study."""
+    data = trained.parent / "data"
+    more = tmp_path / "more"
+    more.mkdir()
+    (more / "other_study").symlink_to(positive_study)
+    (more / "studies.csv").write_text("study_id,split\nother_study,train\n")
+    common = ["--data", str(data), "--mode", CROP_MODE, "--network", "monai-unet", "--epochs", "1", "--batch", "4",
+              "--steps-per-epoch", "1", "--val-slices", "4", "--seed", "0"]
+    train_main([*common, "--more-data", str(more), "--out", str(tmp_path / "model")])
+    one_study = len(load_samples(data, "train", CROP_MODE, MULTI_WINDOW_INPUT))
+    described = json.loads((tmp_path / "model" / "manifest.json").read_text())["training"]["data"]
+    assert f" + {more}" in described and f"(train split {2 * one_study} slices, val 4)" in described
+    (more / "studies.csv").write_text("study_id,split\nval_study,train\n")  # --data's validation study
+    (more / "val_study").symlink_to(positive_study)
+    with pytest.raises(SystemExit, match="val_study are in .* validation or test split"):
+        train_main([*common, "--more-data", str(more), "--out", str(tmp_path / "leaked")])
 
 
 def test_lr_plans() -> None:

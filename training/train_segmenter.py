@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from tqdm import tqdm
 
 from ichseg.crops import CROP_SIZE
+from ichseg.labelled_study import study_ids
 from ichseg.model_manifest import WEIGHTS_NAME, ModelManifest, portable_path, weights_path
 from ichseg.networks import TransDeepLab
 from ichseg.runtime import PRECISIONS, autocast, autocast_dtype, configure_threads, default_device
@@ -50,6 +51,9 @@ LOSS = "DiceCELoss(softmax, to_onehot_y, lambda_ce=0.4, lambda_dice=0.6)"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m training.train_segmenter", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="synthetic data folder with studies.csv")
+    parser.add_argument("--more-data", type=Path, nargs="+", default=[], metavar="DIR",
+                        help="further synthetic data folders whose train splits join --data's (validation stays "
+                             "--data's; a training study of theirs in --data's val or test split is refused)")
     parser.add_argument("--out", type=Path, required=True, help="model folder to write")
     parser.add_argument("--mode", choices=MODES, default=CROP_MODE,
                         help=f"{CROP_MODE} (two-stage) or {WHOLE_SLICE_MODE} (single-stage)")
@@ -163,8 +167,9 @@ def manifest_for(args: argparse.Namespace, state: dict) -> ModelManifest:
             "steps": state["steps"],
             "seconds": round(state["seconds"]),
             "val_dice": _finite(state["best_dice"]),
-            "data": f"{portable_path(args.data)} (train split {state['train_samples']} slices, "
-                    f"val {state['val_samples']})",
+            "data": f"{portable_path(args.data)}"
+                    + "".join(f" + {portable_path(folder)}" for folder in args.more_data)
+                    + f" (train split {state['train_samples']} slices, val {state['val_samples']})",
             "loss": LOSS,
             "optimizer": optimizer_description(args),
             "precision": state.get("precision", "fp32"),
@@ -184,9 +189,23 @@ def optimizer_description(args: argparse.Namespace) -> str:
             f"cosine decay per step, batch {args.batch}")
 
 
+def refuse_leaks(data: Path, more_data: list[Path]) -> None:
+    """Stop when a further folder's training study is one of ``data``'s validation or test studies."""
+    held_out = set(study_ids(data, "val")) | set(study_ids(data, "test"))
+    for folder in more_data:
+        leaked = held_out & set(study_ids(folder, "train"))
+        if leaked:
+            raise SystemExit(f"{folder}: training studies {', '.join(sorted(leaked)[:5])} are in {data}'s validation "
+                             f"or test split ({len(leaked)} in all)")
+
+
 def make_loaders(args: argparse.Namespace) -> tuple[SegmentationDataset, DataLoader, torch.Generator, DataLoader]:
     """Cached, augmented training set with its seeded sampler, and the un-augmented validation loader."""
+    refuse_leaks(args.data, args.more_data)
     train_samples = load_samples(args.data, "train", args.mode, args.input, seed=args.seed, limit=args.limit_studies)
+    for number, folder in enumerate(args.more_data, start=1):  # another seed per folder: other negatives
+        train_samples += load_samples(folder, "train", args.mode, args.input, seed=args.seed + 1000 * number,
+                                      limit=args.limit_studies)
     val_samples = load_samples(args.data, "val", args.mode, args.input, negative_fraction=0.0,
                                limit=args.limit_studies)
     train_samples = evenly_spaced(train_samples, args.max_slices)
