@@ -24,7 +24,9 @@ Metrics, all on the full-resolution pasted masks against the full ground-truth m
 * s/slice: wall time of the row's models over all slices of the study (the product includes the detector, the
   guard rows the guard).
 The same masks are also tallied by subtype (``evaluation.by_subtype``: slice Dice, voxel recall, lesions found),
-shown for the guarded two-stage rows, to say which blood is missed.
+shown for the guarded two-stage rows, to say which blood is missed, and by study (``studies`` in the JSON: true and
+predicted mL, FP slices, slice Dice of every row; the guarded product's missed and over-called studies named under
+the table).
 Detector mAP@0.5 and mAP@0.5:0.95 (and AP@0.5 per subtype) are computed on the same test studies from detections
 at confidence ``ichseg.detector.KEEP_EVERY_BOX`` and the detector's NMS IoU, matched to the per-lesion ground-truth
 boxes (``ichseg.boxes.lesion_boxes``: fragments of one subtype within ``LESION_GAP_MM`` form one lesion, as in the
