@@ -566,14 +566,20 @@ def subtype_markdown(results: dict) -> list[str]:
     return lines
 
 
+def wrong_studies(studies: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Of ``Scores.studies``: the positive studies left empty and the negative studies given any voxel."""
+    missed = [s for s in studies if s["true_ml"] > 0 and s["predicted_ml"] == 0]
+    called = [s for s in studies if s["true_ml"] == 0 and s["predicted_ml"] > 0]
+    return missed, called
+
+
 def wrong_studies_markdown(results: dict) -> list[str]:
     """The test studies the guarded product (default merge) gets wrong, by name: what to open in a viewer first."""
     key = row_key("product", DEFAULT_MERGE, True)
     studies = results.get("studies", {}).get(key)
     if not studies:
         return []
-    missed = [s for s in studies if s["true_ml"] > 0 and s["predicted_ml"] == 0]
-    called = [s for s in studies if s["true_ml"] == 0 and s["predicted_ml"] > 0]
+    missed, called = wrong_studies(studies)
     return ["", f"Studies {results['rows'][key]['label']} gets wrong: "
                 f"{len(missed)} positive missed" + "".join(f", {s['study']} ({s['true_ml']:g} mL)" for s in missed)
             + f"; {len(called)} negative called positive"

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from evaluation.evaluate import OBJECTIVES, Models, Scores, StudyScore, cell
+from evaluation.evaluate import OBJECTIVES, Models, Scores, StudyScore, cell, wrong_studies
 from ichseg import pipeline
 from ichseg.boxes import DEFAULT_MERGE
 from ichseg.guard import Anatomy, Components, GuardOptions, cavity_and_density
@@ -188,7 +188,7 @@ def sweep_scores(args: argparse.Namespace, merges: tuple[str, ...]) -> tuple[Swe
             measured = {off: StudyScore.measure(mask, truth, voxel_ml, empty),
                         **guarded_scores(mask, truth, cut, options, empty)}
             for key, (option, score) in itertools.product(keys, measured.items()):
-                scores.setdefault((*key, option), Scores()).record(score)
+                scores.setdefault((*key, option), Scores()).record(score, study_id=study_id)
     return scores, len(ids), current
 
 
@@ -223,6 +223,9 @@ def choose_guard(args: argparse.Namespace) -> dict:
     for (confidence, extend, merge, option), row in scores.items():
         summary = row.summary()
         summary.pop("seconds_per_slice")
+        missed, called = wrong_studies(row.studies)
+        summary["missed_studies"] = [s["study"] for s in missed]
+        summary["called_studies"] = [s["study"] for s in called]
         table.append({"confidence": confidence, "extend_confidence": extend, "merge": merge,
                       "guard": option.describe(), "objective": objective(summary, args.objective), **summary})
     table.sort(key=_ranking(current))
@@ -297,6 +300,11 @@ def guard_choice_markdown(choice: dict) -> str:
             f"| {cell(r['pooled_dice'])} | {cell(r['study_sensitivity'], 2)} | {cell(r['study_specificity'], 2)} "
             f"| {r['fp_slices']} / {r['negative_slices']} | {cell(r['volume_error_ml'], 2)} |"
         )
+    best = choice["best"]
+    if "missed_studies" in best:  # choices written before the studies were named have none
+        lines += ["", f"The best setting misses {len(best['missed_studies'])} positive validation studies "
+                      f"({', '.join(best['missed_studies']) or 'none'}) and calls {len(best['called_studies'])} "
+                      f"negative ones positive ({', '.join(best['called_studies']) or 'none'})."]
     return "\n".join(lines) + "\n"
 
 

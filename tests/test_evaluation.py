@@ -146,7 +146,10 @@ def test_choose_guard_writes_its_choice(tmp_path: Path, monkeypatch: pytest.Monk
     plain = choice["best_plain_threshold"]
     assert plain["extend_confidence"] == plain["confidence"] and choice["best"]["objective"] >= plain["objective"]
     assert set(choice["current_defaults"]) == {"slice", "cluster"} and choice["split"] == "val"
-    assert "Confidence, merge and guard choice" in (out / "guard_choice.md").read_text()
+    assert all((r["missed_studies"] == ["short"]) == (r["study_sensitivity"] == 0) and r["called_studies"] == []
+               for r in choice["sweep"]), "the one positive study is named where a setting misses it"
+    markdown = (out / "guard_choice.md").read_text()
+    assert "Confidence, merge and guard choice" in markdown and "The best setting misses" in markdown
 
 
 def test_subtype_tallies_count_slices_voxels_and_lesions() -> None:
