@@ -176,7 +176,8 @@ class StudyScore:
     def describe(self, study_id: str) -> dict[str, Any]:
         """The study's line in ``evaluation.json``'s ``studies``: which study a row gets wrong, and by how much."""
         return {
-            "study": study_id, "true_ml": round(self.truth * self.voxel_ml, 3),
+            "study": study_id, "positive": self.has_truth, "called": self.has_prediction,
+            "true_ml": round(self.truth * self.voxel_ml, 3),
             "predicted_ml": round(self.predicted * self.voxel_ml, 3), "fp_slices": self.fp_slices,
             "slice_dice": round(float(np.mean(self.slice_dice)), 4) if self.slice_dice else None,
         }
@@ -568,8 +569,8 @@ def subtype_markdown(results: dict) -> list[str]:
 
 def wrong_studies(studies: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Of ``Scores.studies``: the positive studies left empty and the negative studies given any voxel."""
-    missed = [s for s in studies if s["true_ml"] > 0 and s["predicted_ml"] == 0]
-    called = [s for s in studies if s["true_ml"] == 0 and s["predicted_ml"] > 0]
+    missed = [s for s in studies if s["positive"] and not s["called"]]  # as study sensitivity and specificity
+    called = [s for s in studies if not s["positive"] and s["called"]]  # count them (not the rounded volumes)
     return missed, called
 
 

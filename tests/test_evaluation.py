@@ -12,7 +12,16 @@ import pytest
 from small_study import MATRIX, generated_study
 
 from evaluation.by_subtype import SubtypeScores, study_lesions
-from evaluation.evaluate import DetectionRecords, Models, Scores, StudyScore, add_study, parse_args, study_masks
+from evaluation.evaluate import (
+    DetectionRecords,
+    Models,
+    Scores,
+    StudyScore,
+    add_study,
+    parse_args,
+    study_masks,
+    wrong_studies,
+)
 from evaluation.evaluate import main as evaluate_main
 from ichseg.guard import GuardOptions
 from ichseg.labelled_study import Study, load_study
@@ -113,10 +122,27 @@ def test_evaluation_command_on_a_256_series(study_folder: Path, tmp_path: Path,
     table = (out / "evaluation.md").read_text()
     assert "YOLO + TransDeepLab (product), slice merge + guard" in table and "| subtype | method |" in table
     (line,) = results["studies"]["product+guard"]
-    assert line["study"] == study_folder.name and line["true_ml"] > 0
-    missed = line["predicted_ml"] == 0
+    assert line["study"] == study_folder.name and line["true_ml"] > 0 and line["positive"]
+    assert line["called"] == (line["predicted_ml"] > 0) == (results["rows"]["product+guard"]["study_sensitivity"] == 1)
+    missed = not line["called"]
     assert f"gets wrong: {int(missed)} positive missed" in table
     assert (f"missed, {study_folder.name} (" in table) == missed
+
+
+def test_wrong_studies_follow_the_study_calls_not_the_rounded_volumes() -> None:
+    """A positive left empty is missed, a negative given any voxel is called, even under the rounding of mL."""
+    truth = np.zeros((2, 4, 4), dtype=bool)
+    truth[0, 1, 1] = True
+    nothing, speck = np.zeros_like(truth), np.zeros_like(truth)
+    speck[1, 3, 3] = True
+    voxel_ml = 1e-4  # a speck rounds to 0.000 mL
+    lines = [StudyScore.measure(predicted, t, voxel_ml).describe(name) for name, predicted, t in (
+        ("missed", nothing, truth), ("found", truth, truth), ("called", speck, nothing), ("clean", nothing, nothing),
+        ("found-elsewhere", speck, truth),
+    )]
+    assert lines[2]["predicted_ml"] == 0 and lines[2]["called"]
+    missed, called = wrong_studies(lines)
+    assert [s["study"] for s in missed] == ["missed"] and [s["study"] for s in called] == ["called"]
 
 
 def test_choose_guard_writes_its_choice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -178,17 +178,22 @@ def test_more_data_joins_the_training_split_only(trained: Path, positive_study: 
     more = tmp_path / "more"
     more.mkdir()
     (more / "other_study").symlink_to(positive_study)
-    (more / "studies.csv").write_text("study_id,split\nother_study,train\n")
+    (more / "studies.csv").write_text("study_id,split\nother_study,train\nmore_val,val\n")  # its val: unused
+    (more / "more_val").symlink_to(positive_study)
     common = ["--data", str(data), "--mode", CROP_MODE, "--network", "monai-unet", "--epochs", "1", "--batch", "4",
               "--steps-per-epoch", "1", "--val-slices", "4", "--seed", "0"]
     train_main([*common, "--more-data", str(more), "--out", str(tmp_path / "model")])
     one_study = len(load_samples(data, "train", CROP_MODE, MULTI_WINDOW_INPUT))
     described = json.loads((tmp_path / "model" / "manifest.json").read_text())["training"]["data"]
     assert f" + {more}" in described and f"(train split {2 * one_study} slices, val 4)" in described
+    with pytest.raises(SystemExit, match="trained with --more-data"):  # a run keeps its training set
+        train_main([*common, "--out", str(tmp_path / "model"), "--resume"])
     (more / "studies.csv").write_text("study_id,split\nval_study,train\n")  # --data's validation study
     (more / "val_study").symlink_to(positive_study)
     with pytest.raises(SystemExit, match="val_study are in .* validation or test split"):
         train_main([*common, "--more-data", str(more), "--out", str(tmp_path / "leaked")])
+    with pytest.raises(SystemExit, match="train_study are given twice"):
+        train_main([*common, "--more-data", str(data), "--out", str(tmp_path / "twice")])
 
 
 def test_lr_plans() -> None:

@@ -80,7 +80,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true", help=f"continue from <out>/{CHECKPOINT_NAME}")
     parser.add_argument("--init-encoder", type=Path, default=None,
                         help="local ImageNet Swin-T checkpoint for the TransDeepLab encoder (never downloaded)")
-    parser.add_argument("--limit-studies", type=int, default=None, help="use at most this many studies per split")
+    parser.add_argument("--limit-studies", type=int, default=None,
+                        help="use at most this many studies per split (of each folder)")
     parser.add_argument("--steps-per-epoch", type=int, default=None,
                         help="batches per epoch, drawn at random (default: one pass over the training slices); "
                              "shorter epochs give --max-minutes and validation a finer grain on a CPU")
@@ -190,20 +191,27 @@ def optimizer_description(args: argparse.Namespace) -> str:
 
 
 def refuse_leaks(data: Path, more_data: list[Path]) -> None:
-    """Stop when a further folder's training study is one of ``data``'s validation or test studies."""
+    """Stop when a further folder's training study is one of ``data``'s validation or test studies, or is trained
+    on already (the same folder twice, a set given as --data and again): study ids carry the generator's seed."""
     held_out = set(study_ids(data, "val")) | set(study_ids(data, "test"))
+    training = set(study_ids(data, "train"))
     for folder in more_data:
-        leaked = held_out & set(study_ids(folder, "train"))
+        studies = set(study_ids(folder, "train"))
+        leaked, twice = held_out & studies, training & studies
         if leaked:
             raise SystemExit(f"{folder}: training studies {', '.join(sorted(leaked)[:5])} are in {data}'s validation "
                              f"or test split ({len(leaked)} in all)")
+        if twice:
+            raise SystemExit(f"{folder}: training studies {', '.join(sorted(twice)[:5])} are given twice "
+                             f"({len(twice)} in all)")
+        training |= studies
 
 
 def make_loaders(args: argparse.Namespace) -> tuple[SegmentationDataset, DataLoader, torch.Generator, DataLoader]:
     """Cached, augmented training set with its seeded sampler, and the un-augmented validation loader."""
     refuse_leaks(args.data, args.more_data)
     train_samples = load_samples(args.data, "train", args.mode, args.input, seed=args.seed, limit=args.limit_studies)
-    for number, folder in enumerate(args.more_data, start=1):  # another seed per folder: other negatives
+    for number, folder in enumerate(args.more_data, start=1):  # whole-slice mode: other negatives per folder
         train_samples += load_samples(folder, "train", args.mode, args.input, seed=args.seed + 1000 * number,
                                       limit=args.limit_studies)
     val_samples = load_samples(args.data, "val", args.mode, args.input, negative_fraction=0.0,
@@ -263,6 +271,10 @@ def resume(checkpoint_path: Path, args: argparse.Namespace, model: nn.Module, op
     wanted = (args.mode, args.network, args.optimizer, args.input)
     if made_for != wanted:
         raise SystemExit(f"{checkpoint_path}: made for {'/'.join(made_for)}, not {'/'.join(wanted)}")
+    made_with, given = [str(p) for p in made.get("more_data", [])], [str(p) for p in args.more_data]
+    if made_with != given:  # a run keeps its training set: the manifest's slice count describes one set
+        raise SystemExit(f"{checkpoint_path}: trained with --more-data {' '.join(made_with) or '(none)'}, "
+                         f"not {' '.join(given) or '(none)'}")
     state = checkpoint["state"]
     old_total = checkpoint.get("plan", {}).get("total_steps", 0)
     if state["steps"] >= old_total and plan.total_steps > old_total:
