@@ -21,19 +21,18 @@ PY=.venv/bin/python
 DATA=${DATA:-data/synthetic}
 WORK=${WORK:-data/train}  # checkpoints and candidate model folders (ignored by git)
 mkdir -p "$WORK" logs
+phantoms_and_boxes() {  # phantoms_and_boxes STUDY_DIR SEED YOLO_DIR NEG_RATIO NEG_SEED: one phantom set, converted
+  $PY -m synthetic --out "$1" --studies "${STUDIES:-160}" --seed "$2" --max-slices "${MAX_SLICES:-120}" --workers 2
+  $PY -m training.detector_dataset --boxes "$1/boxes.csv" --dicom-root "$1" --studies-csv "$1/studies.csv" \
+      --out "$3" --negatives-per-positive "$4" --seed "$5" ${HARD_FROM:+--hard-negatives "$HARD_FROM" --hard-share 0.5}
+}
 case "${1:?step: data | more-data | segmenter | detector | evaluate}" in
   data)
-    $PY -m synthetic --out "$DATA" --studies "${STUDIES:-160}" --seed "${SEED:-2}" --max-slices "${MAX_SLICES:-120}" --workers 2
-    $PY -m training.detector_dataset --boxes "$DATA/boxes.csv" --dicom-root "$DATA" --studies-csv "$DATA/studies.csv" \
-        --out data/yolo --negatives-per-positive "${NEG_RATIO:-1.0}" --seed "${NEG_SEED:-0}" \
-        ${HARD_FROM:+--hard-negatives "$HARD_FROM" --hard-share 0.5}
+    phantoms_and_boxes "$DATA" "${SEED:-2}" data/yolo "${NEG_RATIO:-1.0}" "${NEG_SEED:-0}"
     ;;
   more-data)
     MORE=${MORE:-data/synthetic_more}
-    $PY -m synthetic --out "$MORE" --studies "${STUDIES:-160}" --seed "${MORE_SEED:-3}" --max-slices "${MAX_SLICES:-120}" --workers 2
-    $PY -m training.detector_dataset --boxes "$MORE/boxes.csv" --dicom-root "$MORE" --studies-csv "$MORE/studies.csv" \
-        --out data/yolo_more --negatives-per-positive "${MORE_NEG_RATIO:-1.0}" --seed "${MORE_SEED:-3}" \
-        ${HARD_FROM:+--hard-negatives "$HARD_FROM" --hard-share 0.5}
+    phantoms_and_boxes "$MORE" "${MORE_SEED:-3}" data/yolo_more "${MORE_NEG_RATIO:-1.0}" "${MORE_SEED:-3}"
     $PY -m training.combine_datasets data/yolo/data.yaml data/yolo_more/data.yaml --out data/yolo_combined
     ;;
   segmenter)

@@ -21,6 +21,7 @@ import yaml
 
 from ichseg.atomic_file import atomic_path
 from training.detector_dataset import INPUT_KEY, images_held
+from training.study_leaks import refuse_held_out
 
 HELD_OUT = ("val", "test")
 
@@ -79,11 +80,8 @@ def combine(data_yamls: list[Path], out: Path) -> Path:
         raise ValueError(f"training folders not found: {', '.join(missing)}")
     splits = [studies_by_split(data, path) for data, path in pairs]  # each slices.csv read once
     held_out = set().union(*(splits[0].get(split, set()) for split in HELD_OUT))
-    for (_, path), studies in zip(pairs, splits, strict=True):
-        leaked = held_out & studies.get("train", set())
-        if leaked:
-            raise ValueError(f"{path}: training studies {', '.join(sorted(leaked)[:5])} are in {first_path}'s "
-                             f"validation or test split ({len(leaked)} in all)")
+    training = [(str(path), studies.get("train", set())) for (_, path), studies in zip(pairs, splits, strict=True)]
+    refuse_held_out(held_out, str(first_path), training)
     combined = {
         "path": str(dataset_root(first, first_path)), "train": entries, **{split: first[split] for split in HELD_OUT},
         "names": first["names"], INPUT_KEY: expected,

@@ -40,6 +40,7 @@ from ichseg.segmenter import ARCHITECTURES, CLASSES, CROP_MODE, MODES, WHOLE_SLI
 from ichseg.windowing import INPUT_KINDS, MULTI_WINDOW_INPUT
 from training.lr_schedule import LrPlan
 from training.segmenter_data import JITTER, SegmentationDataset, evenly_spaced, load_samples
+from training.study_leaks import refuse_held_out
 
 CHECKPOINT_NAME = "checkpoint.pt"
 MOMENTUM = 0.9  # SGD
@@ -194,13 +195,14 @@ def refuse_leaks(data: Path, more_data: list[Path]) -> None:
     """Stop when a further folder's training study is one of ``data``'s validation or test studies, or is trained
     on already (the same folder twice, a set given as --data and again): study ids carry the generator's seed."""
     held_out = set(study_ids(data, "val")) | set(study_ids(data, "test"))
+    further = [(str(folder), set(study_ids(folder, "train"))) for folder in more_data]
+    try:
+        refuse_held_out(held_out, str(data), further)
+    except ValueError as error:
+        raise SystemExit(str(error)) from error
     training = set(study_ids(data, "train"))
-    for folder in more_data:
-        studies = set(study_ids(folder, "train"))
-        leaked, twice = held_out & studies, training & studies
-        if leaked:
-            raise SystemExit(f"{folder}: training studies {', '.join(sorted(leaked)[:5])} are in {data}'s validation "
-                             f"or test split ({len(leaked)} in all)")
+    for folder, studies in further:
+        twice = training & studies
         if twice:
             raise SystemExit(f"{folder}: training studies {', '.join(sorted(twice)[:5])} are given twice "
                              f"({len(twice)} in all)")
