@@ -374,3 +374,82 @@ def test_combined_dataset_trains_on_all_and_validates_on_the_first(ultralytics_c
     no_test = tmp_path / "no_test.yaml"
     no_test.write_text(first.read_text().replace("test: images/test\n", ""))
     refused([no_test, second], "no_test.yaml: no test split")
+
+
+def test_tiles_hold_every_box_whole_at_native_scale_and_validation_stays_on_whole_slices(
+    ultralytics_config: Path, tmp_path: Path
+) -> None:
+    """Tiles are crops of the slices (no resizing), every box lies whole in one of its slice's tiles with the same
+    pixels under its label, negatives are cut within the head, and the trainer validates at the app's size."""
+    from training.bf16_trainer import Bf16DetectionTrainer
+    from training.detector_dataset import write_data_yaml
+    from training.detector_tiles import main, write_tiles
+
+    source = tmp_path / "source"
+    slices = {  # name → boxes (x0, y0, x1, y1); the last is wider than a tile, the negative has a head in 150..350
+        "two": [(40, 40, 100, 90), (400, 380, 470, 450)], "wide": [(60, 200, 440, 260)], "negative": [],
+    }
+    rng = np.random.default_rng(0)
+    for split in ("train", "val", "test"):
+        (source / "images" / split).mkdir(parents=True)
+        (source / "labels" / split).mkdir(parents=True)
+    for name, boxes in slices.items():
+        image = np.zeros((INPUT_SIZE, INPUT_SIZE, 3), np.uint8)
+        image[150:350, 150:350] = rng.integers(1, 255, (200, 200, 3))
+        for number, (x0, y0, x1, y1) in enumerate(boxes):
+            image[y0:y1, x0:x1] = rng.integers(1, 255, (y1 - y0, x1 - x0, 3))  # a pattern only an exact crop keeps
+            image[y0, x0] = 255 - number
+        cv2.imwrite(str(source / "images" / "train" / f"{name}.png"), image)
+        lines = [f"{number % 5} {(x0 + x1) / 2 / INPUT_SIZE} {(y0 + y1) / 2 / INPUT_SIZE} {(x1 - x0) / INPUT_SIZE} "
+                 f"{(y1 - y0) / INPUT_SIZE}\n" for number, (x0, y0, x1, y1) in enumerate(boxes)]
+        (source / "labels" / "train" / f"{name}.txt").write_text("".join(lines))
+    for split in ("val", "test"):
+        cv2.imwrite(str(source / "images" / split / "whole.png"), np.full((INPUT_SIZE, INPUT_SIZE, 3), 9, np.uint8))
+        (source / "labels" / split / "whole.txt").write_text("0 0.5 0.5 0.1 0.1\n")
+    data_yaml = write_data_yaml(source, MULTI_WINDOW_INPUT)
+
+    counts = write_tiles(data_yaml, tmp_path / "tiles", 320, negative_tiles=2, seed=1)
+    assert counts == {"images": 3, "positive_tiles": 3, "negative_tiles": 2, "labels": 3}
+    rows = list(csv.DictReader((tmp_path / "tiles" / "slices.csv").open(newline="")))
+
+    def label_of(row: dict[str, str]) -> Path:
+        return tmp_path / "tiles" / "labels" / "train" / f"{Path(row['image']).stem}.txt"
+
+    assert len(rows) == 5 and {row["split"] for row in rows} == {"train"}
+    for name, boxes in slices.items():
+        original = cv2.imread(str(source / "images" / "train" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+        tiles = [row for row in rows if Path(row["source_image"]).stem == name]
+        for row in tiles:
+            ox, oy = int(row["x"]), int(row["y"])
+            tile = cv2.imread(str(tmp_path / "tiles" / row["image"]), cv2.IMREAD_UNCHANGED)
+            assert tile.shape == (320, 320, 3) and np.array_equal(tile, original[oy:oy + 320, ox:ox + 320])
+            if not boxes:
+                assert 150 <= ox + 160 <= 350 and 150 <= oy + 160 <= 350, "a negative tile is centred in the head"
+                assert not label_of(row).read_text()
+        labelled = [(int(row["x"]), int(row["y"]), read_label(label_of(row))) for row in tiles]
+        for number, (x0, y0, x1, y1) in enumerate(boxes):
+            back = [(subtype, tuple(v * 320 / INPUT_SIZE + (ox, oy)[k % 2] for k, v in enumerate(box)))
+                    for ox, oy, found in labelled for subtype, box in found]
+            if x1 - x0 <= 320:  # whole in some tile, label and pixels exact
+                assert any(subtype == number and np.allclose(box, (x0, y0, x1, y1), atol=0.01)
+                           for subtype, box in back), (name, number)
+            else:  # wider than a tile: one tile centred on it, the label clipped to the tile
+                ((ox, oy, found),) = labelled
+                assert ox == round((x0 + x1 - 320) / 2) and y0 - oy >= 0 and y1 - oy <= 320
+                assert np.allclose(found[0][1], (0, (y0 - oy) * INPUT_SIZE / 320, INPUT_SIZE, (y1 - oy) * INPUT_SIZE
+                                                 / 320), atol=0.02)
+    tiled = yaml.safe_load((tmp_path / "tiles" / "data.yaml").read_text())
+    assert tiled["ich_tile"] == 320 and dataset_input(tmp_path / "tiles" / "data.yaml") == MULTI_WINDOW_INPUT
+    assert Path(tiled["val"]) == source / "images" / "val" and Path(tiled["test"]) == source / "images" / "test"
+
+    trainer = Bf16DetectionTrainer(overrides={
+        "model": "yolov5n.yaml", "data": str(tmp_path / "tiles" / "data.yaml"), "imgsz": 320, "device": "cpu",
+        "workers": 0, "project": str(tmp_path / "runs"), "name": "tiles", "plots": False})
+    trainer.model = trainer.get_model(cfg="yolov5n.yaml", verbose=False)
+    assert trainer.build_dataset(str(tmp_path / "tiles" / "images" / "train"), "train", 2).imgsz == 320
+    validation = trainer.build_dataset(tiled["val"], "val", 2)
+    assert validation.imgsz == INPUT_SIZE and min(validation[0]["img"].shape[-2:]) >= INPUT_SIZE  # not shrunk
+    assert trainer.args.imgsz == 320
+
+    with pytest.raises(SystemExit):
+        main([str(data_yaml), "--out", str(tmp_path / "odd"), "--size", "300"])

@@ -6,7 +6,9 @@ handing ultralytics' trainer module an ``autocast`` that also opens a CPU bf16 c
 optimizer, EMA, checkpoints (saved as plain ``DetectionModel``s, loadable without this module) — is ultralytics'
 own. The weights stay fp32; only the forward pass runs in bf16 (≈1.4× faster per yolov5n step on an AVX512-BF16
 CPU, measured by ``benchmarks/training_speed.py``). It also gives torch back every core (``ICH_THREADS``):
-ultralytics' device selection leaves cpu_count − 1 threads, one on a 2-core machine.
+ultralytics' device selection leaves cpu_count − 1 threads, one on a 2-core machine. And it validates at the app's
+input size (``ichseg.detector.INPUT_SIZE``) whatever ``imgsz`` it trains at: trained on native-scale tiles
+(``training.detector_tiles``, ``imgsz`` = the tile), the model is still chosen by its score on whole slices.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 from ultralytics.engine import trainer as trainer_module
 from ultralytics.models.yolo.detect import DetectionTrainer
 
+from ichseg.detector import INPUT_SIZE
 from ichseg.runtime import configure_threads
 
 _ULTRALYTICS_AUTOCAST = trainer_module.autocast
@@ -30,7 +33,17 @@ def cpu_aware_autocast(enabled: bool | torch.dtype, device: str = "cuda") -> Any
 
 
 class Bf16DetectionTrainer(DetectionTrainer):
-    """DetectionTrainer whose training loop may run bf16 autocast on the CPU (pass ``amp="bf16"``)."""
+    """DetectionTrainer whose training loop may run bf16 autocast on the CPU (pass ``amp="bf16"``) and whose
+    validation runs on whole slices at the app's input size."""
+
+    def build_dataset(self, img_path: str, mode: str = "train", batch: int | None = None) -> Any:
+        if mode == "train":
+            return super().build_dataset(img_path, mode, batch)
+        training_size, self.args.imgsz = self.args.imgsz, INPUT_SIZE
+        try:
+            return super().build_dataset(img_path, mode, batch)
+        finally:
+            self.args.imgsz = training_size
 
     def _do_train(self, *args: Any, **kwargs: Any) -> Any:
         if self.device.type == "cpu":

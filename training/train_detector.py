@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import yaml
 
-from ichseg.detector import KEEP_EVERY_BOX, NMS_IOU
+from ichseg.detector import INPUT_SIZE, KEEP_EVERY_BOX, NMS_IOU
 from ichseg.model_manifest import WEIGHTS_NAME, ModelError, ModelManifest, portable_path
 from ichseg.runtime import PRECISIONS, autocast_dtype, default_device
 from ichseg.subtypes import SUBTYPES
@@ -49,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--time", type=float, default=None, help="hours; replaces --epochs (recomputed to fill it)")
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--imgsz", type=int, default=512)
+    parser.add_argument("--imgsz", type=int, default=INPUT_SIZE,
+                        help="training size: the slice's, or the tile's for training.detector_tiles datasets "
+                             "(validation and test run on whole slices at the app's size)")
     parser.add_argument("--optimizer", default="SGD", choices=("SGD", "Adam", "AdamW"), help="not 'auto' (ignores lr0)")
     parser.add_argument("--lr0", type=float, default=0.01)
     parser.add_argument("--lrf", type=float, default=0.01, help="final lr as a fraction of lr0")
@@ -141,9 +143,10 @@ def export_weights(best: Path, out: Path) -> Path:
 
 
 def evaluate(weights: Path, trainer_args: Any, device: torch.device) -> tuple[float, float]:
-    """mAP@0.5 and mAP@0.5:0.95 of the exported weights on the test split."""
+    """mAP@0.5 and mAP@0.5:0.95 of the exported weights on the test split, at the app's input size (a model trained
+    on tiles included)."""
     metrics = YOLO(str(weights), task="detect").val(
-        data=trainer_args.data, split="test", imgsz=trainer_args.imgsz, batch=trainer_args.batch,
+        data=trainer_args.data, split="test", imgsz=INPUT_SIZE, batch=trainer_args.batch,
         conf=KEEP_EVERY_BOX, iou=NMS_IOU, device=str(device), plots=False,
         project=str(trainer_args.project), name=f"{Path(trainer_args.name).name}-test", exist_ok=True,
     )
@@ -174,7 +177,7 @@ def bundle(
     recipe = {k: getattr(train_args, k) for k in (*RECIPE_KEYS, *extra) if hasattr(train_args, k)}
     recipe["model"] = model_yaml
     ModelManifest(
-        name=MODEL_NAME, version=args.model_version, architecture=model_yaml, input_size=train_args.imgsz,
+        name=MODEL_NAME, version=args.model_version, architecture=model_yaml, input_size=INPUT_SIZE,
         classes=list(SUBTYPES), task="detection",
         training={
             "data": portable_path(train_args.data), "epochs": epochs, "batch": train_args.batch,
