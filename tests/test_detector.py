@@ -380,13 +380,15 @@ def test_tiles_hold_every_box_whole_at_native_scale_and_validation_stays_on_whol
     ultralytics_config: Path, tmp_path: Path
 ) -> None:
     """Tiles are crops of the slices (no resizing), every box lies whole in one of its slice's tiles with the same
-    pixels under its label, negatives are cut within the head, and the trainer validates at the app's size."""
+    pixels under its label, negatives are cut within the head, and the trainer trains at the tile's size but
+    validates whole slices at the app's."""
     from training.bf16_trainer import Bf16DetectionTrainer
     from training.detector_dataset import write_data_yaml
     from training.detector_tiles import main, write_tiles
+    from training.train_detector import main as train_main
 
     source = tmp_path / "source"
-    slices = {  # name → boxes (x0, y0, x1, y1); the last is wider than a tile, the negative has a head in 150..350
+    slices = {  # name → boxes (x0, y0, x1, y1); the second is wider than a tile
         "two": [(40, 40, 100, 90), (400, 380, 470, 450)], "wide": [(60, 200, 440, 260)], "negative": [],
     }
     rng = np.random.default_rng(0)
@@ -395,10 +397,9 @@ def test_tiles_hold_every_box_whole_at_native_scale_and_validation_stays_on_whol
         (source / "labels" / split).mkdir(parents=True)
     for name, boxes in slices.items():
         image = np.zeros((INPUT_SIZE, INPUT_SIZE, 3), np.uint8)
-        image[150:350, 150:350] = rng.integers(1, 255, (200, 200, 3))
-        for number, (x0, y0, x1, y1) in enumerate(boxes):
+        image[330:500, 330:500] = rng.integers(1, 255, (170, 170, 3))  # the "head", off-centre
+        for x0, y0, x1, y1 in boxes:
             image[y0:y1, x0:x1] = rng.integers(1, 255, (y1 - y0, x1 - x0, 3))  # a pattern only an exact crop keeps
-            image[y0, x0] = 255 - number
         cv2.imwrite(str(source / "images" / "train" / f"{name}.png"), image)
         lines = [f"{number % 5} {(x0 + x1) / 2 / INPUT_SIZE} {(y0 + y1) / 2 / INPUT_SIZE} {(x1 - x0) / INPUT_SIZE} "
                  f"{(y1 - y0) / INPUT_SIZE}\n" for number, (x0, y0, x1, y1) in enumerate(boxes)]
@@ -406,26 +407,29 @@ def test_tiles_hold_every_box_whole_at_native_scale_and_validation_stays_on_whol
     for split in ("val", "test"):
         cv2.imwrite(str(source / "images" / split / "whole.png"), np.full((INPUT_SIZE, INPUT_SIZE, 3), 9, np.uint8))
         (source / "labels" / split / "whole.txt").write_text("0 0.5 0.5 0.1 0.1\n")
+    (source / "slices.csv").write_text("image,split,study_id\n" + "".join(
+        f"images/train/{name}.png,train,study_{name}\n" for name in slices) + "images/val/whole.png,val,study_v\n")
     data_yaml = write_data_yaml(source, MULTI_WINDOW_INPUT)
 
-    counts = write_tiles(data_yaml, tmp_path / "tiles", 320, negative_tiles=2, seed=1)
-    assert counts == {"images": 3, "positive_tiles": 3, "negative_tiles": 2, "labels": 3}
+    counts = write_tiles(data_yaml, tmp_path / "tiles", 320, negative_tiles=8, seed=1)
+    assert counts == {"images": 3, "positive_tiles": 3, "negative_tiles": 8, "labels": 3}
     rows = list(csv.DictReader((tmp_path / "tiles" / "slices.csv").open(newline="")))
+    tile_rows = [row for row in rows if row["split"] == "train"]
+    assert len(tile_rows) == 11 and [row["study_id"] for row in rows if row["split"] != "train"] == ["study_v"]
 
     def label_of(row: dict[str, str]) -> Path:
         return tmp_path / "tiles" / "labels" / "train" / f"{Path(row['image']).stem}.txt"
 
-    assert len(rows) == 5 and {row["split"] for row in rows} == {"train"}
     for name, boxes in slices.items():
         original = cv2.imread(str(source / "images" / "train" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
-        tiles = [row for row in rows if Path(row["source_image"]).stem == name]
+        tiles = [row for row in tile_rows if Path(row["source_image"]).stem == name]
+        assert {row["study_id"] for row in tiles} == {f"study_{name}"}
         for row in tiles:
             ox, oy = int(row["x"]), int(row["y"])
             tile = cv2.imread(str(tmp_path / "tiles" / row["image"]), cv2.IMREAD_UNCHANGED)
             assert tile.shape == (320, 320, 3) and np.array_equal(tile, original[oy:oy + 320, ox:ox + 320])
-            if not boxes:
-                assert 150 <= ox + 160 <= 350 and 150 <= oy + 160 <= 350, "a negative tile is centred in the head"
-                assert not label_of(row).read_text()
+            if not boxes:  # centre within the head (330..499): origins 170..192 on both axes
+                assert 170 <= ox <= 192 and 170 <= oy <= 192 and not label_of(row).read_text()
         labelled = [(int(row["x"]), int(row["y"]), read_label(label_of(row))) for row in tiles]
         for number, (x0, y0, x1, y1) in enumerate(boxes):
             back = [(subtype, tuple(v * 320 / INPUT_SIZE + (ox, oy)[k % 2] for k, v in enumerate(box)))
@@ -451,5 +455,24 @@ def test_tiles_hold_every_box_whole_at_native_scale_and_validation_stays_on_whol
     assert validation.imgsz == INPUT_SIZE and min(validation[0]["img"].shape[-2:]) >= INPUT_SIZE  # not shrunk
     assert trainer.args.imgsz == 320
 
-    with pytest.raises(SystemExit):
+    for data, imgsz in ((tmp_path / "tiles" / "data.yaml", "512"), (data_yaml, "320")):  # any rescaling is refused
+        with pytest.raises(SystemExit) as refusal:
+            train_main(["--data", str(data), "--imgsz", imgsz, "--out", str(tmp_path / "never")])
+        assert refusal.value.code == 2 and not (tmp_path / "never").exists()
+    with pytest.raises(SystemExit) as refusal:
         main([str(data_yaml), "--out", str(tmp_path / "odd"), "--size", "300"])
+    assert refusal.value.code == 2 and not (tmp_path / "odd").exists()
+    with pytest.raises(SystemExit, match="holds the source dataset's images"):
+        main([str(data_yaml), "--out", str(source)])
+    assert len(list((source / "images" / "train").iterdir())) == 3, "the source is untouched"
+
+
+def test_tile_labels_follow_ultralytics_rule_for_cut_boxes() -> None:
+    """A cut box stays labelled, clipped, when ≥ 10 % of it and more than 2 px each way lie in the tile."""
+    from training.detector_tiles import PixelBox, tile_lines
+
+    box = PixelBox(3, 0.0, 0.0, 100.0, 100.0)
+    assert tile_lines([box], 95, 0, 320) == []  # 5 % inside
+    assert tile_lines([box], 50, 0, 320) == [f"3 {25 / 320:.6f} {50 / 320:.6f} {50 / 320:.6f} {100 / 320:.6f}\n"]
+    assert tile_lines([PixelBox(0, 0.0, 0.0, 101.5, 10.0)], 100, 0, 320) == []  # a 1.5 px sliver
+    assert tile_lines([box], 0, 0, 320) == [f"3 {50 / 320:.6f} {50 / 320:.6f} {100 / 320:.6f} {100 / 320:.6f}\n"]

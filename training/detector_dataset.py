@@ -38,7 +38,7 @@ import yaml
 from tqdm import tqdm
 
 from ichseg.boxes import LabelledBox
-from ichseg.detector import to_bgr
+from ichseg.detector import INPUT_SIZE, to_bgr
 from ichseg.dicom_series import DicomInputError, group_series, load_series
 from ichseg.pipeline import window_series
 from ichseg.subtypes import SUBTYPES, subtype_index
@@ -168,6 +168,15 @@ def write_data_yaml(out: Path, input_kind: str) -> Path:
             "names": dict(enumerate(SUBTYPES)), INPUT_KEY: input_kind}
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+TILE_KEY = "ich_tile"  # data.yaml of training.detector_tiles: the training images are tiles of this side
+
+
+def training_size(data: Mapping[str, Any]) -> int:
+    """The side a loaded data.yaml's training images are trained at without rescaling: the tile's for tiles, else
+    the slice's (the app's input size). Any other ``imgsz`` would change the pixel scale between training and app."""
+    return int(data.get(TILE_KEY, INPUT_SIZE))
 
 
 def images_held(data: Mapping[str, Any]) -> str:

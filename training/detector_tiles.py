@@ -5,12 +5,13 @@ without resizing (the pixel scale of inference stays) and still run on whole sli
 gives one tile per lesion box not yet whole in an earlier tile of that slice, placed at a seeded random offset that
 keeps the box whole (a box larger than the tile gets a tile centred on it); each negative slice gives
 ``--negative-tiles`` tiles centred within the head (non-zero pixels), where the mimics are. A box cut by a tile
-edge is kept, clipped, when ≥ ``MIN_VISIBLE`` of it lies inside (ultralytics' own rule for random crops); less is
-dropped. Validation and test stay the source dataset's whole slices (``training.train_detector`` validates at
-the app's input size whatever the training size).
+edge is kept, clipped, by ultralytics' own rule for cropped boxes (≥ ``MIN_VISIBLE`` of its area inside, sides over
+``MIN_SIDE`` px, aspect under ``MAX_ASPECT``); otherwise dropped. Validation and test stay the source dataset's whole
+slices (``training.train_detector`` validates at the app's input size whatever the training size).
 
-Writes ``images/train``, ``labels/train``, ``slices.csv`` (each tile's source image, study and origin) and a
-``data.yaml`` whose ``val``/``test`` point at the source dataset's.
+Writes ``images/train``, ``labels/train``, ``slices.csv`` (each tile's source image, study and origin; the source's
+validation and test rows, so that ``combine_datasets`` still checks leakage) and a ``data.yaml`` whose ``val``/``test``
+point at the source dataset's and whose ``ich_tile`` makes ``train_detector`` train at the tile's size.
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ from tqdm import tqdm
 
 from ichseg.atomic_file import atomic_path
 from training.combine_datasets import HELD_OUT, dataset_root, train_entries
-from training.detector_dataset import INPUT_KEY, images_held
+from training.detector_dataset import INPUT_KEY, TILE_KEY, images_held
 
 MIN_VISIBLE = 0.1  # share of a box's area that must lie in a tile for the box to be labelled there
+MIN_SIDE = 2.0  # px: a thinner sliver of a cut box is dropped
+MAX_ASPECT = 100.0
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
@@ -104,13 +107,15 @@ def centre_span(low: int, high: int, size: int, extent: int) -> tuple[int, int]:
 
 
 def tile_lines(boxes: list[PixelBox], ox: int, oy: int, size: int) -> list[str]:
-    """The boxes as a tile's YOLO label lines: clipped to the tile, kept when ≥ MIN_VISIBLE of each lies inside."""
+    """The boxes as a tile's YOLO label lines, clipped to the tile and kept by ultralytics' rule for cropped boxes
+    (``box_candidates``): more than MIN_SIDE px each way, ≥ MIN_VISIBLE of the box's area, aspect below MAX_ASPECT."""
     lines = []
     for box in boxes:
         x0, x1 = np.clip([box.x0 - ox, box.x1 - ox], 0, size)
         y0, y1 = np.clip([box.y0 - oy, box.y1 - oy], 0, size)
-        area = (box.x1 - box.x0) * (box.y1 - box.y0)
-        if x1 > x0 and y1 > y0 and (x1 - x0) * (y1 - y0) >= MIN_VISIBLE * area:
+        width, height, area = x1 - x0, y1 - y0, (box.x1 - box.x0) * (box.y1 - box.y0)
+        if (width > MIN_SIDE and height > MIN_SIDE and width * height >= MIN_VISIBLE * area
+                and max(width / height, height / width) < MAX_ASPECT):
             lines.append(f"{box.subtype} {(x0 + x1) / 2 / size:.6f} {(y0 + y1) / 2 / size:.6f} "
                          f"{(x1 - x0) / size:.6f} {(y1 - y0) / size:.6f}\n")
     return lines
@@ -123,7 +128,8 @@ def training_images(data_yaml: Path) -> list[Path]:
         if entry.is_dir():
             images += sorted(p for p in entry.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         else:
-            images += [Path(line.strip()) for line in entry.read_text().splitlines() if line.strip()]
+            lines = [Path(line.strip()) for line in entry.read_text().splitlines() if line.strip()]
+            images += [line if line.is_absolute() else entry.parent / line for line in lines]  # as ultralytics reads
     return images
 
 
@@ -134,20 +140,37 @@ def label_path(image: Path) -> Path:
     return Path(*parts).with_suffix(".txt")
 
 
+def dataset_index(root: Path) -> list[dict[str, str]]:
+    """A converted dataset's ``slices.csv`` rows, their ``image`` made absolute (none where it has no index)."""
+    if not (root / "slices.csv").is_file():
+        return []
+    with (root / "slices.csv").open(newline="") as handle:
+        return [{**row, "image": str((root / row["image"]).resolve())} for row in csv.DictReader(handle)]
+
+
 def source_studies(images: list[Path]) -> dict[Path, str]:
-    """Image → study id from the ``slices.csv`` beside each training folder's dataset (where there is one)."""
-    studies: dict[Path, str] = {}
-    for root in {image.parents[2] for image in images}:
-        if (root / "slices.csv").is_file():
-            with (root / "slices.csv").open(newline="") as handle:
-                studies.update({(root / row["image"]).resolve(): row["study_id"] for row in csv.DictReader(handle)})
-    return studies
+    """Image → study id from the ``slices.csv`` of each training image's dataset (``ROOT/images/train/x.png``)."""
+    roots = {image.resolve().parents[2] for image in images if len(image.resolve().parents) > 2}
+    return {Path(row["image"]): row["study_id"] for root in roots for row in dataset_index(root)}
+
+
+def refuse_overwriting(out: Path, data_yaml: Path, images: list[Path]) -> None:
+    """``out`` is emptied first: it must not be the source dataset nor hold any of its images."""
+    target = out.resolve()
+    sources = {dataset_root(yaml.safe_load(data_yaml.read_text()), data_yaml), *(i.resolve() for i in images)}
+    if any(source == target or target in source.parents for source in sources):
+        raise ValueError(f"{out}: holds the source dataset's images; write the tiles to a new folder")
+    stems = [image.stem for image in images]
+    if len(set(stems)) < len(stems):
+        raise ValueError(f"{data_yaml}: {len(stems) - len(set(stems))} training images share a file name with another; "
+                         "their tiles would overwrite each other")
 
 
 def write_tiles(data_yaml: Path, out: Path, size: int, negative_tiles: int = 1, seed: int = 0) -> dict[str, int]:
     """Cut the training split of ``data_yaml`` into tiles under ``out``; returns counts of images and tiles."""
     data = yaml.safe_load(data_yaml.read_text())
     images = training_images(data_yaml)
+    refuse_overwriting(out, data_yaml, images)
     studies = source_studies(images)
     rng = np.random.default_rng(seed)
     for folder in ("images", "labels"):
@@ -175,14 +198,16 @@ def write_tiles(data_yaml: Path, out: Path, size: int, negative_tiles: int = 1, 
             (out / "labels" / "train" / f"{name}.txt").write_text("".join(lines))
             rows.append((f"images/train/{name}.png", "train", studies.get(image_path.resolve(), ""),
                          str(image_path), ox, oy, len(lines)))
+    root = dataset_root(data, data_yaml)
+    held_out = [(row["image"], row["split"], row["study_id"], row["image"], "", "", row.get("boxes", ""))
+                for row in dataset_index(root) if row["split"] in HELD_OUT]  # for combine_datasets' leakage check
     with (out / "slices.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(("image", "split", "study_id", "source_image", "x", "y", "boxes"))
-        writer.writerows(rows)
-    root = dataset_root(data, data_yaml)
+        writer.writerows(rows + held_out)
     tiled = {"path": str(out.resolve()), "train": "images/train",
              **{split: str(root / data[split]) for split in HELD_OUT}, "names": data["names"],
-             INPUT_KEY: images_held(data), "ich_tile": size}
+             INPUT_KEY: images_held(data), TILE_KEY: size}
     with atomic_path(out / "data.yaml") as temporary:
         temporary.write_text(yaml.safe_dump(tiled, sort_keys=False))
     return counts
@@ -204,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"detector_tiles: {error}") from error
     print(f"{counts['images']} training images → {counts['positive_tiles']} positive and {counts['negative_tiles']} "
           f"negative tiles holding {counts['labels']} boxes")
-    print(f"data YAML: {(args.out / 'data.yaml').resolve()}; train with --imgsz {args.size}")
+    print(f"data YAML: {(args.out / 'data.yaml').resolve()} (training.train_detector trains it at {args.size} px)")
 
 
 if __name__ == "__main__":

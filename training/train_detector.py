@@ -27,7 +27,7 @@ from ichseg.subtypes import SUBTYPES
 from ichseg.ultralytics_offline import YOLO
 from ichseg.windowing import HEADER_INPUT
 from training.bf16_trainer import Bf16DetectionTrainer
-from training.detector_dataset import dataset_input
+from training.detector_dataset import dataset_input, training_size
 from training.detector_operating_point import store as store_operating_point
 from training.ultralytics_results import epoch_rows, run_seconds
 
@@ -49,9 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--time", type=float, default=None, help="hours; replaces --epochs (recomputed to fill it)")
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--imgsz", type=int, default=INPUT_SIZE,
-                        help="training size: the slice's, or the tile's for training.detector_tiles datasets "
-                             "(validation and test run on whole slices at the app's size)")
+    parser.add_argument("--imgsz", type=int, default=None,
+                        help="training size; default and only choice: the images' own (the app's 512 for slices, the "
+                             "tile's for training.detector_tiles datasets); validation and test run on whole slices")
     parser.add_argument("--optimizer", default="SGD", choices=("SGD", "Adam", "AdamW"), help="not 'auto' (ignores lr0)")
     parser.add_argument("--lr0", type=float, default=0.01)
     parser.add_argument("--lrf", type=float, default=0.01, help="final lr as a fraction of lr0")
@@ -96,6 +96,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[
     if not (args.resume or args.export_only) and args.data is None:
         parser.error("--data is required unless --resume or --export-only")
     extra = {k: v for k, v in hyp.items() if k not in flags}
+    if args.data is not None:
+        native = training_size(yaml.safe_load(args.data.read_text()))
+        if args.imgsz not in (None, native):
+            parser.error(f"--imgsz {args.imgsz}: {args.data}'s images are trained at {native} px (their own scale; "
+                         f"the app detects on {INPUT_SIZE} px slices at that scale)")
+        args.imgsz = native
     if args.data is not None and dataset_input(args.data) != HEADER_INPUT:
         if args.tune:
             parser.error("--tune mutates colour augmentations (hsv, bgr) that would mix window channels: tune on a "
