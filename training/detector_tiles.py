@@ -21,15 +21,20 @@ import csv
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import yaml
 from tqdm import tqdm
 
+import ichseg.ultralytics_offline  # noqa: F401  (switches ultralytics offline before its first import)
 from ichseg.atomic_file import atomic_path
 from training.combine_datasets import HELD_OUT, dataset_root, train_entries
 from training.detector_dataset import INPUT_KEY, TILE_KEY, images_held
+
+# isort: split
+from ultralytics.data.utils import img2label_paths  # the label file ultralytics reads for an image
 
 MIN_VISIBLE = 0.1  # share of a box's area that must lie in a tile for the box to be labelled there
 MIN_SIDE = 2.0  # px: a thinner sliver of a cut box is dropped
@@ -121,23 +126,16 @@ def tile_lines(boxes: list[PixelBox], ox: int, oy: int, size: int) -> list[str]:
     return lines
 
 
-def training_images(data_yaml: Path) -> list[Path]:
-    """Every training image of a dataset (``train:`` folders or image lists, as ``combine_datasets`` writes them)."""
+def training_images(data: dict[str, Any], data_yaml: Path) -> list[Path]:
+    """Every training image of a loaded dataset (``train:`` folders or image lists, as ``combine_datasets`` writes)."""
     images: list[Path] = []
-    for entry in map(Path, train_entries(yaml.safe_load(data_yaml.read_text()), data_yaml)):
+    for entry in map(Path, train_entries(data, data_yaml)):
         if entry.is_dir():
             images += sorted(p for p in entry.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         else:
             lines = [Path(line.strip()) for line in entry.read_text().splitlines() if line.strip()]
             images += [line if line.is_absolute() else entry.parent / line for line in lines]  # as ultralytics reads
     return images
-
-
-def label_path(image: Path) -> Path:
-    """ultralytics' rule: the last ``images`` folder of the path becomes ``labels``, the suffix ``.txt``."""
-    parts = list(image.parts)
-    parts[len(parts) - 1 - parts[::-1].index("images")] = "labels"
-    return Path(*parts).with_suffix(".txt")
 
 
 def dataset_index(root: Path) -> list[dict[str, str]]:
@@ -154,10 +152,10 @@ def source_studies(images: list[Path]) -> dict[Path, str]:
     return {Path(row["image"]): row["study_id"] for root in roots for row in dataset_index(root)}
 
 
-def refuse_overwriting(out: Path, data_yaml: Path, images: list[Path]) -> None:
-    """``out`` is emptied first: it must not be the source dataset nor hold any of its images."""
+def refuse_overwriting(out: Path, root: Path, data_yaml: Path, images: list[Path]) -> None:
+    """``out`` is emptied first: it must not be the source dataset (``root``) nor hold any of its images."""
     target = out.resolve()
-    sources = {dataset_root(yaml.safe_load(data_yaml.read_text()), data_yaml), *(i.resolve() for i in images)}
+    sources = {root, *(i.resolve() for i in images)}
     if any(source == target or target in source.parents for source in sources):
         raise ValueError(f"{out}: holds the source dataset's images; write the tiles to a new folder")
     stems = [image.stem for image in images]
@@ -169,8 +167,9 @@ def refuse_overwriting(out: Path, data_yaml: Path, images: list[Path]) -> None:
 def write_tiles(data_yaml: Path, out: Path, size: int, negative_tiles: int = 1, seed: int = 0) -> dict[str, int]:
     """Cut the training split of ``data_yaml`` into tiles under ``out``; returns counts of images and tiles."""
     data = yaml.safe_load(data_yaml.read_text())
-    images = training_images(data_yaml)
-    refuse_overwriting(out, data_yaml, images)
+    root = dataset_root(data, data_yaml)
+    images = training_images(data, data_yaml)
+    refuse_overwriting(out, root, data_yaml, images)
     studies = source_studies(images)
     rng = np.random.default_rng(seed)
     for folder in ("images", "labels"):
@@ -185,7 +184,7 @@ def write_tiles(data_yaml: Path, out: Path, size: int, negative_tiles: int = 1, 
         height, width = image.shape[:2]
         if min(height, width) < size:
             raise ValueError(f"{image_path}: {width}×{height} is smaller than the {size} px tile")
-        boxes = read_labels(label_path(image_path), width, height)
+        boxes = read_labels(Path(img2label_paths([image_path])[0]), width, height)
         origins = (positive_origins(boxes, size, width, height, rng) if boxes
                    else negative_origins(image, size, negative_tiles, rng))
         counts["images"] += 1
@@ -198,7 +197,6 @@ def write_tiles(data_yaml: Path, out: Path, size: int, negative_tiles: int = 1, 
             (out / "labels" / "train" / f"{name}.txt").write_text("".join(lines))
             rows.append((f"images/train/{name}.png", "train", studies.get(image_path.resolve(), ""),
                          str(image_path), ox, oy, len(lines)))
-    root = dataset_root(data, data_yaml)
     held_out = [(row["image"], row["split"], row["study_id"], row["image"], "", "", row.get("boxes", ""))
                 for row in dataset_index(root) if row["split"] in HELD_OUT]  # for combine_datasets' leakage check
     with (out / "slices.csv").open("w", newline="") as handle:
