@@ -12,7 +12,8 @@
 #   bash scripts/train_bundled.sh evaluate    # the README table, results/evaluation.{md,json}
 # Budgets (minutes/hours) and sizes come from the environment: STUDIES, SEG_MINUTES, SEG_EPOCHS, DET_HOURS, DET_EPOCHS,
 # NEG_RATIO, NEG_SEED, HARD_FROM, DET_INIT, DET_DATA, MORE, MORE_SEED, MORE_NEG_RATIO, SEG_MORE (further phantom
-# folders whose training studies the segmenter also trains on, e.g. SEG_MORE="data/synthetic_more").
+# folders whose training studies the segmenter also trains on, e.g. SEG_MORE="data/synthetic_more"), SEG_NEGATIVES (a
+# detector folder: the segmenter also trains on the boxes it draws on hemorrhage-free training slices, empty masks).
 # Everything is trained on synthetic phantoms: demonstration and testing only, not clinical use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,7 +41,7 @@ case "${1:?step: data | more-data | segmenter | detector | evaluate}" in
     $PY -m training.train_segmenter --data "$DATA" --out "$WORK/segmenter" --mode crops --network transdeeplab \
         --optimizer adamw --init-weights "${SEG_INIT:-models/segmenter}" --epochs "${SEG_EPOCHS:-18}" \
         --steps-per-epoch 25 --val-slices 96 --max-minutes "${SEG_MINUTES:-90}" ${SEG_MORE:+--more-data $SEG_MORE} \
-        "${resume[@]}"
+        ${SEG_NEGATIVES:+--negative-crops "$SEG_NEGATIVES"} "${resume[@]}"
     ;;
   detector)
     $PY -m training.train_detector --data "${DET_DATA:-data/yolo/data.yaml}" --out "$WORK/detector" --model yolov5n.yaml \

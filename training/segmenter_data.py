@@ -6,7 +6,8 @@ cropped/resized with ``ichseg.crops``, the functions the app uses on detector bo
 (``ichseg.segmenter.MODES``):
 
 * ``crops`` (the paper): every slice with hemorrhage, cropped to the merge of its per-lesion
-  ``masks_to_boxes`` boxes — the merged box inference builds from the detector's boxes of a slice;
+  ``masks_to_boxes`` boxes — the merged box inference builds from the detector's boxes of a slice; optionally
+  with hemorrhage-free crops where a detector boxes a mimic (``training.segmenter_negatives``);
 * ``whole-slice`` (single-stage baseline): the whole slice resized to 224, hemorrhage slices plus a random
   share of negative slices, so that the model also learns to leave normal slices empty.
 
@@ -19,6 +20,7 @@ that are a little loose, tight or shifted.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +47,7 @@ class SliceSample:
     image: np.ndarray  # uint8 (h, w) grey or (3, h, w) channels
     mask: np.ndarray  # bool (h, w)
     box: Box  # in region coordinates
+    score: float | None = None  # a hemorrhage-free crop: the detector's confidence on it (None: a crop of blood)
 
 
 def jitter_reach(box: Box, jitter: float) -> Box:
@@ -64,21 +67,26 @@ def jitter_box(box: Box, rng: np.random.Generator, jitter: float) -> Box:
     return (x0 - left * sx, y0 - top * sy, x1 + right * sx, y1 + bottom * sy)
 
 
+def region_sample(windowed: np.ndarray, label_slice: np.ndarray, box: Box, jitter: float,
+                  score: float | None = None) -> SliceSample:
+    """The sample of ``box`` on one slice, caching only the region its jittered versions can reach."""
+    row0, row1, col0, col1 = pixel_bounds(jitter_reach(box, jitter), *label_slice.shape)
+    x0, y0, x1, y1 = box
+    return SliceSample(
+        image=windowed[..., row0:row1, col0:col1].copy(),
+        mask=label_slice[row0:row1, col0:col1] > 0,
+        box=(x0 - col0, y0 - row0, x1 - col0, y1 - row0),
+        score=score,
+    )
+
+
 def crop_samples(study: Study, jitter: float, input_kind: str) -> list[SliceSample]:
-    """Crop mode: one sample per hemorrhage slice, caching only the region the jittered boxes can reach."""
+    """Crop mode: one sample per hemorrhage slice, its box the merge of the slice's ground-truth boxes."""
     samples = []
-    height, width = study.labels.shape[1:]
     for windowed, label_slice in zip(study.windowed.source_input(input_kind), study.labels, strict=True):
         box = ground_truth_box(label_slice)
-        if box is None:
-            continue
-        row0, row1, col0, col1 = pixel_bounds(jitter_reach(box, jitter), height, width)
-        x0, y0, x1, y1 = box
-        samples.append(SliceSample(
-            image=windowed[..., row0:row1, col0:col1].copy(),
-            mask=label_slice[row0:row1, col0:col1] > 0,
-            box=(x0 - col0, y0 - row0, x1 - col0, y1 - row0),
-        ))
+        if box is not None:
+            samples.append(region_sample(windowed, label_slice, box, jitter))
     return samples
 
 
@@ -101,9 +109,11 @@ def whole_slice_samples(
 def load_samples(
     data: Path, split: str, mode: str, input_kind: str, *, jitter: float = JITTER,
     negative_fraction: float = NEGATIVE_FRACTION, seed: int = 0, limit: int | None = None,
+    negative_crops: Callable[[Study], list[SliceSample]] | None = None,
 ) -> list[SliceSample]:
     """All samples of a split (``limit`` studies at most) with ``input_kind`` channels
-    (``ichseg.windowing.INPUT_KINDS``), read once and cached in memory as uint8."""
+    (``ichseg.windowing.INPUT_KINDS``), read once and cached in memory as uint8. In crop mode ``negative_crops``
+    adds each study's hemorrhage-free crops (``training.segmenter_negatives``) while the study is loaded."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     samples: list[SliceSample] = []
@@ -112,6 +122,8 @@ def load_samples(
         study = load_study(Path(data) / study_id)
         if mode == CROP_MODE:
             samples += crop_samples(study, jitter, input_kind)
+            if negative_crops is not None:
+                samples += negative_crops(study)
         else:
             samples += whole_slice_samples(study, negative_fraction, np.random.default_rng([seed, number]), input_kind)
     return samples

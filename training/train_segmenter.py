@@ -40,12 +40,14 @@ from ichseg.segmenter import ARCHITECTURES, CLASSES, CROP_MODE, MODES, WHOLE_SLI
 from ichseg.windowing import INPUT_KINDS, MULTI_WINDOW_INPUT
 from training.lr_schedule import LrPlan
 from training.segmenter_data import JITTER, SegmentationDataset, evenly_spaced, load_samples
+from training.segmenter_negatives import NegativeCrops, hardest_crops
 from training.study_leaks import refuse_held_out
 
 CHECKPOINT_NAME = "checkpoint.pt"
 MOMENTUM = 0.9  # SGD
 #: optimizer → (lr, weight decay, warm-up steps, lr shape); the first is the default
 OPTIMIZERS = {"adamw": (3e-4, 0.05, 40, "warmup-cosine"), "sgd": (0.01, 1e-4, 0, "poly")}
+NEGATIVE_SHARE = 0.25  # hemorrhage-free crops per crop of blood: enough to learn "empty", few enough to keep recall
 LOSS = "DiceCELoss(softmax, to_onehot_y, lambda_ce=0.4, lambda_dice=0.6)"
 
 
@@ -55,6 +57,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--more-data", type=Path, nargs="+", default=[], metavar="DIR",
                         help="further synthetic data folders whose train splits join --data's (validation stays "
                              "--data's; a training study of theirs in --data's val or test split is refused)")
+    parser.add_argument("--negative-crops", type=Path, default=None, metavar="DETECTOR_DIR",
+                        help="crop mode: also train on hemorrhage-free crops, the boxes this detector draws on the "
+                             "training studies' hemorrhage-free slices, with empty masks (hardest first)")
+    parser.add_argument("--negative-share", type=float, default=NEGATIVE_SHARE,
+                        help=f"hemorrhage-free crops per crop of blood with --negative-crops "
+                             f"(default {NEGATIVE_SHARE})")
     parser.add_argument("--out", type=Path, required=True, help="model folder to write")
     parser.add_argument("--mode", choices=MODES, default=CROP_MODE,
                         help=f"{CROP_MODE} (two-stage) or {WHOLE_SLICE_MODE} (single-stage)")
@@ -92,6 +100,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="validate on at most this many slices, spread evenly (validation costs CPU time)")
     parser.add_argument("--device", default=None, help="torch device (default: CUDA if present, else CPU)")
     args = parser.parse_args(argv)
+    if args.negative_crops is not None and args.mode != CROP_MODE:
+        parser.error("--negative-crops needs --mode crops (whole-slice mode samples hemorrhage-free slices itself)")
+    if not 0.0 <= args.negative_share <= 10.0:
+        parser.error(f"--negative-share must be between 0 and 10, got {args.negative_share}")
     lr, weight_decay, warmup, _ = OPTIMIZERS[args.optimizer]
     args.lr = lr if args.lr is None else args.lr
     args.weight_decay = weight_decay if args.weight_decay is None else args.weight_decay
@@ -172,6 +184,9 @@ def manifest_for(args: argparse.Namespace, state: dict) -> ModelManifest:
             "data": f"{portable_path(args.data)}"
                     + "".join(f" + {portable_path(folder)}" for folder in args.more_data)
                     + f" (train split {state['train_samples']} slices, val {state['val_samples']})",
+            "negative_crops": None if args.negative_crops is None else (
+                f"{state.get('negative_samples', 0)} of the train slices are hemorrhage-free crops: the boxes "
+                f"{portable_path(args.negative_crops)} draws on hemorrhage-free training slices, hardest first"),
             "loss": LOSS,
             "optimizer": optimizer_description(args),
             "precision": state.get("precision", "fp32"),
@@ -212,10 +227,14 @@ def refuse_leaks(data: Path, more_data: list[Path]) -> None:
 def make_loaders(args: argparse.Namespace) -> tuple[SegmentationDataset, DataLoader, torch.Generator, DataLoader]:
     """Cached, augmented training set with its seeded sampler, and the un-augmented validation loader."""
     refuse_leaks(args.data, args.more_data)
-    train_samples = load_samples(args.data, "train", args.mode, args.input, seed=args.seed, limit=args.limit_studies)
-    for number, folder in enumerate(args.more_data, start=1):  # whole-slice mode: other negatives per folder
+    negatives = None if args.negative_crops is None else NegativeCrops(args.negative_crops, args.input, JITTER)
+    train_samples = []
+    for number, folder in enumerate([args.data, *args.more_data]):  # whole-slice mode: other negatives per folder
         train_samples += load_samples(folder, "train", args.mode, args.input, seed=args.seed + 1000 * number,
-                                      limit=args.limit_studies)
+                                      limit=args.limit_studies, negative_crops=negatives)
+    if negatives is not None:
+        blood = [sample for sample in train_samples if sample.score is None]
+        train_samples = blood + hardest_crops(train_samples, round(args.negative_share * len(blood)))
     val_samples = load_samples(args.data, "val", args.mode, args.input, negative_fraction=0.0,
                                limit=args.limit_studies)
     train_samples = evenly_spaced(train_samples, args.max_slices)
@@ -277,6 +296,11 @@ def resume(checkpoint_path: Path, args: argparse.Namespace, model: nn.Module, op
     if made_with != given:  # a run keeps its training set: the manifest's slice count describes one set
         raise SystemExit(f"{checkpoint_path}: trained with --more-data {' '.join(made_with) or '(none)'}, "
                          f"not {' '.join(given) or '(none)'}")
+    made_negatives = (str(made.get("negative_crops")), made.get("negative_share", NEGATIVE_SHARE))
+    if made.get("negative_crops") is not None or args.negative_crops is not None:
+        if made_negatives != (str(args.negative_crops), args.negative_share):
+            raise SystemExit(f"{checkpoint_path}: trained with --negative-crops {made_negatives[0]} "
+                             f"--negative-share {made_negatives[1]}, not {args.negative_crops} {args.negative_share}")
     state = checkpoint["state"]
     old_total = checkpoint.get("plan", {}).get("total_steps", 0)
     if state["steps"] >= old_total and plan.total_steps > old_total:
@@ -326,6 +350,7 @@ def fresh_state(run: Run) -> dict:
     val_samples = len(run.val_loader.dataset)  # type: ignore[arg-type]  # a SegmentationDataset: sized
     return {"epoch": 0, "steps": 0, "seconds": 0.0, "loading_seconds": 0.0, "best_dice": None, "best_epoch": None,
             "history": [], "train_samples": len(run.train_set), "val_samples": val_samples,
+            "negative_samples": sum(sample.score is not None for sample in run.train_set.samples),
             "precision": "bf16" if run.dtype == torch.bfloat16 else "fp32"}
 
 
