@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from ichseg.boxes import lesion_boxes, lesion_gap_pixels
+from ichseg.boxes import LabelledBox, lesion_boxes, lesion_gap_pixels
 from ichseg.detector import INPUT_SIZE, KEEP_EVERY_BOX, Detection, HemorrhageDetector, to_bgr
 from ichseg.dicom_series import load_single_series
 from ichseg.model_manifest import ModelError, ModelManifest
@@ -469,10 +469,10 @@ def test_tiles_hold_every_box_whole_at_native_scale_and_validation_stays_on_whol
 
 def test_tile_labels_follow_ultralytics_rule_for_cut_boxes() -> None:
     """A cut box stays labelled, clipped, when ≥ 10 % of it and more than 2 px each way lie in the tile."""
-    from training.detector_tiles import PixelBox, tile_lines
+    from training.detector_tiles import tile_lines
 
-    box = PixelBox(3, 0.0, 0.0, 100.0, 100.0)
+    box = LabelledBox(3, (0.0, 0.0, 100.0, 100.0))
     assert tile_lines([box], 95, 0, 320) == []  # 5 % inside
-    assert tile_lines([box], 50, 0, 320) == [f"3 {25 / 320:.6f} {50 / 320:.6f} {50 / 320:.6f} {100 / 320:.6f}\n"]
-    assert tile_lines([PixelBox(0, 0.0, 0.0, 101.5, 10.0)], 100, 0, 320) == []  # a 1.5 px sliver
-    assert tile_lines([box], 0, 0, 320) == [f"3 {50 / 320:.6f} {50 / 320:.6f} {100 / 320:.6f} {100 / 320:.6f}\n"]
+    assert tile_lines([box], 50, 0, 320) == [f"3 {25 / 320:.6f} {50 / 320:.6f} {50 / 320:.6f} {100 / 320:.6f}"]
+    assert tile_lines([LabelledBox(0, (0.0, 0.0, 101.5, 10.0))], 100, 0, 320) == []  # a 1.5 px sliver
+    assert tile_lines([box], 0, 0, 320) == [f"3 {50 / 320:.6f} {50 / 320:.6f} {100 / 320:.6f} {100 / 320:.6f}"]

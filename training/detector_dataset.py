@@ -37,7 +37,7 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from ichseg.boxes import LabelledBox
+from ichseg.boxes import Box, LabelledBox
 from ichseg.detector import INPUT_SIZE, to_bgr
 from ichseg.dicom_series import DicomInputError, group_series, load_series
 from ichseg.pipeline import window_series
@@ -111,15 +111,32 @@ def assign_splits(dicom_root: Path, studies_csv: Path | None, seed: int) -> dict
     return {study: SPLITS[int(np.searchsorted(ends, index, side="right"))] for index, study in enumerate(studies)}
 
 
+def clip_box(box: Box, rows: int, columns: int, origin: tuple[float, float] = (0.0, 0.0)) -> Box:
+    """A box in pixels of a larger image → the same box in the pixels of the ``rows``×``columns`` image (or tile) at
+    ``origin`` of it, clipped to that image (empty when the box lies outside it)."""
+    ox, oy = origin
+    x0, x1 = np.clip([box[0] - ox, box[2] - ox], 0, columns)
+    y0, y1 = np.clip([box[1] - oy, box[3] - oy], 0, rows)
+    return (float(x0), float(y0), float(x1), float(y1))
+
+
+def yolo_line(subtype: int, box: Box, rows: int, columns: int) -> str:
+    """A box inside a ``rows``×``columns`` image → its YOLO label line, ``class cx cy w h`` normalised."""
+    x0, y0, x1, y1 = box
+    return (f"{subtype} {(x0 + x1) / 2 / columns:.6f} {(y0 + y1) / 2 / rows:.6f} "
+            f"{(x1 - x0) / columns:.6f} {(y1 - y0) / rows:.6f}")
+
+
 def yolo_lines(boxes: list[LabelledBox], rows: int, columns: int) -> list[str]:
     """Boxes in source-matrix pixels → ``class cx cy w h`` normalised, clipped to the slice; empty boxes dropped."""
-    lines = []
-    for subtype, (x0, y0, x1, y1) in boxes:
-        x0, x1 = np.clip([x0, x1], 0, columns) / columns
-        y0, y1 = np.clip([y0, y1], 0, rows) / rows
-        if x1 > x0 and y1 > y0:
-            lines.append(f"{subtype} {(x0 + x1) / 2:.6f} {(y0 + y1) / 2:.6f} {x1 - x0:.6f} {y1 - y0:.6f}")
-    return lines
+    clipped = [(subtype, clip_box(box, rows, columns)) for subtype, box in boxes]
+    return [yolo_line(subtype, (x0, y0, x1, y1), rows, columns)
+            for subtype, (x0, y0, x1, y1) in clipped if x1 > x0 and y1 > y0]
+
+
+def label_text(lines: list[str]) -> str:
+    """A YOLO label file's text: one line per box (empty for a negative image)."""
+    return "".join(line + "\n" for line in lines)
 
 
 def select_negatives(
@@ -280,7 +297,7 @@ def write_series(
         summary.empty_boxes += len(slice_boxes) - len(lines)
         name = f"{safe_name(item.study)}_{sop}"
         cv2.imwrite(str(out / "images" / item.split / f"{name}.png"), image if image.ndim == 2 else to_bgr(image))
-        (out / "labels" / item.split / f"{name}.txt").write_text("".join(line + "\n" for line in lines))
+        (out / "labels" / item.split / f"{name}.txt").write_text(label_text(lines))
         summary.images[item.split] += 1
         summary.positives[item.split] += bool(lines)
         summary.boxes += len(lines)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import csv
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +29,9 @@ from tqdm import tqdm
 
 import ichseg.ultralytics_offline  # noqa: F401  (switches ultralytics offline before its first import)
 from ichseg.atomic_file import atomic_path
+from ichseg.boxes import Box, LabelledBox
 from training.combine_datasets import HELD_OUT, dataset_root, train_entries
-from training.detector_dataset import INPUT_KEY, TILE_KEY, images_held
+from training.detector_dataset import INPUT_KEY, TILE_KEY, clip_box, images_held, label_text, yolo_line
 
 # isort: split
 from ultralytics.data.utils import img2label_paths  # the label file ultralytics reads for an image
@@ -42,30 +42,22 @@ MAX_ASPECT = 100.0
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
-@dataclass(frozen=True)
-class PixelBox:
-    """A YOLO label in pixels of its image: class and edges."""
-
-    subtype: int
-    x0: float
-    y0: float
-    x1: float
-    y1: float
-
-    def inside(self, ox: int, oy: int, size: int) -> bool:
-        return ox <= self.x0 and oy <= self.y0 and self.x1 <= ox + size and self.y1 <= oy + size
-
-
-def read_labels(path: Path, width: int, height: int) -> list[PixelBox]:
-    """``class cx cy w h`` (normalised) lines → pixel boxes; a missing file is a negative image."""
+def read_labels(path: Path, width: int, height: int) -> list[LabelledBox]:
+    """``class cx cy w h`` (normalised) lines → boxes in pixels; a missing file is a negative image."""
     boxes = []
     if path.is_file():
         for line in path.read_text().split("\n"):
             if line.strip():
                 subtype, cx, cy, w, h = line.split()
                 x, y, bw, bh = float(cx) * width, float(cy) * height, float(w) * width, float(h) * height
-                boxes.append(PixelBox(int(subtype), x - bw / 2, y - bh / 2, x + bw / 2, y + bh / 2))
+                boxes.append(LabelledBox(int(subtype), (x - bw / 2, y - bh / 2, x + bw / 2, y + bh / 2)))
     return boxes
+
+
+def inside(box: Box, ox: int, oy: int, size: int) -> bool:
+    """Whether the box lies whole in the tile at (``ox``, ``oy``)."""
+    x0, y0, x1, y1 = box
+    return ox <= x0 and oy <= y0 and x1 <= ox + size and y1 <= oy + size
 
 
 def origin_span(low: float, high: float, size: int, extent: int) -> tuple[int, int]:
@@ -77,15 +69,15 @@ def origin_span(low: float, high: float, size: int, extent: int) -> tuple[int, i
     return first, last
 
 
-def positive_origins(boxes: list[PixelBox], size: int, width: int, height: int,
+def positive_origins(boxes: list[LabelledBox], size: int, width: int, height: int,
                      rng: np.random.Generator) -> list[tuple[int, int]]:
     """One tile per box not yet whole in an earlier tile, at a random offset that keeps the box whole."""
     origins: list[tuple[int, int]] = []
     for index in rng.permutation(len(boxes)):
-        box = boxes[int(index)]
-        if any(box.inside(ox, oy, size) for ox, oy in origins):
+        x0, y0, x1, y1 = box = boxes[int(index)].box
+        if any(inside(box, ox, oy, size) for ox, oy in origins):
             continue
-        xs, ys = origin_span(box.x0, box.x1, size, width), origin_span(box.y0, box.y1, size, height)
+        xs, ys = origin_span(x0, x1, size, width), origin_span(y0, y1, size, height)
         origins.append((int(rng.integers(xs[0], xs[1] + 1)), int(rng.integers(ys[0], ys[1] + 1))))
     return origins
 
@@ -111,18 +103,16 @@ def centre_span(low: int, high: int, size: int, extent: int) -> tuple[int, int]:
     return first, last
 
 
-def tile_lines(boxes: list[PixelBox], ox: int, oy: int, size: int) -> list[str]:
+def tile_lines(boxes: list[LabelledBox], ox: int, oy: int, size: int) -> list[str]:
     """The boxes as a tile's YOLO label lines, clipped to the tile and kept by ultralytics' rule for cropped boxes
     (``box_candidates``): more than MIN_SIDE px each way, ≥ MIN_VISIBLE of the box's area, aspect below MAX_ASPECT."""
     lines = []
-    for box in boxes:
-        x0, x1 = np.clip([box.x0 - ox, box.x1 - ox], 0, size)
-        y0, y1 = np.clip([box.y0 - oy, box.y1 - oy], 0, size)
-        width, height, area = x1 - x0, y1 - y0, (box.x1 - box.x0) * (box.y1 - box.y0)
+    for subtype, box in boxes:
+        x0, y0, x1, y1 = clipped = clip_box(box, size, size, (ox, oy))
+        width, height, area = x1 - x0, y1 - y0, (box[2] - box[0]) * (box[3] - box[1])
         if (width > MIN_SIDE and height > MIN_SIDE and width * height >= MIN_VISIBLE * area
                 and max(width / height, height / width) < MAX_ASPECT):
-            lines.append(f"{box.subtype} {(x0 + x1) / 2 / size:.6f} {(y0 + y1) / 2 / size:.6f} "
-                         f"{(x1 - x0) / size:.6f} {(y1 - y0) / size:.6f}\n")
+            lines.append(yolo_line(subtype, clipped, size, size))
     return lines
 
 
@@ -194,7 +184,7 @@ def write_tiles(data_yaml: Path, out: Path, size: int, negative_tiles: int = 1, 
             lines = tile_lines(boxes, ox, oy, size)
             counts["labels"] += len(lines)
             cv2.imwrite(str(out / "images" / "train" / f"{name}.png"), image[oy:oy + size, ox:ox + size])
-            (out / "labels" / "train" / f"{name}.txt").write_text("".join(lines))
+            (out / "labels" / "train" / f"{name}.txt").write_text(label_text(lines))
             rows.append((f"images/train/{name}.png", "train", studies.get(image_path.resolve(), ""),
                          str(image_path), ox, oy, len(lines)))
     held_out = [(row["image"], row["split"], row["study_id"], row["image"], "", "", row.get("boxes", ""))
