@@ -6,6 +6,8 @@
 # NEG_RATIO=2.0 NEG_SEED=2 HARD_FROM=<that model> data, then DET_INIT=<that model>/model.pt DET_EPOCHS=8 detector.
 #   bash scripts/train_bundled.sh more-data   # a second phantom set (MORE_SEED, default 3) whose training studies join
 #       data/yolo's training split in data/yolo_combined (validation and test stay data/yolo's); DET_DATA=data/yolo_combined/data.yaml
+#   bash scripts/train_bundled.sh tiles       # the training slices of DET_DATA (default data/yolo_combined) cut into
+#       native-scale 320 px tiles in TILES (default data/yolo_tiles); then DET_DATA=data/yolo_tiles/data.yaml detector
 #   bash scripts/train_bundled.sh segmenter   # TransDeepLab: AdamW, bf16 where native; rerun to continue
 #   bash scripts/train_bundled.sh detector    # yolov5n: AdamW, bf16 where native (a stopped run: bundle its best so far
 #       with .venv/bin/python -m training.train_detector --export-only --project runs/detector --name bundled --out DIR)
@@ -27,7 +29,7 @@ phantoms_and_boxes() {  # phantoms_and_boxes STUDY_DIR SEED YOLO_DIR NEG_RATIO N
   $PY -m training.detector_dataset --boxes "$1/boxes.csv" --dicom-root "$1" --studies-csv "$1/studies.csv" \
       --out "$3" --negatives-per-positive "$4" --seed "$5" ${HARD_FROM:+--hard-negatives "$HARD_FROM" --hard-share 0.5}
 }
-case "${1:?step: data | more-data | segmenter | detector | evaluate}" in
+case "${1:?step: data | more-data | tiles | segmenter | detector | evaluate}" in
   data)
     phantoms_and_boxes "$DATA" "${SEED:-2}" data/yolo "${NEG_RATIO:-1.0}" "${NEG_SEED:-0}"
     ;;
@@ -35,6 +37,9 @@ case "${1:?step: data | more-data | segmenter | detector | evaluate}" in
     MORE=${MORE:-data/synthetic_more}
     phantoms_and_boxes "$MORE" "${MORE_SEED:-3}" data/yolo_more "${MORE_NEG_RATIO:-1.0}" "${MORE_SEED:-3}"
     $PY -m training.combine_datasets data/yolo/data.yaml data/yolo_more/data.yaml --out data/yolo_combined
+    ;;
+  tiles)
+    $PY -m training.detector_tiles "${DET_DATA:-data/yolo_combined/data.yaml}" --out "${TILES:-data/yolo_tiles}" --size 320
     ;;
   segmenter)
     resume=(); [ -f "$WORK/segmenter/checkpoint.pt" ] && resume=(--resume)
