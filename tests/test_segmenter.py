@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -402,58 +403,69 @@ def test_evaluation_command(tmp_path: Path, positive_study: Path) -> None:
 def test_negative_crops_are_the_detectors_merged_boxes_on_blood_free_slices(
     positive_study: Path, negative_study: Path
 ) -> None:
-    """Hemorrhage-free crops: each is the app's merged box of the detector's boxes on one slice without blood, cropped
-    as inference crops it, with an empty target and the slice's top score; slices with blood give none."""
+    """Hemorrhage-free crops: each is the merged box of the detector's boxes (every one the app could keep: its extend
+    confidence or above) on one slice without blood, in slice order, cropped as inference crops it, with an empty
+    target and the slice's top score; slices with blood give none."""
     from ichseg.boxes import merge_boxes
     from ichseg.detector import HemorrhageDetector
-    from training.hard_negatives import MINING_CONFIDENCE
     from training.segmenter_negatives import NegativeCrops, hardest_crops
 
     detector_dir = Path(__file__).resolve().parents[1] / "models" / "detector"
     negatives = NegativeCrops(detector_dir, MULTI_WINDOW_INPUT, JITTER)
-    reference = HemorrhageDetector(detector_dir, confidence=MINING_CONFIDENCE)
+    reference = HemorrhageDetector(detector_dir)
+    assert negatives.description == f"ich-yolov5-detector {reference.manifest.version}, boxes ≥ 0.1"  # v0.6.0
     crops_of_both = []
     for folder in (negative_study, positive_study):
         study = load_study(folder)
         samples = negatives(study)
         found = reference.detect(study.windowed.detector_input(reference.input))
-        expected = {}  # score → the merged box on the source grid, for each blood-free slice the detector fires on
-        for index, slice_found in enumerate(found):
-            if slice_found and not study.labels[index].any():
-                sx, sy = study.windowed.scale
-                box = merge_boxes((d.box[0] * sx, d.box[1] * sy, d.box[2] * sx, d.box[3] * sy) for d in slice_found)
-                expected[round(max(d.confidence for d in slice_found), 6)] = (index, box)
+        sx, sy = study.windowed.scale
+        expected = [  # (slice, merged box on the source grid, top score) of each blood-free slice it fires on
+            (index, merge_boxes((d.box[0] * sx, d.box[1] * sy, d.box[2] * sx, d.box[3] * sy) for d in slice_found),
+             max(d.confidence for d in slice_found))
+            for index, slice_found in enumerate(found) if slice_found and not study.labels[index].any()
+        ]
         assert len(samples) == len(expected)
-        for sample, (image, target) in zip(samples, SegmentationDataset(samples, augment=False), strict=True):
-            assert sample.score is not None and sample.score >= MINING_CONFIDENCE
-            index, box = expected[round(sample.score, 6)]
+        dataset = SegmentationDataset(samples, augment=False)
+        for sample, (image, target), (index, box, score) in zip(samples, dataset, expected, strict=True):
+            assert sample.score == pytest.approx(score) and score >= reference.extend_confidence
             source = study.windowed.source_input(MULTI_WINDOW_INPUT)[index]
             torch.testing.assert_close(image, crop_to_input(source, box))
             assert not target.any() and not sample.mask.any()
         crops_of_both += samples
-    assert crops_of_both, "the bundled detector fires on some blood-free slice of the two test studies"
+    assert crops_of_both, "the bundled detector boxes some blood-free slice of the two test studies"
     blood = crop_samples(load_study(positive_study), JITTER, MULTI_WINDOW_INPUT)
     hardest = hardest_crops([*blood, *crops_of_both], 2)
     scores = sorted((s.score for s in crops_of_both if s.score is not None), reverse=True)
-    assert [s.score for s in hardest] == scores[:2] and all(s.score is not None for s in hardest)
+    assert [s.score for s in hardest] == scores[:2]
 
 
-def test_training_with_negative_crops_records_them_and_keeps_them(trained: Path, tmp_path: Path) -> None:
+def test_training_with_negative_crops_records_them_and_keeps_them(
+    trained: Path, negative_study: Path, tmp_path: Path
+) -> None:
     """--negative-crops adds the hardest hemorrhage-free crops (share × crops of blood, at most all there are), the
     manifest says so, a resumed run must keep them, and whole-slice mode refuses them."""
-    data = trained.parent / "data"
+    from training.segmenter_negatives import NegativeCrops
+
+    data = tmp_path / "data"  # the positive study for training and validation, and a negative one for training
+    shutil.copytree(trained.parent / "data", data, symlinks=True)
+    (data / "negative_study").symlink_to(negative_study)
+    with (data / "studies.csv").open("a", newline="") as handle:
+        csv.writer(handle).writerow(["negative_study", "train", 0, "", 0])
     detector_dir = Path(__file__).resolve().parents[1] / "models" / "detector"
     common = ["--data", str(data), "--mode", CROP_MODE, "--network", "monai-unet", "--epochs", "1", "--batch", "4",
               "--steps-per-epoch", "1", "--val-slices", "4", "--seed", "0", "--out", str(tmp_path / "model")]
     train_main([*common, "--negative-crops", str(detector_dir), "--negative-share", "0.5"])
     blood = len(load_samples(data, "train", CROP_MODE, MULTI_WINDOW_INPUT))
+    available = len(NegativeCrops(detector_dir, MULTI_WINDOW_INPUT, JITTER)(load_study(negative_study)))
     state = torch.load(tmp_path / "model" / CHECKPOINT_NAME, weights_only=False)["state"]
-    assert 0 < state["negative_samples"] <= round(0.5 * blood)
+    assert state["negative_samples"] == min(round(0.5 * blood), available) > 0
     assert state["train_samples"] == blood + state["negative_samples"]
     training = json.loads((tmp_path / "model" / "manifest.json").read_text())["training"]
     assert training["negative_crops"].startswith(f"{state['negative_samples']} of the train slices are ")
-    with pytest.raises(SystemExit, match="trained with --negative-crops"):
-        train_main([*common, "--epochs", "2", "--resume"])
+    for changed in ([], ["--negative-crops", str(detector_dir), "--negative-share", "0.25"]):
+        with pytest.raises(SystemExit, match="trained with --negative-crops"):
+            train_main([*common, *changed, "--epochs", "2", "--resume"])
     with pytest.raises(SystemExit) as refused:
         train_main([*common[:2], "--mode", WHOLE_SLICE_MODE, "--negative-crops", str(detector_dir),
                     "--out", str(tmp_path / "whole")])

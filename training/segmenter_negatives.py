@@ -17,18 +17,27 @@ from ichseg.boxes import DEFAULT_MERGE
 from ichseg.detector import HemorrhageDetector
 from ichseg.labelled_study import Study
 from ichseg.pipeline import cluster_margin_px, merge, to_source_grid
-from training.hard_negatives import MINING_CONFIDENCE
 from training.segmenter_data import SliceSample, region_sample
 
 
 class NegativeCrops:
-    """Callable for ``load_samples(negative_crops=...)``: a study → its hemorrhage-free crops, scored."""
+    """Callable for ``load_samples(negative_crops=...)``: a study → its hemorrhage-free crops, scored.
 
-    def __init__(self, detector_dir: Path, input_kind: str, jitter: float, merge_mode: str = DEFAULT_MERGE) -> None:
-        self.detector = HemorrhageDetector(detector_dir, confidence=MINING_CONFIDENCE)  # a plain threshold
+    A crop is the merge of a slice's boxes at the detector's extend confidence or above: every box the app could keep
+    (at its operating point, or continuing a surer box on an adjacent slice), none weaker, so that the crops are sized
+    as served crops are; its score is the slice's strongest box.
+    """
+
+    def __init__(self, detector_dir: Path, input_kind: str, jitter: float) -> None:
+        self.detector = HemorrhageDetector(detector_dir)  # detect() returns the boxes at its extend confidence or above
         self.input_kind = input_kind
         self.jitter = jitter
-        self.merge_mode = merge_mode
+
+    @property
+    def description(self) -> str:
+        """Which detector drew the boxes, and from which confidence."""
+        manifest = self.detector.manifest
+        return f"{manifest.name} {manifest.version}, boxes ≥ {self.detector.extend_confidence:g}"
 
     def __call__(self, study: Study) -> list[SliceSample]:
         free = [index for index, label_slice in enumerate(study.labels) if not label_slice.any()]
@@ -37,7 +46,7 @@ class NegativeCrops:
         windowed = study.windowed
         found = self.detector.detect(windowed.detector_input(self.detector.input)[free])
         on_source = [[to_source_grid(d, windowed.scale) for d in slice_found] for slice_found in found]
-        boxes = merge(on_source, self.merge_mode, cluster_margin_px(study.series.pixel_spacing))
+        boxes = merge(on_source, DEFAULT_MERGE, cluster_margin_px(study.series.pixel_spacing))  # as the app merges
         source = windowed.source_input(self.input_kind)
         return [
             region_sample(source[index], study.labels[index], box, self.jitter,
@@ -50,4 +59,4 @@ class NegativeCrops:
 def hardest_crops(samples: Iterable[SliceSample], count: int) -> list[SliceSample]:
     """The ``count`` hemorrhage-free crops the detector was surest of (stable order among ties)."""
     scored = [sample for sample in samples if sample.score is not None]
-    return sorted(scored, key=lambda sample: -(sample.score or 0.0))[:max(count, 0)]
+    return sorted(scored, key=lambda sample: -(sample.score or 0.0))[:count]

@@ -186,7 +186,8 @@ def manifest_for(args: argparse.Namespace, state: dict) -> ModelManifest:
                     + f" (train split {state['train_samples']} slices, val {state['val_samples']})",
             "negative_crops": None if args.negative_crops is None else (
                 f"{state.get('negative_samples', 0)} of the train slices are hemorrhage-free crops: the boxes "
-                f"{portable_path(args.negative_crops)} draws on hemorrhage-free training slices, hardest first"),
+                f"{portable_path(args.negative_crops)} ({args.negative_detector}) draws on hemorrhage-free training "
+                "slices, merged per slice, hardest first"),
             "loss": LOSS,
             "optimizer": optimizer_description(args),
             "precision": state.get("precision", "fp32"),
@@ -228,6 +229,7 @@ def make_loaders(args: argparse.Namespace) -> tuple[SegmentationDataset, DataLoa
     """Cached, augmented training set with its seeded sampler, and the un-augmented validation loader."""
     refuse_leaks(args.data, args.more_data)
     negatives = None if args.negative_crops is None else NegativeCrops(args.negative_crops, args.input, JITTER)
+    args.negative_detector = None if negatives is None else negatives.description  # resume refuses another detector
     train_samples = []
     for number, folder in enumerate([args.data, *args.more_data]):  # whole-slice mode: other negatives per folder
         train_samples += load_samples(folder, "train", args.mode, args.input, seed=args.seed + 1000 * number,
@@ -296,11 +298,12 @@ def resume(checkpoint_path: Path, args: argparse.Namespace, model: nn.Module, op
     if made_with != given:  # a run keeps its training set: the manifest's slice count describes one set
         raise SystemExit(f"{checkpoint_path}: trained with --more-data {' '.join(made_with) or '(none)'}, "
                          f"not {' '.join(given) or '(none)'}")
-    made_negatives = (str(made.get("negative_crops")), made.get("negative_share", NEGATIVE_SHARE))
-    if made.get("negative_crops") is not None or args.negative_crops is not None:
-        if made_negatives != (str(args.negative_crops), args.negative_share):
-            raise SystemExit(f"{checkpoint_path}: trained with --negative-crops {made_negatives[0]} "
-                             f"--negative-share {made_negatives[1]}, not {args.negative_crops} {args.negative_share}")
+    made_negatives = (made.get("negative_detector"), made.get("negative_share", NEGATIVE_SHARE))
+    if made_negatives[0] is not None or args.negative_detector is not None:
+        if made_negatives != (args.negative_detector, args.negative_share):
+            raise SystemExit(f"{checkpoint_path}: trained with --negative-crops from {made_negatives[0]} "
+                             f"--negative-share {made_negatives[1]}, not {args.negative_detector} "
+                             f"{args.negative_share}")
     state = checkpoint["state"]
     old_total = checkpoint.get("plan", {}).get("total_steps", 0)
     if state["steps"] >= old_total and plan.total_steps > old_total:
