@@ -130,8 +130,7 @@ def yolo_line(subtype: int, box: Box, rows: int, columns: int) -> str:
 def yolo_lines(boxes: list[LabelledBox], rows: int, columns: int) -> list[str]:
     """Boxes in source-matrix pixels → ``class cx cy w h`` normalised, clipped to the slice; empty boxes dropped."""
     clipped = [(subtype, clip_box(box, rows, columns)) for subtype, box in boxes]
-    return [yolo_line(subtype, (x0, y0, x1, y1), rows, columns)
-            for subtype, (x0, y0, x1, y1) in clipped if x1 > x0 and y1 > y0]
+    return [yolo_line(subtype, box, rows, columns) for subtype, box in clipped if box[2] > box[0] and box[3] > box[1]]
 
 
 def label_text(lines: list[str]) -> str:
