@@ -61,7 +61,7 @@ from ichseg.boxes import DEFAULT_MERGE, LESION_GAP_MM, MERGE_MODES, lesion_boxes
 from ichseg.detector import KEEP_EVERY_BOX, NMS_IOU, Detection, HemorrhageDetector, operating_point
 from ichseg.guard import BLOOD_HU, CAVITY_MARGIN_MM, MIN_COMPONENT_ML, Anatomy, GuardOptions
 from ichseg.labelled_study import Study, load_study, study_ids
-from ichseg.model_manifest import MANIFEST_NAME
+from ichseg.model_manifest import MANIFEST_NAME, portable_path
 from ichseg.runtime import configure_threads
 from ichseg.segmenter import CROP_MODE, HemorrhageSegmenter
 from ichseg.subtypes import ABBREVIATIONS, SUBTYPES
@@ -350,6 +350,14 @@ class Models:
             segmenters["product"] = segmenters["oracle"]
         return cls(segmenters, detector, confidence, extend)
 
+    def provenance(self) -> dict[str, str]:
+        """Which weights gave the figures: each model's name and version (its manifest) and folder."""
+        roles: dict[str, HemorrhageDetector | HemorrhageSegmenter] = {} if self.detector is None else {
+            "detector": self.detector}
+        roles |= {"segmenter" if key == "oracle" else key: model for key, model in self.segmenters.items()
+                  if key != "product"}  # the product row runs the oracle's segmenter
+        return {role: f"{model.manifest.label} ({portable_path(model.model_dir)})" for role, model in roles.items()}
+
 
 def guard_options(args: argparse.Namespace) -> GuardOptions:
     return GuardOptions(True, tuple(args.guard_hu), args.guard_min_ml, args.guard_margin_mm)  # type: ignore[arg-type]
@@ -470,6 +478,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         "data": str(args.data),
         "test_studies": len(ids),
         "models": {key: str(segmenter.model_dir) for key, segmenter in models.segmenters.items()},
+        "model_versions": models.provenance(),
         "guard": guard.describe(),
         "rows": {key: {"label": labels[key], **scores[key].summary()} for key in labels if key in scores},
         "by_subtype": {key: by_subtype[key].summary() for key in labels if key in by_subtype},
@@ -488,11 +497,20 @@ def cell(value: float | int | None, digits: int = 3) -> str:
     return str(value) if isinstance(value, int) else f"{value:.{digits}f}"
 
 
+def provenance_lines(results: dict) -> list[str]:
+    """'Models: …' and a blank line, for results that record them (files written before they did, none)."""
+    versions = results.get("model_versions")
+    if not versions:
+        return []
+    return ["Models: " + "; ".join(f"{role} {label}" for role, label in versions.items()) + ".", ""]
+
+
 def markdown(results: dict) -> str:
     """The results as a Markdown table in the structure of the paper's Tables 1/2."""
     lines = [
         f"# ICH segmentation — held-out test split ({results['test_studies']} studies, {results['data']})",
         "",
+        *provenance_lines(results),
         "| method | slice Dice | slice IoU | pooled Dice | study sens. | study spec. | FP slices | "
         "volume error mean / median (mL) | s/slice | paper Dice / IoU (real CT) |",
         "|---|---|---|---|---|---|---|---|---|---|",

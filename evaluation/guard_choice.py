@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from evaluation.evaluate import OBJECTIVES, Models, Scores, StudyScore, cell, wrong_studies
+from evaluation.evaluate import OBJECTIVES, Models, Scores, StudyScore, cell, provenance_lines, wrong_studies
 from ichseg import pipeline
 from ichseg.boxes import DEFAULT_MERGE
 from ichseg.guard import Anatomy, Components, GuardOptions, cavity_and_density
@@ -151,9 +151,12 @@ def crop_to(anatomy: Anatomy, masks: list[np.ndarray]) -> tuple[Anatomy, tuple[s
     ), box
 
 
-def sweep_scores(args: argparse.Namespace, merges: tuple[str, ...]) -> tuple[SweepScores, int, Thresholds]:
+def sweep_scores(
+    args: argparse.Namespace, merges: tuple[str, ...]
+) -> tuple[SweepScores, int, Thresholds, dict[str, str]]:
     """Scores of the product masks of the validation studies for each (confidence, extend confidence, merge mode,
-    guard option), guard off included; also the number of studies and the detector's current operating point."""
+    guard option), guard off included; also the number of studies, the detector's current operating point and which
+    weights were swept (``Models.provenance``)."""
     models = Models.load(args)
     if "product" not in models.segmenters or models.detector is None or models.confidence is None \
             or models.extend_confidence is None:
@@ -189,7 +192,7 @@ def sweep_scores(args: argparse.Namespace, merges: tuple[str, ...]) -> tuple[Swe
                         **guarded_scores(mask, truth, cut, options, empty)}
             for key, (option, score) in itertools.product(keys, measured.items()):
                 scores.setdefault((*key, option), Scores()).record(score, study_id=study_id)
-    return scores, len(ids), current
+    return scores, len(ids), current, models.provenance()
 
 
 def _ranking(current: Thresholds) -> Callable[[dict], tuple]:
@@ -217,7 +220,7 @@ def _ranking(current: Thresholds) -> Callable[[dict], tuple]:
 def choose_guard(args: argparse.Namespace) -> dict:
     """Sweep thresholds × merge modes × guard settings on the validation split; the best by ``args.objective``."""
     merges = tuple(args.merge)
-    scores, studies, current = sweep_scores(args, merges)
+    scores, studies, current, provenance = sweep_scores(args, merges)
     confidences = sweep_confidences(current[0], args.confidences)
     table: list[dict[str, Any]] = []
     for (confidence, extend, merge, option), row in scores.items():
@@ -246,6 +249,7 @@ def choose_guard(args: argparse.Namespace) -> dict:
         "data": str(args.data),
         "split": "val",
         "studies": studies,
+        "model_versions": provenance,
         "objective": {"name": args.objective, "mean_of": list(OBJECTIVES[args.objective])},
         "current_confidence": current[0],
         "current_extend_confidence": current[1],
@@ -272,6 +276,7 @@ def guard_choice_markdown(choice: dict) -> str:
     lines = [
         f"# Confidence, merge and guard choice on the validation split ({choice['studies']} studies, {choice['data']})",
         "",
+        *provenance_lines(choice),
         f"Objective: mean of {', '.join(choice['objective']['mean_of'])}. The detector's current operating "
         f"confidence: {choice['current_confidence']:g}, continued across slices down to "
         f"{choice.get('current_extend_confidence', choice['current_confidence']):g} (`ichseg.z_continuity`; equal: "

@@ -78,7 +78,8 @@ class HemorrhageDetector:
         """``confidence`` None: the operating point stored in the manifest (chosen on validation data), else 0.25.
         ``extend`` None: the manifest's extend confidence (``ichseg.z_continuity``), when it has one; ``detect``
         returns every box at ``extend_confidence`` or above, ``ichseg.pipeline.detect`` keeps the findings."""
-        self.manifest = ModelManifest.load(model_dir)
+        self.model_dir = Path(model_dir)
+        self.manifest = ModelManifest.load(self.model_dir)
         self.manifest.require(TASK, INPUT_SIZE, list(SUBTYPES))
         path = weights_path(model_dir)
         from ichseg.ultralytics_offline import YOLO  # here, so that importing the preprocessing stays light

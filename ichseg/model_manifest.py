@@ -44,6 +44,11 @@ class ModelManifest:
     notice: str = "Trained on synthetic head-CT phantoms, for demonstration and testing only; not for clinical use."
 
     @property
+    def label(self) -> str:
+        """Name and version: which weights a result, a report or a training run came from."""
+        return f"{self.name} {self.version}"
+
+    @property
     def input(self) -> str:
         """What the network's input channels hold (``ichseg.windowing.INPUT_KINDS``); older manifests have none."""
         return str(self.training.get("input", HEADER_INPUT))

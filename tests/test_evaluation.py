@@ -25,6 +25,7 @@ from evaluation.evaluate import (
 from evaluation.evaluate import main as evaluate_main
 from ichseg.guard import GuardOptions
 from ichseg.labelled_study import Study, load_study
+from ichseg.model_manifest import ModelManifest, portable_path
 from ichseg.subtypes import SUBTYPES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,6 +122,11 @@ def test_evaluation_command_on_a_256_series(study_folder: Path, tmp_path: Path,
         assert 0 < tally["lesions_found"] <= tally["lesions"] and 0 < tally["voxel_recall"] <= 1
     table = (out / "evaluation.md").read_text()
     assert "YOLO + TransDeepLab (product), slice merge + guard" in table and "| subtype | method |" in table
+    versions = {role: ModelManifest.load(MODELS / role).label for role in ("detector", "segmenter")}
+    folders = {role: portable_path(MODELS / role) for role in versions}
+    assert results["model_versions"] == {role: f"{versions[role]} ({folders[role]})" for role in versions}, \
+        "the figures name the weights that gave them"
+    assert f"detector {versions['detector']} ({folders['detector']}); segmenter {versions['segmenter']}" in table
     (line,) = results["studies"]["product+guard"]
     assert line["study"] == study_folder.name and line["true_ml"] > 0 and line["positive"]
     assert line["called"] == (line["predicted_ml"] > 0) == (results["rows"]["product+guard"]["study_sensitivity"] == 1)
@@ -172,6 +178,8 @@ def test_choose_guard_writes_its_choice(tmp_path: Path, monkeypatch: pytest.Monk
     plain = choice["best_plain_threshold"]
     assert plain["extend_confidence"] == plain["confidence"] and choice["best"]["objective"] >= plain["objective"]
     assert set(choice["current_defaults"]) == {"slice", "cluster"} and choice["split"] == "val"
+    assert set(choice["model_versions"]) == {"detector", "segmenter"}
+    assert f"segmenter {ModelManifest.load(MODELS / 'segmenter').label}" in (out / "guard_choice.md").read_text()
     assert all((r["missed_studies"] == ["short"]) == (r["study_sensitivity"] == 0) and r["called_studies"] == []
                for r in choice["sweep"]), "the one positive study is named where a setting misses it"
     markdown = (out / "guard_choice.md").read_text()

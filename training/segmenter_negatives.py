@@ -36,8 +36,7 @@ class NegativeCrops:
     @property
     def description(self) -> str:
         """Which detector drew the boxes, and from which confidence."""
-        manifest = self.detector.manifest
-        return f"{manifest.name} {manifest.version}, boxes ≥ {self.detector.extend_confidence:g}"
+        return f"{self.detector.manifest.label}, boxes ≥ {self.detector.extend_confidence:g}"
 
     def __call__(self, study: Study) -> list[SliceSample]:
         free = [index for index, label_slice in enumerate(study.labels) if not label_slice.any()]
