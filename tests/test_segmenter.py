@@ -444,8 +444,10 @@ def test_training_with_negative_crops_records_them_and_keeps_them(
     trained: Path, negative_study: Path, tmp_path: Path
 ) -> None:
     """--negative-crops adds the hardest hemorrhage-free crops (share × crops of blood, at most all there are), the
-    manifest says so, a resumed run must keep them, and whole-slice mode refuses them."""
-    from training.segmenter_negatives import NegativeCrops
+    manifest says so, the run folder records them, a resumed run cuts the recorded ones again (no detector pass) and
+    must keep detector and share, and whole-slice mode refuses them."""
+    from training.segmenter_negatives import RECORD_NAME, NegativeCrops
+    from training.train_segmenter import make_loaders, parse_args
 
     data = tmp_path / "data"  # the positive study for training and validation, and a negative one for training
     shutil.copytree(trained.parent / "data", data, symlinks=True)
@@ -463,6 +465,25 @@ def test_training_with_negative_crops_records_them_and_keeps_them(
     assert state["train_samples"] == blood + state["negative_samples"]
     training = json.loads((tmp_path / "model" / "manifest.json").read_text())["training"]
     assert training["negative_crops"].startswith(f"{state['negative_samples']} of the train slices are ")
+    record_path = tmp_path / "model" / RECORD_NAME
+    record = json.loads(record_path.read_text())
+    assert len(record["crops"]) == state["negative_samples"] and record["share"] == 0.5
+    assert {crop["study"] for crop in record["crops"]} == {"negative_study"}
+    assert [crop["score"] for crop in record["crops"]] == sorted((c["score"] for c in record["crops"]), reverse=True)
+
+    def negatives_of(*extra: str) -> list:
+        train_set = make_loaders(parse_args([*common, "--negative-crops", str(detector_dir), "--negative-share",
+                                             "0.5", *extra]))[0]
+        return [s for s in train_set.samples if s.score is not None]
+
+    fresh, resumed = negatives_of(), negatives_of("--resume")
+    assert [s.origin for s in resumed] == [s.origin for s in fresh] and [s.score for s in resumed] == [
+        s.score for s in fresh], "a resumed run trains on the crops it chose"
+    for cut_again, detected in zip(resumed, fresh, strict=True):
+        np.testing.assert_array_equal(cut_again.image, detected.image)
+    record["crops"] = record["crops"][:1]  # what --resume cuts is the record, not a new detector pass
+    record_path.write_text(json.dumps(record))
+    assert [s.origin.slice_index for s in negatives_of("--resume")] == [record["crops"][0]["slice"]]
     for changed in ([], ["--negative-crops", str(detector_dir), "--negative-share", "0.25"]):
         with pytest.raises(SystemExit, match="trained with --negative-crops"):
             train_main([*common, *changed, "--epochs", "2", "--resume"])

@@ -40,6 +40,15 @@ MIN_JITTER_SIDE = 16.0  # px: tiny lesions still get a few pixels of jitter, as 
 NEGATIVE_FRACTION = 0.2  # whole-slice mode: share of hemorrhage-free training slices kept
 
 
+@dataclass(frozen=True)
+class CropOrigin:
+    """Where a crop was cut: enough to cut it again without the model that chose it."""
+
+    study_id: str
+    slice_index: int
+    box: Box  # on the slice's source grid
+
+
 @dataclass
 class SliceSample:
     """A cached uint8 region of one slice with its mask and the box to crop inside it."""
@@ -48,6 +57,7 @@ class SliceSample:
     mask: np.ndarray  # bool (h, w)
     box: Box  # in region coordinates
     score: float | None = None  # a hemorrhage-free crop: the detector's confidence on it (None: a crop of blood)
+    origin: CropOrigin | None = None  # where a hemorrhage-free crop was cut (recorded for --resume)
 
 
 def jitter_reach(box: Box, jitter: float) -> Box:
@@ -68,7 +78,7 @@ def jitter_box(box: Box, rng: np.random.Generator, jitter: float) -> Box:
 
 
 def region_sample(windowed: np.ndarray, label_slice: np.ndarray, box: Box, jitter: float,
-                  score: float | None = None) -> SliceSample:
+                  score: float | None = None, origin: CropOrigin | None = None) -> SliceSample:
     """The sample of ``box`` on one slice, caching only the region its jittered versions can reach."""
     row0, row1, col0, col1 = pixel_bounds(jitter_reach(box, jitter), *label_slice.shape)
     x0, y0, x1, y1 = box
@@ -77,6 +87,7 @@ def region_sample(windowed: np.ndarray, label_slice: np.ndarray, box: Box, jitte
         mask=label_slice[row0:row1, col0:col1] > 0,
         box=(x0 - col0, y0 - row0, x1 - col0, y1 - row0),
         score=score,
+        origin=origin,
     )
 
 

@@ -40,7 +40,7 @@ from ichseg.segmenter import ARCHITECTURES, CLASSES, CROP_MODE, MODES, WHOLE_SLI
 from ichseg.windowing import INPUT_KINDS, MULTI_WINDOW_INPUT
 from training.lr_schedule import LrPlan
 from training.segmenter_data import JITTER, SegmentationDataset, evenly_spaced, load_samples
-from training.segmenter_negatives import NegativeCrops, hardest_crops
+from training.segmenter_negatives import NegativeCrops, hardest_crops, read_record, write_record
 from training.study_leaks import refuse_held_out
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -230,13 +230,18 @@ def make_loaders(args: argparse.Namespace) -> tuple[SegmentationDataset, DataLoa
     refuse_leaks(args.data, args.more_data)
     negatives = None if args.negative_crops is None else NegativeCrops(args.negative_crops, args.input, JITTER)
     args.negative_detector = None if negatives is None else negatives.description  # resume refuses another detector
+    if negatives is not None and args.resume:  # the crops the run chose, cut again without a detector pass
+        negatives.recorded = read_record(args.out, negatives.description, args.negative_share)
     train_samples = []
     for number, folder in enumerate([args.data, *args.more_data]):  # whole-slice mode: other negatives per folder
         train_samples += load_samples(folder, "train", args.mode, args.input, seed=args.seed + 1000 * number,
                                       limit=args.limit_studies, negative_crops=negatives)
     if negatives is not None:
         blood = [sample for sample in train_samples if sample.score is None]
-        train_samples = blood + hardest_crops(train_samples, round(args.negative_share * len(blood)))
+        chosen = hardest_crops(train_samples, round(args.negative_share * len(blood)))
+        if negatives.recorded is None:
+            write_record(args.out, negatives.description, args.negative_share, chosen)
+        train_samples = blood + chosen
     val_samples = load_samples(args.data, "val", args.mode, args.input, negative_fraction=0.0,
                                limit=args.limit_studies)
     train_samples = evenly_spaced(train_samples, args.max_slices)
