@@ -192,7 +192,8 @@ def sweep_scores(
                         **guarded_scores(mask, truth, cut, options, empty)}
             for key, (option, score) in itertools.product(keys, measured.items()):
                 scores.setdefault((*key, option), Scores()).record(score, study_id=study_id)
-    return scores, len(ids), current, models.provenance()
+    swept = {role: label for role, label in models.provenance().items() if role in ("detector", "segmenter")}
+    return scores, len(ids), current, swept
 
 
 def _ranking(current: Thresholds) -> Callable[[dict], tuple]:

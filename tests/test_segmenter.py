@@ -484,9 +484,14 @@ def test_training_with_negative_crops_records_them_and_keeps_them(
     record["crops"] = record["crops"][:1]  # what --resume cuts is the record, not a new detector pass
     record_path.write_text(json.dumps(record))
     assert [s.origin.slice_index for s in negatives_of("--resume")] == [record["crops"][0]["slice"]]
-    for changed in ([], ["--negative-crops", str(detector_dir), "--negative-share", "0.25"]):
-        with pytest.raises(SystemExit, match="trained with --negative-crops"):
+    other_share = ["--negative-crops", str(detector_dir), "--negative-share", "0.25"]
+    with pytest.raises(SystemExit, match=f"{RECORD_NAME}: trained with --negative-crops"):  # before loading
+        train_main([*common, *other_share, "--epochs", "2", "--resume"])
+    record_path.unlink()  # a run from before the record: the checkpoint still refuses, and no record is left behind
+    for changed in ([], other_share):
+        with pytest.raises(SystemExit, match=f"{CHECKPOINT_NAME}: trained with --negative-crops"):
             train_main([*common, *changed, "--epochs", "2", "--resume"])
+    assert not record_path.exists()
     with pytest.raises(SystemExit) as refused:
         train_main([*common[:2], "--mode", WHOLE_SLICE_MODE, "--negative-crops", str(detector_dir),
                     "--out", str(tmp_path / "whole")])

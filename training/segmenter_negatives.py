@@ -40,6 +40,7 @@ class NegativeCrops:
         self.input_kind = input_kind
         self.jitter = jitter
         self.recorded = recorded
+        self.cut_studies: set[str] = set()  # the recorded studies cut so far
 
     @property
     def description(self) -> str:
@@ -49,9 +50,11 @@ class NegativeCrops:
     def __call__(self, study: Study) -> list[SliceSample]:
         if self.recorded is not None:
             crops = self.recorded.get(study.study_id, [])
-            if any(study.labels[origin.slice_index].any() for origin, _ in crops):
-                raise SystemExit(f"{RECORD_NAME}: a recorded crop of {study.study_id} lies on a slice with blood: the "
-                                 "data changed since the run began; start a new run")
+            if any(not 0 <= origin.slice_index < len(study.labels) or study.labels[origin.slice_index].any()
+                   for origin, _ in crops):
+                raise SystemExit(f"{RECORD_NAME}: a recorded crop of {study.study_id} is not on a blood-free slice of "
+                                 "it: the data changed since the run began; start a new run")
+            self.cut_studies.add(study.study_id)
             return self.cut(study, crops)
         free = [index for index, label_slice in enumerate(study.labels) if not label_slice.any()]
         if not free:
@@ -65,6 +68,13 @@ class NegativeCrops:
             for index, slice_found, slice_boxes in zip(free, on_source, boxes, strict=True)
             for box in slice_boxes
         ])
+
+    def check_all_recorded_were_cut(self) -> None:
+        """After loading: a recorded study that was not loaded means the training set changed since the record."""
+        missing = sorted(set(self.recorded or {}) - self.cut_studies)
+        if missing:
+            raise SystemExit(f"{RECORD_NAME}: recorded crops of {len(missing)} studies not in this training set "
+                             f"({', '.join(missing[:3])}): the data changed since the run began; start a new run")
 
     def cut(self, study: Study, crops: list[tuple[CropOrigin, float]]) -> list[SliceSample]:
         """The samples of these crops of ``study``, with empty masks (their slices hold no blood)."""

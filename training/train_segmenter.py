@@ -12,8 +12,11 @@ background included), computed in fp32. ``--precision auto`` runs forward/backwa
 hardware has bf16 (AVX512-BF16/AMX CPUs, recent GPUs; ≈2.5× faster per step on such a CPU), fp32 elsewhere; the
 weights and optimizer state stay fp32. Every epoch ends with the validation Dice and a checkpoint
 (``<out>/checkpoint.pt``: model, optimizer, step, epoch — for ``--resume``); the best epoch so far is
-exported as ``<out>/model.pt`` (float16 state dict) and ``<out>/manifest.json``. ``--max-minutes`` counts from
-the start of this invocation (data loading included) and stops after the epoch when the next one would not fit.
+exported as ``<out>/model.pt`` (float16 state dict) and ``<out>/manifest.json``. With ``--negative-crops`` the
+checkpoint has ``<out>/negative_crops.json`` beside it: the hemorrhage-free crops chosen, which ``--resume`` cuts
+again instead of running the detector over the training studies (its weights still load, for its name).
+``--max-minutes`` counts from the start of this invocation (data loading included) and stops after the epoch when
+the next one would not fit.
 """
 
 from __future__ import annotations
@@ -226,7 +229,8 @@ def refuse_leaks(data: Path, more_data: list[Path]) -> None:
 
 
 def make_loaders(args: argparse.Namespace) -> tuple[SegmentationDataset, DataLoader, torch.Generator, DataLoader]:
-    """Cached, augmented training set with its seeded sampler, and the un-augmented validation loader."""
+    """Cached, augmented training set with its seeded sampler, and the un-augmented validation loader. A resumed
+    run with ``--negative-crops`` cuts the crops its record lists (``training.segmenter_negatives.read_record``)."""
     refuse_leaks(args.data, args.more_data)
     negatives = None if args.negative_crops is None else NegativeCrops(args.negative_crops, args.input, JITTER)
     args.negative_detector = None if negatives is None else negatives.description  # resume refuses another detector
@@ -237,11 +241,9 @@ def make_loaders(args: argparse.Namespace) -> tuple[SegmentationDataset, DataLoa
         train_samples += load_samples(folder, "train", args.mode, args.input, seed=args.seed + 1000 * number,
                                       limit=args.limit_studies, negative_crops=negatives)
     if negatives is not None:
+        negatives.check_all_recorded_were_cut()
         blood = [sample for sample in train_samples if sample.score is None]
-        chosen = hardest_crops(train_samples, round(args.negative_share * len(blood)))
-        if negatives.recorded is None:
-            write_record(args.out, negatives.description, args.negative_share, chosen)
-        train_samples = blood + chosen
+        train_samples = blood + hardest_crops(train_samples, round(args.negative_share * len(blood)))
     val_samples = load_samples(args.data, "val", args.mode, args.input, negative_fraction=0.0,
                                limit=args.limit_studies)
     train_samples = evenly_spaced(train_samples, args.max_slices)
@@ -387,6 +389,9 @@ def save_epoch(run: Run, state: dict, improved: bool) -> None:
     if improved:
         torch.save(half_state(run.model), run.args.out / WEIGHTS_NAME)
     manifest_for(run.args, state).save(run.args.out)
+    if run.args.negative_crops is not None:  # with the checkpoint it belongs to, never before it is known to match
+        write_record(run.args.out, run.args.negative_detector, run.args.negative_share,
+                     [sample for sample in run.train_set.samples if sample.score is not None])
     torch.save({"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
                 "plan": vars(run.plan), "state": state, "args": vars(run.args)}, run.checkpoint_path)
 
