@@ -473,7 +473,7 @@ def test_training_with_negative_crops_records_them_and_keeps_them(
 
     def negatives_of(*extra: str) -> list:
         train_set = make_loaders(parse_args([*common, "--negative-crops", str(detector_dir), "--negative-share",
-                                             "0.5", *extra]))[0]
+                                             "0.5", *extra])).train_set
         return [s for s in train_set.samples if s.score is not None]
 
     fresh, resumed = negatives_of(), negatives_of("--resume")

@@ -26,6 +26,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from monai.losses import DiceCELoss
@@ -42,7 +43,7 @@ from ichseg.runtime import PRECISIONS, autocast, autocast_dtype, configure_threa
 from ichseg.segmenter import ARCHITECTURES, CLASSES, CROP_MODE, MODES, WHOLE_SLICE_MODE, build_network
 from ichseg.windowing import INPUT_KINDS, MULTI_WINDOW_INPUT
 from training.lr_schedule import LrPlan
-from training.segmenter_data import JITTER, SegmentationDataset, evenly_spaced, load_samples
+from training.segmenter_data import JITTER, SegmentationDataset, SliceSample, evenly_spaced, load_samples
 from training.segmenter_negatives import NegativeCrops, hardest_crops, read_record, write_record
 from training.study_leaks import refuse_held_out
 
@@ -228,7 +229,17 @@ def refuse_leaks(data: Path, more_data: list[Path]) -> None:
         training |= studies
 
 
-def make_loaders(args: argparse.Namespace) -> tuple[SegmentationDataset, DataLoader, torch.Generator, DataLoader]:
+class Loaders(NamedTuple):
+    """What ``make_loaders`` builds."""
+
+    train_set: SegmentationDataset
+    train_loader: DataLoader
+    generator: torch.Generator  # the training sampler's
+    val_loader: DataLoader
+    negative_crops: list[SliceSample]  # the hemorrhage-free crops chosen, before --max-slices thins the set: the record
+
+
+def make_loaders(args: argparse.Namespace) -> Loaders:
     """Cached, augmented training set with its seeded sampler, and the un-augmented validation loader. A resumed
     run with ``--negative-crops`` cuts the crops its record lists (``training.segmenter_negatives.read_record``)."""
     refuse_leaks(args.data, args.more_data)
@@ -236,14 +247,16 @@ def make_loaders(args: argparse.Namespace) -> tuple[SegmentationDataset, DataLoa
     args.negative_detector = None if negatives is None else negatives.description  # resume refuses another detector
     if negatives is not None and args.resume:  # the crops the run chose, cut again without a detector pass
         negatives.recorded = read_record(args.out, negatives.description, args.negative_share)
-    train_samples = []
+    train_samples: list[SliceSample] = []
+    chosen: list[SliceSample] = []
     for number, folder in enumerate([args.data, *args.more_data]):  # whole-slice mode: other negatives per folder
         train_samples += load_samples(folder, "train", args.mode, args.input, seed=args.seed + 1000 * number,
                                       limit=args.limit_studies, negative_crops=negatives)
     if negatives is not None:
         negatives.check_all_recorded_were_cut()
         blood = [sample for sample in train_samples if sample.score is None]
-        train_samples = blood + hardest_crops(train_samples, round(args.negative_share * len(blood)))
+        chosen = hardest_crops(train_samples, round(args.negative_share * len(blood)))
+        train_samples = blood + chosen
     val_samples = load_samples(args.data, "val", args.mode, args.input, negative_fraction=0.0,
                                limit=args.limit_studies)
     train_samples = evenly_spaced(train_samples, args.max_slices)
@@ -257,7 +270,7 @@ def make_loaders(args: argparse.Namespace) -> tuple[SegmentationDataset, DataLoa
     sampler = RandomSampler(train_set, num_samples=per_epoch, generator=generator)
     train_loader = DataLoader(train_set, batch_size=args.batch, sampler=sampler, drop_last=len(train_set) > args.batch)
     val_loader = DataLoader(SegmentationDataset(val_samples, augment=False), batch_size=args.batch)
-    return train_set, train_loader, generator, val_loader
+    return Loaders(train_set, train_loader, generator, val_loader, chosen)
 
 
 def train_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
@@ -337,6 +350,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     loss_fn: nn.Module
     plan: LrPlan
+    negative_crops: list[SliceSample]  # recorded with every checkpoint (``--negative-crops``)
 
     @property
     def checkpoint_path(self) -> Path:
@@ -347,12 +361,12 @@ def set_up(args: argparse.Namespace) -> Run:
     """Data, model, optimizer, loss and lr plan for ``args`` (the output folder is created)."""
     device = default_device(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
-    train_set, train_loader, generator, val_loader = make_loaders(args)
+    train_set, train_loader, generator, val_loader, negative_crops = make_loaders(args)
     model = make_model(args).to(device)
     optimizer = make_optimizer(args, model)
     loss_fn = DiceCELoss(softmax=True, to_onehot_y=True, lambda_ce=0.4, lambda_dice=0.6)
     return Run(args, device, autocast_dtype(device, args.precision), train_set, train_loader, generator, val_loader,
-               model, optimizer, loss_fn, lr_plan(args, len(train_loader)))
+               model, optimizer, loss_fn, lr_plan(args, len(train_loader)), negative_crops)
 
 
 def fresh_state(run: Run) -> dict:
@@ -390,8 +404,7 @@ def save_epoch(run: Run, state: dict, improved: bool) -> None:
         torch.save(half_state(run.model), run.args.out / WEIGHTS_NAME)
     manifest_for(run.args, state).save(run.args.out)
     if run.args.negative_crops is not None:  # with the checkpoint it belongs to, never before it is known to match
-        write_record(run.args.out, run.args.negative_detector, run.args.negative_share,
-                     [sample for sample in run.train_set.samples if sample.score is not None])
+        write_record(run.args.out, run.args.negative_detector, run.args.negative_share, run.negative_crops)
     torch.save({"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
                 "plan": vars(run.plan), "state": state, "args": vars(run.args)}, run.checkpoint_path)
 
