@@ -31,15 +31,16 @@ class NegativeCrops:
 
     A crop is the merge of a slice's boxes at the detector's extend confidence or above: every box the app could keep
     (at its operating point, or continuing a surer box on an adjacent slice), none weaker, so that the crops are sized
-    as served crops are; its score is the slice's strongest box. With ``recorded`` (a resumed run's choice,
-    ``read_record``) it cuts those crops again instead of running the detector.
+    as served crops are; its score is the slice's strongest box. With ``recorded`` set (a resumed run's choice,
+    ``read_record``, which needs ``description`` and so the loaded detector) it cuts those crops again instead of
+    running the detector.
     """
 
-    def __init__(self, detector_dir: Path, input_kind: str, jitter: float, recorded: Recorded | None = None) -> None:
+    def __init__(self, detector_dir: Path, input_kind: str, jitter: float) -> None:
         self.detector = HemorrhageDetector(detector_dir)  # detect() returns the boxes at its extend confidence or above
         self.input_kind = input_kind
         self.jitter = jitter
-        self.recorded = recorded
+        self.recorded: Recorded | None = None
         self.cut_studies: set[str] = set()  # the recorded studies cut so far
 
     @property
