@@ -2,11 +2,12 @@
 
 Two stages as in Rajapakse et al. (IEEE Access 2024): a YOLO detector boxes hemorrhage per slice, the boxes
 of a slice are merged (into one box, or one per cluster), TransDeepLab segments inside the merged box(es), and an
-anatomical guard keeps only voxels inside the skull at blood density. Every stage is a thin operator over the
-shared ``ichseg`` code (``ichseg.pipeline``, also what the evaluation runs). Outputs are written to a staging folder
-inside the output folder and moved into place only when every stage has succeeded, so a failed run leaves no
-partial SEG or report behind. Options, settings and the input are checked first (``ichseg.cli``), before torch and
-the SDK are imported, so that a refusal comes in about a second.
+anatomical guard keeps only voxels inside the skull at blood density; each guarded finding is then followed into
+adjacent slices the detector left without a box (the segmenter decides there, the guard again). Every stage is a
+thin operator over the shared ``ichseg`` code (``ichseg.pipeline``, also what the evaluation runs). Outputs are
+written to a staging folder inside the output folder and moved into place only when every stage has succeeded, so a
+failed run leaves no partial SEG or report behind. Options, settings and the input are checked first
+(``ichseg.cli``), before torch and the SDK are imported, so that a refusal comes in about a second.
 """
 
 # ruff: noqa: E402  (the imports after the early answer below are deliberate: they cost ≈ 4 s)
@@ -34,6 +35,7 @@ from operators import (
     BoxMergerOperator,
     CTSeriesLoaderOperator,
     DetectorOperator,
+    FollowOperator,
     GuardOperator,
     PreviewOperator,
     ReportOperator,
@@ -86,6 +88,11 @@ class ICHSegmentationApp(Application):
             precision=settings.precision, clock=clock,
         )
         guard = GuardOperator(self, name="anatomical_guard", options=settings.guard_options(), clock=clock)
+        follower = FollowOperator(
+            self, name="finding_follower", model_dir=model_dirs["segmenter"], device=settings.device,
+            precision=settings.precision, guard=settings.guard_options(), options=settings.follow_options(),
+            clock=clock,
+        )
         seg_writer = SegWriterOperator(self, name="dicom_seg_writer", output_folder=self.staging, clock=clock)
         preview = PreviewOperator(self, name="preview", output_folder=self.staging, clock=clock)
         report = ReportOperator(
@@ -102,16 +109,19 @@ class ICHSegmentationApp(Application):
         self.add_flow(windowing, segmenter, {("windowed", "windowed")})
         self.add_flow(segmenter, guard, {("mask", "mask")})
         self.add_flow(loader, guard, {("series", "series")})
+        self.add_flow(guard, follower, {("mask", "mask"), ("guard", "guard"), ("anatomy", "anatomy")})
+        self.add_flow(segmenter, follower, {("mask", "unguarded")})
+        self.add_flow(merger, follower, {("boxes", "boxes")})
+        self.add_flow(windowing, follower, {("windowed", "windowed")})
+        self.add_flow(loader, follower, {("series", "series")})
         self.add_flow(loader, seg_writer, {("series", "series")})
-        self.add_flow(guard, seg_writer, {("mask", "mask")})
+        self.add_flow(follower, seg_writer, {("mask", "mask")})
         self.add_flow(windowing, preview, {("windowed", "windowed")})
-        self.add_flow(merger, preview, {("boxes", "boxes")})
-        self.add_flow(guard, preview, {("mask", "mask")})
+        self.add_flow(follower, preview, {("boxes", "boxes"), ("mask", "mask")})
         self.add_flow(loader, report, {("series", "series"), ("selection", "selection")})
         self.add_flow(detector, report, {("detections", "detections"), ("thresholds", "thresholds")})
-        self.add_flow(merger, report, {("boxes", "boxes")})
-        self.add_flow(segmenter, report, {("mask", "unguarded")})
-        self.add_flow(guard, report, {("mask", "mask"), ("guard", "guard")})
+        self.add_flow(follower, report, {("boxes", "boxes"), ("unguarded", "unguarded"), ("mask", "mask"),
+                                         ("guard", "guard"), ("follow", "follow")})
         self.add_flow(seg_writer, report, {("seg", "seg")})
         self.add_flow(preview, report, {("preview", "preview")})
 

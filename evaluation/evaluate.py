@@ -10,7 +10,9 @@ merge, crop, segment, paste, anatomical guard). Rows (a row whose models are mis
   boxes ≥ --extend-confidence that continue them on adjacent slices);
 * single-stage TransDeepLab and the MONAI baseline: whole-slice models on every slice.
 The two-stage rows come once per merge mode (``slice``: the paper's one enclosing box per slice; ``cluster``: one
-box per group of nearby boxes), and every row once without and once with the anatomical guard (``+ guard``).
+box per group of nearby boxes), and every row once without and once with the anatomical guard (``+ guard``); the
+product's ``+ guard`` rows also follow their guarded findings into adjacent slices without a box, as the app does
+(``ichseg.follow``, ``--follow-slices``; 0 measures the product without it).
 
 Metrics, all on the full-resolution pasted masks against the full ground-truth masks (any subtype = hemorrhage):
 * slice Dice / IoU: mean over the slices whose ground truth has hemorrhage (the paper's per-slice Dice and IoU;
@@ -59,6 +61,7 @@ from evaluation.by_subtype import SubtypeScores, study_lesions
 from ichseg import pipeline
 from ichseg.boxes import DEFAULT_MERGE, LESION_GAP_MM, MERGE_MODES, lesion_boxes, lesion_gap_pixels
 from ichseg.detector import KEEP_EVERY_BOX, NMS_IOU, Detection, HemorrhageDetector, operating_point
+from ichseg.follow import DEFAULT_FOLLOWING, FOLLOW_SLICES, NO_FOLLOWING, FollowOptions
 from ichseg.guard import BLOOD_HU, CAVITY_MARGIN_MM, MIN_COMPONENT_ML, Anatomy, GuardOptions
 from ichseg.labelled_study import Study, load_study, study_ids
 from ichseg.model_manifest import MANIFEST_NAME, portable_path
@@ -388,9 +391,11 @@ def detection_sources(study: Study, models: Models, records: DetectionRecords | 
 
 def study_masks(
     study: Study, models: Models, merges: tuple[str, ...], guard: GuardOptions,
-    records: DetectionRecords | None = None, anatomy: Anatomy | None = None,
+    records: DetectionRecords | None = None, anatomy: Anatomy | None = None, follow: FollowOptions = DEFAULT_FOLLOWING,
 ) -> dict[str, RowMask]:
-    """Every row's mask of one study, by row key, each from one ``pipeline.run`` (unguarded and guarded)."""
+    """Every row's mask of one study, by row key, each from one ``pipeline.run`` (unguarded and guarded). The product
+    follows its guarded findings (``follow``; ``ichseg.follow``); the oracle does not, as its boxes are on every
+    slice with blood already."""
     started = time.perf_counter()
     anatomy = anatomy if anatomy is not None else pipeline.anatomy_of(study.series)
     anatomy_seconds = time.perf_counter() - started
@@ -400,13 +405,15 @@ def study_masks(
         found, detect_seconds, confidence, extend = sources.get(model, (None, 0.0, None, None))
         for merge in (None,) if model not in TWO_STAGE else merges:
             options = pipeline.PipelineOptions(merge=merge or DEFAULT_MERGE, confidence=confidence,
-                                               extend_confidence=extend, guard=guard)
+                                               extend_confidence=extend, guard=guard,
+                                               follow=follow if model == "product" else NO_FOLLOWING)
             result = pipeline.run(study.series, segmenter, options=options, windowed=study.windowed,
                                   detections=found, anatomy=anatomy)
             seconds = detect_seconds + result.seconds["segment"]
             masks[row_key(model, merge, False)] = (result.unguarded, seconds, {})
             masks[row_key(model, merge, True)] = (
-                result.mask, seconds + anatomy_seconds + result.seconds["guard"], result.guard.removed_voxels,
+                result.mask, seconds + anatomy_seconds + result.seconds["guard"] + result.seconds["follow"],
+                result.guard.removed_voxels,
             )
     return masks
 
@@ -465,6 +472,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     """Run every available row over the test studies and return the results as a JSON-ready dict."""
     models = Models.load(args)
     guard = guard_options(args)
+    follow = FollowOptions(args.follow_slices)
     merges = tuple(args.merge)
     ids = study_ids(args.data, "test")[: args.limit]
     scores: dict[str, Scores] = {}
@@ -472,7 +480,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     records = DetectionRecords()
     for study_id in tqdm(ids, desc="test studies", unit="study"):
         study = load_study(args.data / study_id)
-        add_study(scores, study, study_masks(study, models, merges, guard, records), by_subtype)
+        add_study(scores, study, study_masks(study, models, merges, guard, records, follow=follow), by_subtype)
     labels = row_labels(merges)
     results: dict = {
         "data": str(args.data),
@@ -480,6 +488,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         "models": {key: str(segmenter.model_dir) for key, segmenter in models.segmenters.items()},
         "model_versions": models.provenance(),
         "guard": guard.describe(),
+        "follow": follow.describe(),
         "rows": {key: {"label": labels[key], **scores[key].summary()} for key in labels if key in scores},
         "by_subtype": {key: by_subtype[key].summary() for key in labels if key in by_subtype},
         "studies": {key: scores[key].studies for key in labels if key in scores},
@@ -548,10 +557,20 @@ def markdown(results: dict) -> str:
         g = results["guard"]
         lines += ["", f"Guard (`+ guard` rows): inside the skull at least {g['cavity_margin_mm']:g} mm from bone, "
                       f"{g['hu_range'][0]:g}–{g['hu_range'][1]:g} HU on the 3×3 mean, 3D components ≥ "
-                      f"{g['min_component_ml']:g} mL. Paper figures are for its configuration (slice merge, no guard)."]
+                      f"{g['min_component_ml']:g} mL"
+                      + _following(results.get("follow"))
+                      + ". Paper figures are for its configuration (slice merge, no guard)."]
     lines += ["", "Definitions: see `evaluation/evaluate.py`. "
                   "Synthetic phantoms: not comparable with the paper's figures."]
     return "\n".join(lines) + "\n"
+
+
+def _following(follow: dict | None) -> str:
+    """The guard note's clause on following (results written before following existed have none)."""
+    if not follow or not follow["slices"]:
+        return "; the product's guarded findings not followed into slices without a box"
+    return (f"; the product's guarded findings then followed up to {follow['slices']} slices each way into slices "
+            "without a box (`ichseg.follow`; not the oracle's)")
 
 
 def subtype_markdown(results: dict) -> list[str]:
@@ -637,6 +656,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="guard rows: smallest component (mL)")
     parser.add_argument("--guard-margin-mm", type=float, default=CAVITY_MARGIN_MM,
                         help="guard rows: distance from bone (mm)")
+    parser.add_argument("--follow-slices", type=int, default=FOLLOW_SLICES,
+                        help="product + guard rows: follow guarded findings this many slices each way into slices "
+                             f"without a box (ichseg.follow; 0: off; default {FOLLOW_SLICES}, as the app)")
     parser.add_argument("--choose-guard", action="store_true",
                         help="sweep detector confidences and extend confidences, merge modes and guard settings on "
                              "the validation split; "

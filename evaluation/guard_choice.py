@@ -8,7 +8,8 @@ guard off (``ichseg.pipeline.run``; a crop shared by several of them is segmente
 with the guard, because the F1 maximum of the detector alone (the manifest's starting point) does not know what the
 guard will remove. The volumes are cut to the 3D box of prediction and truth first (the guard only removes, so
 nothing outside can change), and components are labelled once per HU range and margin: the guard sweep adds seconds,
-not minutes, per study.
+not minutes, per study. Following guarded findings (``ichseg.follow``) depends on the guard's setting, so the sweep
+scores masks without it; its number of slices was chosen afterwards at the chosen guard (models/README.md).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from tqdm import tqdm
 from evaluation.evaluate import OBJECTIVES, Models, Scores, StudyScore, cell, provenance_lines, wrong_studies
 from ichseg import pipeline
 from ichseg.boxes import DEFAULT_MERGE
+from ichseg.follow import NO_FOLLOWING
 from ichseg.guard import Anatomy, Components, GuardOptions, cavity_and_density
 from ichseg.labelled_study import load_study, study_ids
 from ichseg.segmenter import Crop, HemorrhageSegmenter
@@ -176,7 +178,7 @@ def sweep_scores(
             (confidence, extend, merge): pipeline.run(
                 study.series, segmenter, windowed=study.windowed, detections=detections, anatomy=anatomy,
                 options=pipeline.PipelineOptions(merge=merge, confidence=confidence, extend_confidence=extend,
-                                                 guard=off),
+                                                 guard=off, follow=NO_FOLLOWING),
             ).unguarded
             for confidence, extend in sweep_thresholds(current, args.confidences) for merge in merges
         }

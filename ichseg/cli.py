@@ -18,6 +18,7 @@ from pathlib import Path
 from ichseg import __version__
 from ichseg.boxes import CLUSTER_MARGIN_MM, DEFAULT_MERGE
 from ichseg.dicom_series import CTSeries, DicomInputError
+from ichseg.follow import FOLLOW_SLICES
 from ichseg.guard import BLOOD_HU, CAVITY_MARGIN_MM, MIN_COMPONENT_ML
 from ichseg.model_manifest import ModelError, ModelManifest, weights_path
 from ichseg.series_selection import BUNDLED_RULES, RulesError, Selection, SelectionRules, load_chosen_series
@@ -83,6 +84,9 @@ environment options:
   ICH_GUARD_HU          blood density range on a 3x3-smoothed HU, LOW,HIGH (default {BLOOD_HU[0]:g},{BLOOD_HU[1]:g})
   ICH_GUARD_MIN_ML      smallest kept 3D component in mL (default {MIN_COMPONENT_ML:g}; 0 keeps all)
   ICH_GUARD_MARGIN_MM   kept distance from bone inside the skull, mm (default {CAVITY_MARGIN_MM:g})
+  ICH_FOLLOW_SLICES     follow each guarded finding up to this many slices up and down into slices the detector
+                        gave no box; the segmenter and the guard decide there (default {FOLLOW_SLICES}; 0 = off;
+                        needs the guard)
 
 outputs (in OUTPUT, each replaced atomically, all only after every stage succeeded):
   ich_seg.dcm           DICOM SEG (BINARY, one segment "Intracranial hemorrhage", AUTOMATIC), one frame per

@@ -1,4 +1,4 @@
-"""The two-stage core, once: window → detect → merge → crop, segment, paste → anatomical guard.
+"""The two-stage core, once: window → detect → merge → crop, segment, paste → anatomical guard → follow findings.
 
 The app's operators call the stage functions one by one (each stage is a node of the SDK graph); the evaluation and
 the tests call ``run`` on a whole series. Both go through the same functions, so what is measured is what ships.
@@ -20,6 +20,7 @@ import numpy as np
 from ichseg.boxes import CLUSTER_MARGIN_MM, DEFAULT_MERGE, Box, merge_slice, mm_to_pixels
 from ichseg.detector import INPUT_SIZE, Detection, extend_confidence, resize_to_input
 from ichseg.dicom_series import CTSeries
+from ichseg.follow import Followed, FollowOptions, follow
 from ichseg.guard import Anatomy, GuardOptions, GuardReport, apply_guard, read_anatomy
 from ichseg.windowing import HEADER_INPUT, MULTI_WINDOW_INPUT, fixed_windows, window_volume
 from ichseg.z_continuity import continue_findings
@@ -135,6 +136,33 @@ def guard(
     return apply_guard(mask, anatomy if anatomy is not None else anatomy_of(series), options)
 
 
+def follow_findings(
+    segmenter: HemorrhageSegmenter, windowed: WindowedSeries, boxes: Sequence[Sequence[Box]], guarded: np.ndarray,
+    anatomy: Anatomy | None, guard_options: GuardOptions, options: FollowOptions,
+) -> Followed:
+    """After the guard: each guarded finding followed into the adjacent slices without a box (``ichseg.follow``);
+    nothing when following or the guard is off, or for a whole-slice model (it has no boxes to follow)."""
+    if anatomy is None or options.slices <= 0 or not guard_options.enabled or segmenter.whole_slice:
+        return Followed(options)
+    source = windowed.source_input(segmenter.input)
+
+    def segment_box(index: int, box: Box) -> np.ndarray:
+        return next(iter(segmenter.crop_masks(source, [(index, box)])))
+
+    return follow(segment_box, boxes, guarded, anatomy, guard_options, options)
+
+
+def guard_followed(
+    followed: Followed, boxes: Sequence[Sequence[Box]], unguarded: np.ndarray, mask: np.ndarray, report: GuardReport,
+    series: CTSeries, guard_options: GuardOptions, anatomy: Anatomy | None,
+) -> tuple[np.ndarray, GuardReport]:
+    """The guarded mask and guard report with the followed slices added (the segmenter's mask and theirs guarded
+    again); ``mask`` and ``report`` themselves when nothing was followed."""
+    if not followed.boxes:
+        return mask, report
+    return guard(followed.add_to(boxes, unguarded)[1], series, guard_options, anatomy)
+
+
 @dataclass(frozen=True)
 class PipelineOptions:
     """How ``run`` merges and guards; the defaults are the app's."""
@@ -144,6 +172,7 @@ class PipelineOptions:
     confidence: float | None = None  # None: keep every detection passed in (the detector already thresholded)
     extend_confidence: float | None = None  # hysteresis down to this (``keep_findings``); only with ``confidence``
     guard: GuardOptions = field(default_factory=GuardOptions)
+    follow: FollowOptions = field(default_factory=FollowOptions)  # needs the guard
 
 
 @dataclass
@@ -152,11 +181,12 @@ class PipelineResult:
 
     windowed: WindowedSeries
     detections: list[list[Detection]]  # source grid
-    boxes: list[list[Box]]  # per slice, after merging
-    unguarded: np.ndarray  # the segmenter's mask
-    mask: np.ndarray  # after the guard (== unguarded when the guard is off)
+    boxes: list[list[Box]]  # per slice, after merging (``followed`` has the boxes of followed slices)
+    unguarded: np.ndarray  # the segmenter's mask in those boxes
+    mask: np.ndarray  # after the guard and following (== unguarded when the guard is off)
     guard: GuardReport
-    seconds: dict[str, float]  # wall time per stage run here: "detect", "segment", "guard"
+    followed: Followed
+    seconds: dict[str, float]  # wall time per stage run here: "detect", "segment", "guard", "follow"
 
 
 def run(
@@ -190,6 +220,12 @@ def run(
     unguarded = segment(segmenter, windowed, boxes)
     seconds["segment"] = time.perf_counter() - clock
     clock = time.perf_counter()
+    if options.guard.enabled and anatomy is None:
+        anatomy = anatomy_of(series)
     mask, report = guard(unguarded, series, options.guard, anatomy)
     seconds["guard"] = time.perf_counter() - clock
-    return PipelineResult(windowed, found, boxes, unguarded, mask, report, seconds)
+    clock = time.perf_counter()
+    followed = follow_findings(segmenter, windowed, boxes, mask, anatomy, options.guard, options.follow)
+    mask, report = guard_followed(followed, boxes, unguarded, mask, report, series, options.guard, anatomy)
+    seconds["follow"] = time.perf_counter() - clock
+    return PipelineResult(windowed, found, boxes, unguarded, mask, report, followed, seconds)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import numpy as np
@@ -37,9 +37,11 @@ def _box(box: Box) -> list[float]:
 
 
 def slice_entries(
-    series: CTSeries, detections: list[list[Detection]], boxes: list[list[Box]], unguarded: np.ndarray, mask: np.ndarray
+    series: CTSeries, detections: list[list[Detection]], boxes: list[list[Box]], unguarded: np.ndarray,
+    mask: np.ndarray, followed: Collection[int] = (),
 ) -> list[dict[str, Any]]:
-    """One entry per slice with a box, or mask voxels before or after the guard (slice index along the normal)."""
+    """One entry per slice with a box, or mask voxels before or after the guard (slice index along the normal);
+    ``followed``: slices whose box came from following a finding (``ichseg.follow``), not from the detector."""
     voxels = mask.reshape(len(mask), -1).sum(axis=1)
     before = unguarded.reshape(len(unguarded), -1).sum(axis=1)
     return [
@@ -51,6 +53,7 @@ def slice_entries(
                 for d in detections[index]
             ],
             "merged_boxes": [_box(box) for box in boxes[index]],
+            "followed": index in followed,
             "mask_voxels_before_guard": int(before[index]),
             "mask_voxels": int(voxels[index]),
         }
@@ -68,6 +71,7 @@ def build_report(
     unguarded: np.ndarray,
     mask: np.ndarray,
     guard: GuardReport,
+    follow: Mapping[str, Any],
     models: Mapping[str, ModelManifest],
     settings: Mapping[str, Any],
     thresholds: Mapping[str, float],
@@ -106,7 +110,8 @@ def build_report(
         },
         "settings": {**settings, **thresholds},
         "guard": guard.to_json(),
-        "slices": slice_entries(series, detections, boxes, unguarded, mask),
+        "follow": dict(follow),
+        "slices": slice_entries(series, detections, boxes, unguarded, mask, set(follow.get("slices", ()))),
         "outputs": {**outputs, "report": REPORT_NAME},
         "timings_s": dict(timings_s),
     }

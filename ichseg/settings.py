@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ichseg import head_ct
 from ichseg.boxes import DEFAULT_MERGE, MERGE_MODES
+from ichseg.follow import FOLLOW_SLICES, FollowOptions
 from ichseg.guard import BLOOD_HU, CAVITY_MARGIN_MM, MIN_COMPONENT_ML, GuardOptions
 from ichseg.runtime import PRECISIONS
 from ichseg.series_selection import BUNDLED_RULES
@@ -40,6 +41,7 @@ class Settings:
     guard_hu: tuple[float, float] = BLOOD_HU
     guard_min_ml: float = MIN_COMPONENT_ML
     guard_margin_mm: float = CAVITY_MARGIN_MM
+    follow_slices: int = FOLLOW_SLICES  # 0: guarded findings are not followed into slices without a box
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -58,10 +60,14 @@ class Settings:
             guard_hu=_hu_range("ICH_GUARD_HU", cls.guard_hu),
             guard_min_ml=_non_negative("ICH_GUARD_MIN_ML", cls.guard_min_ml),
             guard_margin_mm=_non_negative("ICH_GUARD_MARGIN_MM", cls.guard_margin_mm),
+            follow_slices=_count("ICH_FOLLOW_SLICES", cls.follow_slices),
         )
 
     def guard_options(self) -> GuardOptions:
         return GuardOptions(self.guard, self.guard_hu, self.guard_min_ml, self.guard_margin_mm)
+
+    def follow_options(self) -> FollowOptions:
+        return FollowOptions(self.follow_slices)
 
 
 def _number(name: str, default: float | None, valid: Callable[[float], bool], expected: str) -> float | None:
@@ -104,6 +110,15 @@ def _non_negative(name: str, default: float) -> float:
     value = _number(name, default, lambda v: v >= 0.0, "a number ≥ 0")
     assert value is not None
     return value
+
+
+def _count(name: str, default: int) -> int:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    if not text.isdigit():
+        raise SettingsError(f"{name}={text!r}: expected a whole number ≥ 0")
+    return int(text)
 
 
 def _hu_range(name: str, default: tuple[float, float]) -> tuple[float, float]:

@@ -9,6 +9,7 @@ from ichseg.stage_clock import StageClock
 from operators.box_merger_operator import BoxMergerOperator
 from operators.ct_series_loader_operator import CTSeriesLoaderOperator
 from operators.detector_operator import DetectorOperator
+from operators.follow_operator import FollowOperator
 from operators.guard_operator import GuardOperator
 from operators.preview_operator import PreviewOperator
 from operators.report_operator import REPORT_NAME, ReportOperator
@@ -20,6 +21,7 @@ __all__ = [
     "BoxMergerOperator",
     "CTSeriesLoaderOperator",
     "DetectorOperator",
+    "FollowOperator",
     "GuardOperator",
     "PreviewOperator",
     "REPORT_NAME",

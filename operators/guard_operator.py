@@ -21,7 +21,8 @@ logger = logging.getLogger("ichseg.app")
 
 
 class GuardOperator(Operator):
-    """``series`` (HU) + ``mask`` (segmenter's) → ``mask`` (guarded) and ``guard`` (GuardReport)."""
+    """``series`` (HU) + ``mask`` (segmenter's) → ``mask`` (guarded), ``guard`` (GuardReport) and ``anatomy`` (what
+    it read of the HU volume, for following findings; None when off)."""
 
     def __init__(self, fragment: Fragment, *args: Any, options: GuardOptions, clock: StageClock, **kwargs: Any):
         self.options = options
@@ -33,12 +34,14 @@ class GuardOperator(Operator):
         spec.input("mask")
         spec.output("mask")
         spec.output("guard")
+        spec.output("anatomy")
 
     def compute(self, op_input, op_output, context) -> None:
         series: CTSeries = op_input.receive("series")
         unguarded: np.ndarray = op_input.receive("mask")
         with self.clock.stage("anatomical guard"):
-            mask, report = pipeline.guard(unguarded, series, self.options)
+            anatomy = pipeline.anatomy_of(series) if self.options.enabled else None
+            mask, report = pipeline.guard(unguarded, series, self.options, anatomy)
             if self.options.enabled:
                 logger.info(
                     "guard kept %d of %d voxels (removed: %s)", report.voxels_out, report.voxels_in,
@@ -48,3 +51,4 @@ class GuardOperator(Operator):
                 logger.info("guard off (ICH_GUARD=0)")
         op_output.emit(mask, "mask")
         op_output.emit(report, "guard")
+        op_output.emit(anatomy, "anatomy")

@@ -22,7 +22,8 @@ class ReportOperator(Operator):
     """All results → ``ich_report.json`` (and optionally ``ich_mask.npz``) in ``output_folder``."""
 
     INPUTS = (
-        "series", "selection", "detections", "thresholds", "boxes", "unguarded", "mask", "guard", "seg", "preview"
+        "series", "selection", "detections", "thresholds", "boxes", "unguarded", "mask", "guard", "follow", "seg",
+        "preview",
     )
 
     def __init__(
@@ -51,7 +52,8 @@ class ReportOperator(Operator):
             report = build_report(
                 series=series, selection=received["selection"], detections=received["detections"],
                 boxes=received["boxes"], unguarded=received["unguarded"], mask=mask,
-                guard=received["guard"], thresholds=received["thresholds"], settings=self.settings,
+                guard=received["guard"], follow=received["follow"], thresholds=received["thresholds"],
+                settings=self.settings,
                 models={role: ModelManifest.load(folder) for role, folder in self.model_dirs.items()},
                 outputs=outputs, timings_s=self.clock.seconds,
             )

@@ -20,6 +20,7 @@ from pydicom.dataset import Dataset
 
 from ichseg import __version__, cli
 from ichseg.dicom_series import DicomInputError, load_single_series
+from ichseg.follow import FOLLOW_SLICES
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "models"
@@ -132,16 +133,19 @@ def test_graph_is_wired_as_designed(tmp_path: Path) -> None:
         ("windowing", "transdeeplab_segmenter"): {"windowed": {"windowed"}},
         ("transdeeplab_segmenter", "anatomical_guard"): {"mask": {"mask"}},
         ("dicom_series_loader", "anatomical_guard"): {"series": {"series"}},
+        ("anatomical_guard", "finding_follower"): {"mask": {"mask"}, "guard": {"guard"}, "anatomy": {"anatomy"}},
+        ("transdeeplab_segmenter", "finding_follower"): {"mask": {"unguarded"}},
+        ("box_merger", "finding_follower"): {"boxes": {"boxes"}},
+        ("windowing", "finding_follower"): {"windowed": {"windowed"}},
+        ("dicom_series_loader", "finding_follower"): {"series": {"series"}},
         ("dicom_series_loader", "dicom_seg_writer"): {"series": {"series"}},
-        ("anatomical_guard", "dicom_seg_writer"): {"mask": {"mask"}},
+        ("finding_follower", "dicom_seg_writer"): {"mask": {"mask"}},
         ("windowing", "preview"): {"windowed": {"windowed"}},
-        ("box_merger", "preview"): {"boxes": {"boxes"}},
-        ("anatomical_guard", "preview"): {"mask": {"mask"}},
+        ("finding_follower", "preview"): {"boxes": {"boxes"}, "mask": {"mask"}},
         ("dicom_series_loader", "report"): {"series": {"series"}, "selection": {"selection"}},
         ("yolo_detector", "report"): {"detections": {"detections"}, "thresholds": {"thresholds"}},
-        ("box_merger", "report"): {"boxes": {"boxes"}},
-        ("transdeeplab_segmenter", "report"): {"mask": {"unguarded"}},
-        ("anatomical_guard", "report"): {"mask": {"mask"}, "guard": {"guard"}},
+        ("finding_follower", "report"): {"boxes": {"boxes"}, "unguarded": {"unguarded"}, "mask": {"mask"},
+                                         "guard": {"guard"}, "follow": {"follow"}},
         ("dicom_seg_writer", "report"): {"seg": {"seg"}},
         ("preview", "report"): {"preview": {"preview"}},
     }
@@ -200,7 +204,7 @@ def test_missing_model_fails_first_with_exit_status(tmp_path: Path) -> None:
 @pytest.mark.parametrize("variable, value", [
     ("ICH_CONFIDENCE", "2"), ("ICH_EXTEND_CONFIDENCE", "0"), ("ICH_SELECTION_RULES", "/missing/rules.json"),
     ("ICH_MERGE", "union"),
-    ("ICH_GUARD", "maybe"), ("ICH_GUARD_HU", "100,40"), ("ICH_GUARD_MIN_ML", "-1"),
+    ("ICH_GUARD", "maybe"), ("ICH_GUARD_HU", "100,40"), ("ICH_GUARD_MIN_ML", "-1"), ("ICH_FOLLOW_SLICES", "-1"),
 ])
 def test_bad_setting_is_a_usage_error(variable: str, value: str, tmp_path: Path, environment: pytest.MonkeyPatch,
                                       capfd: pytest.CaptureFixture[str]) -> None:
@@ -219,7 +223,8 @@ def test_help_explains_inputs_outputs_and_options() -> None:
         [sys.executable, str(REPO), "--help"], capture_output=True, text=True, cwd=REPO, timeout=300
     )
     assert result.returncode == 0
-    for text in ("--input", "--output", "--model", "ICH_CONFIDENCE", "ICH_MERGE", "ICH_GUARD", "ich_seg.dcm",
+    for text in ("--input", "--output", "--model", "ICH_CONFIDENCE", "ICH_MERGE", "ICH_GUARD", "ICH_FOLLOW_SLICES",
+                 "ich_seg.dcm",
                  "ich_report.json", "exit status"):
         assert text in result.stdout
 
@@ -240,6 +245,12 @@ def test_positive_study(positive_study: Path, tmp_path: Path) -> None:
     assert guard["settings"]["hu_range"] == report["settings"]["guard_hu"]
     assert set(guard["removed"]) == {"cavity", "density", "size"}
     assert all(len(entry["merged_boxes"]) <= 1 for entry in report["slices"]), "slice merge: one box per slice"
+    follow = report["follow"]
+    assert follow["settings"]["slices"] == report["settings"]["follow_slices"] == FOLLOW_SLICES
+    followed = [entry for entry in report["slices"] if entry["followed"]]
+    assert [entry["slice"] for entry in followed] == follow["slices"]
+    assert all(entry["merged_boxes"] and not any(d["confidence"] >= report["settings"]["confidence"]
+                                                 for d in entry["detections"]) for entry in followed)
 
 
 def test_negative_result_still_writes_an_empty_seg(

@@ -23,6 +23,7 @@ from evaluation.evaluate import (
     wrong_studies,
 )
 from evaluation.evaluate import main as evaluate_main
+from ichseg.follow import FOLLOW_SLICES, FollowOptions
 from ichseg.guard import GuardOptions
 from ichseg.labelled_study import Study, load_study
 from ichseg.model_manifest import ModelManifest, portable_path
@@ -122,6 +123,8 @@ def test_evaluation_command_on_a_256_series(study_folder: Path, tmp_path: Path,
         assert 0 < tally["lesions_found"] <= tally["lesions"] and 0 < tally["voxel_recall"] <= 1
     table = (out / "evaluation.md").read_text()
     assert "YOLO + TransDeepLab (product), slice merge + guard" in table and "| subtype | method |" in table
+    assert results["follow"] == FollowOptions().describe(), "the product rows follow findings as the app does"
+    assert f"followed up to {FOLLOW_SLICES} slices each way" in table
     versions = {role: ModelManifest.load(MODELS / role).label for role in ("detector", "segmenter")}
     folders = {role: portable_path(MODELS / role) for role in versions}
     assert results["model_versions"] == {role: f"{versions[role]} ({folders[role]})" for role in versions}, \

@@ -40,6 +40,10 @@ def _manifest(name: str, task: str) -> ModelManifest:
     return ModelManifest(name, "1.0", f"{name} architecture", 224, ["a"], task)
 
 
+FOLLOWED = {"settings": {"slices": 3, "overlap_px": 2, "box_growth": 0.1}, "slices": [3], "voxels_before_guard": 0,
+            "ml_before_guard": 0.0}
+
+
 @pytest.fixture
 def report() -> dict:
     series = _series()
@@ -50,13 +54,14 @@ def report() -> dict:
     detections: list[list[Detection]] = [
         [], [Detection(0, 0.8766, (1.04, 1.0, 6.0, 6.0)), Detection(3, 0.2, (2.0, 2.0, 5.0, 5.0))], [], []
     ]  # the second box continues the first (extend confidence 0.1): listed, but it names no subtype
-    boxes = [[], [(1.04, 1.0, 6.0, 6.0)], [], [(0.0, 0.0, 2.0, 2.0)]]
+    boxes = [[], [(1.04, 1.0, 6.0, 6.0)], [], [(0.0, 0.0, 2.0, 2.0)]]  # slice 3's from following a finding
     guard = GuardReport(
         GuardOptions(), voxels_in=9, voxels_out=4, removed_voxels={"density": 5}, voxel_volume_ml=1.25e-3
     )
     return build_report(
         series=series, selection=choice(), detections=detections, boxes=boxes, unguarded=unguarded, mask=mask,
-        guard=guard, models={"detector": _manifest("yolo", "detection"), "segmenter": _manifest("tdl", "segmentation")},
+        guard=guard, follow=FOLLOWED,
+        models={"detector": _manifest("yolo", "detection"), "segmenter": _manifest("tdl", "segmentation")},
         settings={"confidence": None, "extend_confidence": None, "iou": 0.6, "merge": "slice"},
         thresholds={"confidence": 0.42, "extend_confidence": 0.1},
         outputs={"seg": "ich_seg.dcm", "preview": "ich_preview.png"}, timings_s={"YOLO detection": 1.5},
@@ -83,11 +88,11 @@ def test_slices_series_models_outputs(report: dict) -> None:
             "slice": 1, "sop_instance_uid": "1.2.3.2",
             "detections": [{"subtype": SUBTYPES[0], "confidence": 0.877, "box": [1.0, 1.0, 6.0, 6.0]},
                            {"subtype": SUBTYPES[3], "confidence": 0.2, "box": [2.0, 2.0, 5.0, 5.0]}],
-            "merged_boxes": [[1.0, 1.0, 6.0, 6.0]], "mask_voxels_before_guard": 9, "mask_voxels": 4,
+            "merged_boxes": [[1.0, 1.0, 6.0, 6.0]], "followed": False, "mask_voxels_before_guard": 9, "mask_voxels": 4,
         },
         {
             "slice": 3, "sop_instance_uid": "1.2.3.4", "detections": [], "merged_boxes": [[0.0, 0.0, 2.0, 2.0]],
-            "mask_voxels_before_guard": 0, "mask_voxels": 0,
+            "followed": True, "mask_voxels_before_guard": 0, "mask_voxels": 0,
         },
     ]
     assert report["series"]["series_instance_uid"] == "1.2.3" and report["series"]["matrix"] == [8, 8]
@@ -96,6 +101,7 @@ def test_slices_series_models_outputs(report: dict) -> None:
                                             "input": "header-window"}
     assert report["outputs"] == {"seg": "ich_seg.dcm", "preview": "ich_preview.png", "report": REPORT_NAME}
     assert report["timings_s"] == {"YOLO detection": 1.5}
+    assert report["follow"] == FOLLOWED
     assert "not for clinical use" in report["notice"]
 
 
@@ -105,7 +111,7 @@ def test_report_serialises_and_empty_mask_reads_no_hemorrhage(report: dict) -> N
     empty = np.zeros(series.hu.shape, bool)
     nothing = build_report(
         series=series, selection=choice(), detections=[[]] * 4, boxes=[[]] * 4, unguarded=empty, mask=empty,
-        guard=GuardReport.unchanged(empty, GuardOptions(enabled=False), 1.25e-3), models={}, settings={},
+        guard=GuardReport.unchanged(empty, GuardOptions(enabled=False), 1.25e-3), follow={}, models={}, settings={},
         thresholds={"confidence": 0.999, "extend_confidence": 0.999}, outputs={}, timings_s={},
     )
     assert nothing["result"] == "no hemorrhage detected" and nothing["hemorrhage_volume_ml"] == 0
