@@ -8,8 +8,9 @@ guard off (``ichseg.pipeline.run``; a crop shared by several of them is segmente
 with the guard, because the F1 maximum of the detector alone (the manifest's starting point) does not know what the
 guard will remove. The volumes are cut to the 3D box of prediction and truth first (the guard only removes, so
 nothing outside can change), and components are labelled once per HU range and margin: the guard sweep adds seconds,
-not minutes, per study. Following guarded findings (``ichseg.follow``) depends on the guard's setting, so the sweep
-scores masks without it; its number of slices was chosen afterwards at the chosen guard (models/README.md).
+not minutes, per study. Following guarded findings (``ichseg.follow``) depends on the guard, so it is swept at the
+guard's defaults only: each (confidence, extend confidence, merge) is also run as the app runs it, guard defaults
+and ``FOLLOW_SLICES`` of following (``pipeline.run``; masks shared by several thresholds are run once).
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ from tqdm import tqdm
 from evaluation.evaluate import OBJECTIVES, Models, Scores, StudyScore, cell, provenance_lines, wrong_studies
 from ichseg import pipeline
 from ichseg.boxes import DEFAULT_MERGE
-from ichseg.follow import NO_FOLLOWING
+from ichseg.follow import FOLLOW_SLICES, NO_FOLLOWING, FollowOptions
 from ichseg.guard import Anatomy, Components, GuardOptions, cavity_and_density
-from ichseg.labelled_study import load_study, study_ids
+from ichseg.labelled_study import Study, load_study, study_ids
 from ichseg.segmenter import Crop, HemorrhageSegmenter
 
 GUARD_SWEEP = {  # --choose-guard grid
@@ -116,7 +117,8 @@ def objective(summary: dict, name: str) -> float:
     return float(np.mean(values)) if values else math.nan
 
 
-SweepScores = dict[tuple[float, float, str, GuardOptions], Scores]
+SweepKey = tuple[float, float, str, GuardOptions, int]  # confidence, extend, merge, guard, slices followed
+SweepScores = dict[SweepKey, Scores]
 
 
 class CropMemo(HemorrhageSegmenter):
@@ -153,11 +155,36 @@ def crop_to(anatomy: Anatomy, masks: list[np.ndarray]) -> tuple[Anatomy, tuple[s
     ), box
 
 
+def followed_scores(
+    study: Study, segmenter: HemorrhageSegmenter, runs: dict[tuple[float, float, str], pipeline.PipelineResult],
+    anatomy: Anatomy,
+) -> dict[tuple[float, float, str], StudyScore]:
+    """Per (confidence, extend, merge), the score of the app's mask — guard defaults, then ``FOLLOW_SLICES`` of
+    following — from the guard-off ``runs``; runs with the same segmenter mask and the same slices boxed share one."""
+    truth, voxel_ml = study.labels > 0, study.series.voxel_volume_ml
+    options = pipeline.PipelineOptions(follow=FollowOptions(FOLLOW_SLICES))
+    shared: dict[bytes, StudyScore] = {}
+    out: dict[tuple[float, float, str], StudyScore] = {}
+    for key, run in runs.items():
+        boxed = np.asarray([bool(found) for found in run.boxes])
+        digest = hashlib.blake2b(np.packbits(run.unguarded).tobytes() + np.packbits(boxed).tobytes()).digest()
+        if digest not in shared:
+            mask, report = pipeline.guard(run.unguarded, study.series, options.guard, anatomy)
+            followed = pipeline.follow_findings(segmenter, study.windowed, run.boxes, mask, anatomy, options.guard,
+                                                options.follow)
+            mask, _ = pipeline.guard_followed(followed, run.boxes, run.unguarded, mask, report, study.series,
+                                              options.guard, anatomy)
+            shared[digest] = StudyScore.measure(mask, truth, voxel_ml)
+        out[key] = shared[digest]
+    return out
+
+
 def sweep_scores(
     args: argparse.Namespace, merges: tuple[str, ...]
 ) -> tuple[SweepScores, int, Thresholds, dict[str, str]]:
     """Scores of the product masks of the validation studies for each (confidence, extend confidence, merge mode,
-    guard option), guard off included; also the number of studies, the detector's current operating point and which
+    guard option, slices followed): every guard option (guard off included) without following, and the guard's
+    defaults with ``FOLLOW_SLICES``; also the number of studies, the detector's current operating point and which
     weights were swept (``Models.provenance``)."""
     models = Models.load(args)
     if "product" not in models.segmenters or models.detector is None or models.confidence is None \
@@ -174,14 +201,17 @@ def sweep_scores(
         truth, voxel_ml = study.labels > 0, study.series.voxel_volume_ml
         anatomy = pipeline.anatomy_of(study.series)
         detections = pipeline.detect(models.detector, study.windowed)  # every box: each confidence filters them
-        masks = {
+        runs = {
             (confidence, extend, merge): pipeline.run(
                 study.series, segmenter, windowed=study.windowed, detections=detections, anatomy=anatomy,
                 options=pipeline.PipelineOptions(merge=merge, confidence=confidence, extend_confidence=extend,
                                                  guard=off, follow=NO_FOLLOWING),
-            ).unguarded
+            )
             for confidence, extend in sweep_thresholds(current, args.confidences) for merge in merges
         }
+        for key, score in followed_scores(study, segmenter, runs, anatomy).items():
+            scores.setdefault((*key, GuardOptions(), FOLLOW_SLICES), Scores()).record(score, study_id=study_id)
+        masks = {key: run.unguarded for key, run in runs.items()}
         cut, box = crop_to(anatomy, [truth, *masks.values()])
         empty = len(truth) - len(cut.inside)  # slices with nothing predicted and nothing true
         truth = truth[box]
@@ -193,15 +223,15 @@ def sweep_scores(
             measured = {off: StudyScore.measure(mask, truth, voxel_ml, empty),
                         **guarded_scores(mask, truth, cut, options, empty)}
             for key, (option, score) in itertools.product(keys, measured.items()):
-                scores.setdefault((*key, option), Scores()).record(score, study_id=study_id)
+                scores.setdefault((*key, option, 0), Scores()).record(score, study_id=study_id)
     swept = {role: label for role, label in models.provenance().items() if role in ("detector", "segmenter")}
     return scores, len(ids), current, swept
 
 
 def _ranking(current: Thresholds) -> Callable[[dict], tuple]:
-    """Sort key: best objective first; a tie keeps the detector's current thresholds, the default merge and each
-    current guard default the validation data cannot tell apart (the HU bounds are physics where the masks never
-    reach them), then the gentlest guard."""
+    """Sort key: best objective first; a tie keeps the detector's current thresholds, the default merge, the app's
+    following and each current guard default the validation data cannot tell apart (the HU bounds are physics where
+    the masks never reach them), then the gentlest guard."""
     default = GuardOptions().describe()
 
     def key(row: dict) -> tuple:
@@ -211,7 +241,7 @@ def _ranking(current: Thresholds) -> Callable[[dict], tuple]:
         return (
             score, row["confidence"] != current[0], abs(row["confidence"] - current[0]),
             row["extend_confidence"] != current[1], abs(row["extend_confidence"] - current[1]),
-            row["merge"] != DEFAULT_MERGE,
+            row["merge"] != DEFAULT_MERGE, row.get("follow_slices", 0) != FOLLOW_SLICES,
             guard["min_component_ml"] != default["min_component_ml"], guard["min_component_ml"],
             guard["hu_range"] != default["hu_range"], low - high,
             guard["cavity_margin_mm"] != default["cavity_margin_mm"], guard["cavity_margin_mm"],
@@ -226,22 +256,24 @@ def choose_guard(args: argparse.Namespace) -> dict:
     scores, studies, current, provenance = sweep_scores(args, merges)
     confidences = sweep_confidences(current[0], args.confidences)
     table: list[dict[str, Any]] = []
-    for (confidence, extend, merge, option), row in scores.items():
+    for (confidence, extend, merge, option, follow), row in scores.items():
         summary = row.summary()
         summary.pop("seconds_per_slice")
         missed, called = wrong_studies(row.studies)
         summary["missed_studies"] = [s["study"] for s in missed]
         summary["called_studies"] = [s["study"] for s in called]
         table.append({"confidence": confidence, "extend_confidence": extend, "merge": merge,
-                      "guard": option.describe(), "objective": objective(summary, args.objective), **summary})
+                      "guard": option.describe(), "follow_slices": follow,
+                      "objective": objective(summary, args.objective), **summary})
     table.sort(key=_ranking(current))
 
     def first(
         merge: str, guard: dict | None = None, enabled: bool = True, confidence: float | None = None,
-        extend: float | None = None, plain: bool = False,
+        extend: float | None = None, plain: bool = False, follow: int | None = None,
     ) -> dict:
         return next(r for r in table if r["merge"] == merge and r["guard"]["enabled"] == enabled
                     and (guard is None or r["guard"] == guard)
+                    and (follow is None or r["follow_slices"] == follow)
                     and (confidence is None or r["confidence"] == confidence)
                     and (extend is None or r["extend_confidence"] == extend)
                     and (not plain or r["extend_confidence"] == r["confidence"]))
@@ -261,12 +293,16 @@ def choose_guard(args: argparse.Namespace) -> dict:
         "best_plain_threshold": first(default_merge, plain=True),
         "best_at_current_confidence": {merge: first(merge, confidence=current[0], extend=current[1])
                                        for merge in merges},
-        "current_defaults": {merge: first(merge, GuardOptions().describe(), confidence=current[0], extend=current[1])
+        "current_defaults": {merge: first(merge, GuardOptions().describe(), confidence=current[0], extend=current[1],
+                                          follow=FOLLOW_SLICES)
                              for merge in merges},
+        "current_defaults_not_followed": {merge: first(merge, GuardOptions().describe(), confidence=current[0],
+                                                       extend=current[1], follow=0)
+                                          for merge in merges},
         "unguarded": {merge: first(merge, enabled=False, confidence=current[0], extend=current[1])
                       for merge in merges},
         "best_per_confidence": [first(default_merge, confidence=c) for c in confidences],
-        "grid": {"confidence": confidences,
+        "grid": {"confidence": confidences, "follow_slices": [0, FOLLOW_SLICES],
                  "extend_confidence": sorted({e for _, e in sweep_thresholds(current, args.confidences)}),
                  **{k: list(v) for k, v in GUARD_SWEEP.items()}},
         "evaluated": len(table),
@@ -295,12 +331,16 @@ def guard_choice_markdown(choice: dict) -> str:
     named += [(f"best at the current confidence, {m} merge", r)
               for m, r in choice["best_at_current_confidence"].items()]
     named += [(f"current defaults, {m} merge", r) for m, r in choice["current_defaults"].items()]
+    named += [(f"current defaults without following, {m} merge", r)
+              for m, r in choice.get("current_defaults_not_followed", {}).items()]
     named += [(f"no guard, {m} merge", r) for m, r in choice["unguarded"].items()]
     named += [(f"best at confidence {r['confidence']:g}", r) for r in choice["best_per_confidence"]]
     for name, r in named:
         g = r["guard"]
         setting = (f"HU {g['hu_range'][0]:g}–{g['hu_range'][1]:g}, margin {g['cavity_margin_mm']:g} mm, "
                    f"≥ {g['min_component_ml']:g} mL") if g["enabled"] else "guard off"
+        if r.get("follow_slices"):
+            setting += f", followed {r['follow_slices']} slices"
         lines.append(
             f"| {name}: confidence ≥ {r['confidence']:g}{_continued(r)}, {r['merge']} merge, {setting} "
             f"| {cell(r['objective'])} "

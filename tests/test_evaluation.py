@@ -171,8 +171,12 @@ def test_choose_guard_writes_its_choice(tmp_path: Path, monkeypatch: pytest.Monk
     assert current[1] == (manifest.get("extend_confidence") or current[0])
     thresholds = sweep_thresholds(current, (0.3,))
     assert (0.3, 0.3) in thresholds and (0.3, 0.1) in thresholds and all(e <= c for c, e in thresholds)
-    assert choice["evaluated"] == len(thresholds) * 2 * (len(sweep_options()) + 1), \
-        "(confidence, extend) pairs × both merges × (grid + guard off)"
+    assert choice["evaluated"] == len(thresholds) * 2 * (len(sweep_options()) + 2), \
+        "(confidence, extend) pairs × both merges × (grid + guard off + the guard's defaults followed)"
+    for merge in ("slice", "cluster"):
+        followed, not_followed = choice["current_defaults"][merge], choice["current_defaults_not_followed"][merge]
+        assert (followed["follow_slices"], not_followed["follow_slices"]) == (FOLLOW_SLICES, 0)
+        assert followed["guard"] == not_followed["guard"] == GuardOptions().describe()
     assert choice["sweep"][0] == choice["best"] and len(choice["sweep"]) == 200
     assert [r["confidence"] for r in choice["best_per_confidence"]] == confidences
     assert choice["best"]["objective"] >= max(r["objective"] for r in choice["unguarded"].values())
@@ -187,6 +191,7 @@ def test_choose_guard_writes_its_choice(tmp_path: Path, monkeypatch: pytest.Monk
                for r in choice["sweep"]), "the one positive study is named where a setting misses it"
     markdown = (out / "guard_choice.md").read_text()
     assert "Confidence, merge and guard choice" in markdown and "The best setting misses" in markdown
+    assert f"followed {FOLLOW_SLICES} slices" in markdown
 
 
 def test_subtype_tallies_count_slices_voxels_and_lesions() -> None:
