@@ -656,7 +656,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="guard rows: smallest component (mL)")
     parser.add_argument("--guard-margin-mm", type=float, default=CAVITY_MARGIN_MM,
                         help="guard rows: distance from bone (mm)")
-    parser.add_argument("--follow-slices", type=int, default=FOLLOW_SLICES,
+    parser.add_argument("--follow-slices", type=_slices, default=FOLLOW_SLICES,
                         help="product + guard rows: follow guarded findings this many slices each way into slices "
                              f"without a box (ichseg.follow; 0: off; default {FOLLOW_SLICES}, as the app)")
     parser.add_argument("--choose-guard", action="store_true",
@@ -679,6 +679,12 @@ def _merges(text: str) -> tuple[str, ...]:
     if not modes or any(m not in MERGE_MODES for m in modes):
         raise argparse.ArgumentTypeError(f"expected merge modes from {', '.join(MERGE_MODES)}")
     return modes
+
+
+def _slices(text: str) -> int:
+    if not (text.isascii() and text.isdigit()):
+        raise argparse.ArgumentTypeError("expected a whole number ≥ 0")
+    return int(text)
 
 
 def _confidence(text: str) -> float:

@@ -101,7 +101,9 @@ def follow(
     segment_box: SegmentBox, boxes: Sequence[Sequence[Box]], guarded: np.ndarray, anatomy: Anatomy,
     guard: GuardOptions, options: FollowOptions = FollowOptions(),
 ) -> Followed:
-    """From every slice with guarded blood, up and down into slices without a box, while the segmenter continues it."""
+    """From every slice with guarded blood, up and down into slices without a box, while the segmenter continues it.
+    A slice is followed into once: the first side that finds blood there gives its box (a failed try leaves it to
+    the other side)."""
     followed = Followed(options)
     if options.slices <= 0 or not guard.enabled:
         return followed
@@ -113,12 +115,12 @@ def follow(
             for _ in range(options.slices):
                 if not 0 <= index < len(boxes) or covered[index]:
                     break
-                covered[index] = True
                 box = grown_box(seed)
                 kept = touching(segment_box(index, box), seed)
                 blood = _dense(kept, anatomy, index, guard)
                 if not blood.any():
-                    break
+                    break  # the other side may still try this slice (a gap between two findings)
+                covered[index] = True
                 followed.boxes[index], followed.masks[index] = box, kept
                 seed, index = blood, index + direction
     return followed

@@ -184,7 +184,7 @@ class PipelineResult:
     boxes: list[list[Box]]  # per slice, after merging (``followed`` has the boxes of followed slices)
     unguarded: np.ndarray  # the segmenter's mask in those boxes
     mask: np.ndarray  # after the guard and following (== unguarded when the guard is off)
-    guard: GuardReport
+    guard: GuardReport  # of guarding ``unguarded`` and the followed slices' masks together
     followed: Followed
     seconds: dict[str, float]  # wall time per stage run here: "detect", "segment", "guard", "follow"
 

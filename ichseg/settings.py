@@ -116,7 +116,7 @@ def _count(name: str, default: int) -> int:
     text = os.environ.get(name, "").strip()
     if not text:
         return default
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise SettingsError(f"{name}={text!r}: expected a whole number ≥ 0")
     return int(text)
 

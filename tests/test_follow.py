@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from ichseg import pipeline
-from ichseg.follow import BOX_GROWTH, FollowOptions, grown_box, touching
-from ichseg.guard import GuardOptions
+from ichseg.boxes import pixel_bounds
+from ichseg.follow import BOX_GROWTH, FollowOptions, follow, grown_box, touching
+from ichseg.guard import Anatomy, GuardOptions
 from ichseg.labelled_study import Study, ground_truth_box, load_study
 from ichseg.segmenter import HemorrhageSegmenter
 
@@ -93,3 +94,29 @@ def test_seed_geometry() -> None:
     candidate[50:60, 50:60] = True  # far away: not a continuation
     kept = touching(candidate, seed)
     assert kept[31:35, 12:20].all() and not kept[50:60, 50:60].any()
+
+
+def test_a_slice_between_two_findings_is_tried_from_both_sides() -> None:
+    """Lesion A on slices 2–3 (left), lesion B on 4–5 (right), boxes only on 2 and 4: slice 3 tried from B first
+    (nothing of B there) must still be followed from A. The 'segmenter' paints the truth inside the box it is given."""
+    truth = np.zeros((7, 32, 32), dtype=bool)
+    truth[2:4, 10:16, 2:8] = True  # A
+    truth[4:6, 10:16, 22:28] = True  # B
+    boxes = [[], [], [(2.0, 10.0, 8.0, 16.0)], [], [(22.0, 10.0, 28.0, 16.0)], [], []]
+    seeds = np.zeros_like(truth)
+    seeds[2], seeds[4] = truth[2], truth[4]
+    anatomy = Anatomy(np.ones(truth.shape, bool), np.full(truth.shape, np.inf, np.float32),
+                      np.full(truth.shape, 60.0, np.float32), ["ring"] * 7, 0.001)
+    tried: list[int] = []
+
+    def segment_box(index: int, box) -> np.ndarray:
+        tried.append(index)
+        row0, row1, col0, col1 = pixel_bounds(box, 32, 32)
+        inside = np.zeros(truth.shape[1:], dtype=bool)
+        inside[row0:row1, col0:col1] = True
+        return truth[index] & inside
+
+    followed = follow(segment_box, boxes, seeds, anatomy, GuardOptions(min_ml=0.0), FollowOptions(3))
+    assert sorted(followed.boxes) == [3, 5]
+    assert np.array_equal(followed.masks[3], truth[3]) and np.array_equal(followed.masks[5], truth[5])
+    assert tried.count(3) == 2 and max(tried) == 6, "3 tried from both sides; 6 tried and found empty"
