@@ -18,7 +18,7 @@ Slices the detector gave a box are never followed into: the detector's answer th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +35,8 @@ FOLLOW_SLICES = 3
 OVERLAP_PX = 2  # the new blood must touch the seed's blood grown by this many pixels
 BOX_GROWTH = 0.1  # the seed's blood box grown by this fraction of its side (+1 px) each way
 
-SegmentBox = Callable[[int, Box], np.ndarray]  # (slice index, box) → (H, W) bool mask of that crop, pasted back
+SegmentBoxes = Callable[[list[tuple[int, Box]]], Iterable[np.ndarray]]  # (slice index, box) crops → (H, W) bool
+# masks of each, pasted back on its slice (``HemorrhageSegmenter.crop_masks``)
 
 
 @dataclass(frozen=True)
@@ -98,31 +99,36 @@ def touching(mask: np.ndarray, seed: np.ndarray) -> np.ndarray:
 
 
 def follow(
-    segment_box: SegmentBox, boxes: Sequence[Sequence[Box]], guarded: np.ndarray, anatomy: Anatomy,
+    segment_boxes: SegmentBoxes, boxes: Sequence[Sequence[Box]], guarded: np.ndarray, anatomy: Anatomy,
     guard: GuardOptions, options: FollowOptions = FollowOptions(),
 ) -> Followed:
     """From every slice with guarded blood, up and down into slices without a box, while the segmenter continues it.
-    A slice is followed into once: the first side that finds blood there gives its box (a failed try leaves it to
-    the other side)."""
+
+    Down first, then up; each way, every finding takes its next step together (one batch of crops per step: two
+    findings going the same way never reach the same slice, as each starts on a slice with a box). A slice is followed
+    into once: the first side that finds blood there gives its box; a failed try leaves it to the other side.
+    """
     followed = Followed(options)
     if options.slices <= 0 or not guard.enabled:
         return followed
     covered = [bool(found) for found in boxes]
     seeds = np.flatnonzero(guarded.reshape(len(guarded), -1).any(axis=1))
     for direction in (-1, 1):
-        for start in seeds:
-            seed, index = guarded[start], int(start) + direction
-            for _ in range(options.slices):
-                if not 0 <= index < len(boxes) or covered[index]:
-                    break
-                box = grown_box(seed)
-                kept = touching(segment_box(index, box), seed)
+        ends = [(int(start), guarded[start]) for start in seeds]  # (slice reached, its blood)
+        for _ in range(options.slices):
+            steps = [(index + direction, blood) for index, blood in ends
+                     if 0 <= index + direction < len(boxes) and not covered[index + direction]]
+            if not steps:
+                break
+            crops = [(index, grown_box(blood)) for index, blood in steps]
+            ends = []
+            for (index, seed), (_, box), mask in zip(steps, crops, segment_boxes(crops), strict=True):
+                kept = touching(mask, seed)
                 blood = _dense(kept, anatomy, index, guard)
-                if not blood.any():
-                    break  # the other side may still try this slice (a gap between two findings)
-                covered[index] = True
-                followed.boxes[index], followed.masks[index] = box, kept
-                seed, index = blood, index + direction
+                if blood.any():
+                    covered[index] = True
+                    followed.boxes[index], followed.masks[index] = box, kept
+                    ends.append((index, blood))
     return followed
 
 

@@ -145,11 +145,7 @@ def follow_findings(
     if anatomy is None or options.slices <= 0 or not guard_options.enabled or segmenter.whole_slice:
         return Followed(options)
     source = windowed.source_input(segmenter.input)
-
-    def segment_box(index: int, box: Box) -> np.ndarray:
-        return next(iter(segmenter.crop_masks(source, [(index, box)])))
-
-    return follow(segment_box, boxes, guarded, anatomy, guard_options, options)
+    return follow(lambda crops: segmenter.crop_masks(source, crops), boxes, guarded, anatomy, guard_options, options)
 
 
 def guard_followed(

@@ -109,14 +109,17 @@ def test_a_slice_between_two_findings_is_tried_from_both_sides() -> None:
                       np.full(truth.shape, 60.0, np.float32), ["ring"] * 7, 0.001)
     tried: list[int] = []
 
-    def segment_box(index: int, box) -> np.ndarray:
-        tried.append(index)
-        row0, row1, col0, col1 = pixel_bounds(box, 32, 32)
-        inside = np.zeros(truth.shape[1:], dtype=bool)
-        inside[row0:row1, col0:col1] = True
-        return truth[index] & inside
+    def segment_boxes(crops: list) -> list[np.ndarray]:
+        masks = []
+        for index, box in crops:
+            tried.append(index)
+            row0, row1, col0, col1 = pixel_bounds(box, 32, 32)
+            inside = np.zeros(truth.shape[1:], dtype=bool)
+            inside[row0:row1, col0:col1] = True
+            masks.append(truth[index] & inside)
+        return masks
 
-    followed = follow(segment_box, boxes, seeds, anatomy, GuardOptions(min_ml=0.0), FollowOptions(3))
+    followed = follow(segment_boxes, boxes, seeds, anatomy, GuardOptions(min_ml=0.0), FollowOptions(3))
     assert sorted(followed.boxes) == [3, 5]
     assert np.array_equal(followed.masks[3], truth[3]) and np.array_equal(followed.masks[5], truth[5])
     assert tried.count(3) == 2 and max(tried) == 6, "3 tried from both sides; 6 tried and found empty"
