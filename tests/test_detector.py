@@ -412,7 +412,14 @@ def test_tiles_hold_every_box_whole_at_native_scale_and_validation_stays_on_whol
     data_yaml = write_data_yaml(source, MULTI_WINDOW_INPUT)
 
     counts = write_tiles(data_yaml, tmp_path / "tiles", 320, negative_tiles=8, seed=1)
-    assert counts == {"images": 3, "positive_tiles": 3, "negative_tiles": 8, "labels": 3}
+    assert counts == {"images": 3, "positive_tiles": 3, "negative_tiles": 8, "small_box_tiles": 0, "labels": 3}
+    small = write_tiles(data_yaml, tmp_path / "small", 320, negative_tiles=8, seed=1, small_box_tiles=2,
+                        small_box_px=3001)  # only "two"'s first box (60 × 50 px) is small
+    assert small == {**counts, "small_box_tiles": 2, "labels": 5}
+    extra = [row for row in csv.DictReader((tmp_path / "small" / "slices.csv").open(newline=""))
+             if Path(row["source_image"]).stem == "two"]
+    assert len(extra) == 4 and all(int(r["x"]) <= 40 and int(r["y"]) <= 40 and int(r["x"]) + 320 >= 100
+                                   and int(r["y"]) + 320 >= 90 for r in extra[2:]), "the small box whole in each"
     rows = list(csv.DictReader((tmp_path / "tiles" / "slices.csv").open(newline="")))
     tile_rows = [row for row in rows if row["split"] == "train"]
     assert len(tile_rows) == 11 and [row["study_id"] for row in rows if row["split"] != "train"] == ["study_v"]

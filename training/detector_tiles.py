@@ -4,7 +4,9 @@ The detector is fully convolutional, so it can learn from ``--size``×``--size``
 without resizing (the pixel scale of inference stays) and still run on whole slices in the app. Each positive slice
 gives one tile per lesion box not yet whole in an earlier tile of that slice, placed at a seeded random offset that
 keeps the box whole (a box larger than the tile gets a tile centred on it); each negative slice gives
-``--negative-tiles`` tiles centred within the head (non-zero pixels), where the mimics are. A box cut by a tile
+``--negative-tiles`` tiles centred within the head (non-zero pixels), where the mimics are. ``--small-box-tiles K``
+cuts K more tiles for every box under ``--small-box-px`` px² (each at its own random offset holding it whole): the
+small lesions the detector misses most, seen at more positions and beside more context. A box cut by a tile
 edge is kept, clipped, by ultralytics' own rule for cropped boxes (≥ ``MIN_VISIBLE`` of its area inside, sides over
 ``MIN_SIDE`` px, aspect under ``MAX_ASPECT``); otherwise dropped. Validation and test stay the source dataset's whole
 slices (``training.train_detector`` validates at the app's input size whatever the training size).
@@ -39,6 +41,7 @@ from ultralytics.data.utils import img2label_paths  # the label file ultralytics
 MIN_VISIBLE = 0.1  # share of a box's area that must lie in a tile for the box to be labelled there
 MIN_SIDE = 2.0  # px: a thinner sliver of a cut box is dropped
 MAX_ASPECT = 100.0
+SMALL_BOX_PX = 24 * 24  # px² on the 512 slice: ≈ 4.6 × 4.6 mm at 0.45 mm pixels, a sulcus or a clot under 0.1 mL
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
@@ -79,6 +82,18 @@ def positive_origins(boxes: list[LabelledBox], size: int, width: int, height: in
             continue
         xs, ys = origin_span(x0, x1, size, width), origin_span(y0, y1, size, height)
         origins.append((int(rng.integers(xs[0], xs[1] + 1)), int(rng.integers(ys[0], ys[1] + 1))))
+    return origins
+
+
+def small_box_origins(boxes: list[LabelledBox], size: int, width: int, height: int, count: int, max_area: float,
+                      rng: np.random.Generator) -> list[tuple[int, int]]:
+    """``count`` tiles per box smaller than ``max_area`` px², each at a random offset that keeps the box whole."""
+    origins: list[tuple[int, int]] = []
+    for _, (x0, y0, x1, y1) in boxes:
+        if (x1 - x0) * (y1 - y0) < max_area:
+            xs, ys = origin_span(x0, x1, size, width), origin_span(y0, y1, size, height)
+            origins += [(int(rng.integers(xs[0], xs[1] + 1)), int(rng.integers(ys[0], ys[1] + 1)))
+                        for _ in range(count)]
     return origins
 
 
@@ -154,7 +169,8 @@ def refuse_overwriting(out: Path, root: Path, data_yaml: Path, images: list[Path
                          "their tiles would overwrite each other")
 
 
-def write_tiles(data_yaml: Path, out: Path, size: int, negative_tiles: int = 1, seed: int = 0) -> dict[str, int]:
+def write_tiles(data_yaml: Path, out: Path, size: int, negative_tiles: int = 1, seed: int = 0,
+                small_box_tiles: int = 0, small_box_px: float = SMALL_BOX_PX) -> dict[str, int]:
     """Cut the training split of ``data_yaml`` into tiles under ``out``; returns counts of images and tiles."""
     data = yaml.safe_load(data_yaml.read_text())
     root = dataset_root(data, data_yaml)
@@ -165,7 +181,7 @@ def write_tiles(data_yaml: Path, out: Path, size: int, negative_tiles: int = 1, 
     for folder in ("images", "labels"):
         shutil.rmtree(out / folder, ignore_errors=True)
         (out / folder / "train").mkdir(parents=True)
-    counts = {"images": 0, "positive_tiles": 0, "negative_tiles": 0, "labels": 0}
+    counts = {"images": 0, "positive_tiles": 0, "negative_tiles": 0, "small_box_tiles": 0, "labels": 0}
     rows = []
     for image_path in tqdm(images, desc="tiles", unit="image"):
         image = cv2.imread(str(image_path), cv2.IMREAD_UNCHANGED)
@@ -179,6 +195,9 @@ def write_tiles(data_yaml: Path, out: Path, size: int, negative_tiles: int = 1, 
                    else negative_origins(image, size, negative_tiles, rng))
         counts["images"] += 1
         counts["positive_tiles" if boxes else "negative_tiles"] += len(origins)
+        extra = small_box_origins(boxes, size, width, height, small_box_tiles, small_box_px, rng)
+        counts["small_box_tiles"] += len(extra)
+        origins += extra
         for number, (ox, oy) in enumerate(origins):
             name = f"{image_path.stem}_t{number}"
             lines = tile_lines(boxes, ox, oy, size)
@@ -207,16 +226,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder for the tiled dataset")
     parser.add_argument("--size", type=int, default=320, help="tile side in pixels (a multiple of 32; default 320)")
     parser.add_argument("--negative-tiles", type=int, default=1, help="tiles per hemorrhage-free slice (default 1)")
+    parser.add_argument("--small-box-tiles", type=int, default=0,
+                        help="more tiles per box smaller than --small-box-px px² (default 0)")
+    parser.add_argument("--small-box-px", type=float, default=SMALL_BOX_PX,
+                        help=f"area on the 512 slice below which a box is small (default {SMALL_BOX_PX:g})")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.size <= 0 or args.size % 32:
         parser.error(f"--size {args.size}: a positive multiple of 32 (the detector's largest stride)")
     try:
-        counts = write_tiles(args.data, args.out, args.size, args.negative_tiles, args.seed)
+        counts = write_tiles(args.data, args.out, args.size, args.negative_tiles, args.seed, args.small_box_tiles,
+                             args.small_box_px)
     except (OSError, ValueError, KeyError, yaml.YAMLError) as error:
         raise SystemExit(f"detector_tiles: {error}") from error
-    print(f"{counts['images']} training images → {counts['positive_tiles']} positive and {counts['negative_tiles']} "
-          f"negative tiles holding {counts['labels']} boxes")
+    print(f"{counts['images']} training images → {counts['positive_tiles']} positive, {counts['small_box_tiles']} "
+          f"more of small boxes and {counts['negative_tiles']} negative tiles holding {counts['labels']} boxes")
     print(f"data YAML: {(args.out / 'data.yaml').resolve()} (training.train_detector trains it at {args.size} px)")
 
 
