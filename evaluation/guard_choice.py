@@ -16,7 +16,6 @@ and ``FOLLOW_SLICES`` of following (``pipeline.run``; masks shared by several th
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import itertools
 import math
@@ -149,10 +148,7 @@ def crop_to(anatomy: Anatomy, masks: list[np.ndarray]) -> tuple[Anatomy, tuple[s
         box = (slice(slices[0], slices[-1] + 1), slice(rows[0], rows[-1] + 1), slice(columns[0], columns[-1] + 1))
     else:
         box = (slice(0, 1),) * 3
-    return dataclasses.replace(
-        anatomy, inside=anatomy.inside[box], bone_distance_mm=anatomy.bone_distance_mm[box],
-        smoothed_hu=anatomy.smoothed_hu[box], method=anatomy.method[box[0]],
-    ), box
+    return anatomy.cut(box), box
 
 
 def followed_scores(
@@ -172,8 +168,8 @@ def followed_scores(
             mask, report = pipeline.guard(run.unguarded, study.series, options.guard, anatomy)
             followed = pipeline.follow_findings(segmenter, study.windowed, run.boxes, mask, anatomy, options.guard,
                                                 options.follow)
-            mask, _ = pipeline.guard_followed(followed, run.boxes, run.unguarded, mask, report, study.series,
-                                              options.guard, anatomy)
+            mask, _ = pipeline.guard_followed(followed, followed.add_to(run.boxes, run.unguarded)[1], mask, report,
+                                              study.series, options.guard, anatomy)
             shared[digest] = StudyScore.measure(mask, truth, voxel_ml)
         out[key] = shared[digest]
     return out

@@ -63,11 +63,12 @@ class Followed:
     masks: dict[int, np.ndarray] = field(default_factory=dict)  # slice index → kept components, unguarded
 
     def to_json(self, voxel_ml: float) -> dict[str, Any]:
+        voxels = sum(int(m.sum()) for m in self.masks.values())
         return {
             "settings": self.options.describe(),
             "slices": sorted(self.boxes),
-            "voxels_before_guard": int(sum(int(m.sum()) for m in self.masks.values())),
-            "ml_before_guard": round(sum(int(m.sum()) for m in self.masks.values()) * voxel_ml, 3),
+            "voxels_before_guard": voxels,
+            "ml_before_guard": round(voxels * voxel_ml, 3),
         }
 
     def add_to(self, boxes: Sequence[Sequence[Box]], unguarded: np.ndarray) -> tuple[list[list[Box]], np.ndarray]:
@@ -101,7 +102,7 @@ def touching(mask: np.ndarray, seed: np.ndarray) -> np.ndarray:
 
 def follow(
     segment_boxes: SegmentBoxes, boxes: Sequence[Sequence[Box]], guarded: np.ndarray, anatomy: Anatomy,
-    guard: GuardOptions, options: FollowOptions = FollowOptions(),
+    guard: GuardOptions, options: FollowOptions = DEFAULT_FOLLOWING,
 ) -> Followed:
     """From every slice with guarded blood, up and down into slices without a box, while the segmenter continues it.
 
@@ -135,7 +136,5 @@ def follow(
 
 def _dense(mask: np.ndarray, anatomy: Anatomy, index: int, guard: GuardOptions) -> np.ndarray:
     """The part of one slice's mask the guard's cavity and density rules keep."""
-    one = slice(index, index + 1)
-    view = Anatomy(anatomy.inside[one], anatomy.bone_distance_mm[one], anatomy.smoothed_hu[one],
-                   anatomy.method[one], anatomy.voxel_volume_ml)
-    return cavity_and_density(mask[None], view, guard.margin_mm, guard.hu_range)[1][0]
+    one = anatomy.cut((slice(index, index + 1), slice(None), slice(None)))
+    return cavity_and_density(mask[None], one, guard.margin_mm, guard.hu_range)[1][0]

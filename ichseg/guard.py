@@ -72,6 +72,11 @@ class Anatomy:
         """The cavity keeping only pixels farther than ``margin_mm`` from bone."""
         return self.inside & (self.bone_distance_mm > margin_mm)
 
+    def cut(self, box: tuple[slice, slice, slice]) -> Anatomy:
+        """The anatomy of a part of the volume (slices, rows, columns)."""
+        return Anatomy(self.inside[box], self.bone_distance_mm[box], self.smoothed_hu[box], self.method[box[0]],
+                       self.voxel_volume_ml)
+
     def fallback_slices(self) -> dict[str, list[int]]:
         """Slices whose cavity is not from a closed ring, by method (for the report)."""
         out: dict[str, list[int]] = {}

@@ -149,14 +149,14 @@ def follow_findings(
 
 
 def guard_followed(
-    followed: Followed, boxes: Sequence[Sequence[Box]], unguarded: np.ndarray, mask: np.ndarray, report: GuardReport,
-    series: CTSeries, guard_options: GuardOptions, anatomy: Anatomy | None,
+    followed: Followed, painted: np.ndarray, mask: np.ndarray, report: GuardReport, series: CTSeries,
+    guard_options: GuardOptions, anatomy: Anatomy | None,
 ) -> tuple[np.ndarray, GuardReport]:
-    """The guarded mask and guard report with the followed slices added (the segmenter's mask and theirs guarded
-    again); ``mask`` and ``report`` themselves when nothing was followed."""
+    """The guarded mask and guard report of ``painted`` (the segmenter's mask with the followed slices added,
+    ``Followed.add_to``) guarded again; ``mask`` and ``report`` themselves when nothing was followed."""
     if not followed.boxes:
         return mask, report
-    return guard(followed.add_to(boxes, unguarded)[1], series, guard_options, anatomy)
+    return guard(painted, series, guard_options, anatomy)
 
 
 @dataclass(frozen=True)
@@ -222,6 +222,7 @@ def run(
     seconds["guard"] = time.perf_counter() - clock
     clock = time.perf_counter()
     followed = follow_findings(segmenter, windowed, boxes, mask, anatomy, options.guard, options.follow)
-    mask, report = guard_followed(followed, boxes, unguarded, mask, report, series, options.guard, anatomy)
+    mask, report = guard_followed(followed, followed.add_to(boxes, unguarded)[1], mask, report, series, options.guard,
+                                  anatomy)
     seconds["follow"] = time.perf_counter() - clock
     return PipelineResult(windowed, found, boxes, unguarded, mask, report, followed, seconds)

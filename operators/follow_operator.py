@@ -56,9 +56,9 @@ class FollowOperator(Operator):
             segmenter = model_cache.segmenter(self.model_dir, self.device, self.precision)  # the segmenter stage's
             followed = pipeline.follow_findings(segmenter, windowed, boxes, mask, anatomy, self.guard_options,
                                                 self.options)
-            mask, report = pipeline.guard_followed(followed, boxes, unguarded, mask, report, series,
-                                                   self.guard_options, anatomy)
             boxes, unguarded = followed.add_to(boxes, unguarded)
+            mask, report = pipeline.guard_followed(followed, unguarded, mask, report, series, self.guard_options,
+                                                   anatomy)
             logger.info("followed findings into %d slices without a box", len(followed.boxes))
         op_output.emit(boxes, "boxes")
         op_output.emit(unguarded, "unguarded")

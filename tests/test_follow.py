@@ -44,7 +44,8 @@ def followed_run(segmenter: HemorrhageSegmenter, study: Study, boxes: list[list]
     unguarded = pipeline.segment(segmenter, study.windowed, boxes)
     mask, report = pipeline.guard(unguarded, study.series, guard, anatomy)
     followed = pipeline.follow_findings(segmenter, study.windowed, boxes, mask, anatomy, guard, follow)
-    final, _ = pipeline.guard_followed(followed, boxes, unguarded, mask, report, study.series, guard, anatomy)
+    painted = followed.add_to(boxes, unguarded)[1]
+    final, _ = pipeline.guard_followed(followed, painted, mask, report, study.series, guard, anatomy)
     return followed, mask, final
 
 
