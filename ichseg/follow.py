@@ -72,9 +72,10 @@ class Followed:
         }
 
     def add_to(self, boxes: Sequence[Sequence[Box]], unguarded: np.ndarray) -> tuple[list[list[Box]], np.ndarray]:
-        """The slices' boxes and the segmenter's mask with the followed slices added."""
+        """The slices' boxes and the segmenter's mask with the followed slices added; nothing followed: ``unguarded``
+        itself, not a copy (every run calls this, and a long series' mask is hundreds of MiB)."""
         merged = [list(found) for found in boxes]
-        mask = unguarded.copy()
+        mask = unguarded.copy() if self.masks else unguarded
         for index, box in self.boxes.items():
             merged[index].append(box)
         for index, kept in self.masks.items():
