@@ -26,9 +26,10 @@ Metrics, all on the full-resolution pasted masks against the full ground-truth m
 * s/slice: wall time of the row's models over all slices of the study (the product includes the detector, the
   guard rows the guard).
 The same masks are also tallied by subtype (``evaluation.by_subtype``: slice Dice, voxel recall, lesions found),
-shown for the guarded two-stage rows, to say which blood is missed, and by study (``studies`` in the JSON: true and
-predicted mL, FP slices, slice Dice of every row; the guarded product's missed and over-called studies named under
-the table).
+and by blood density (``evaluation.by_density``: hyperacute or anaemic blood near grey matter's HU against clotted
+blood), shown for the guarded two-stage rows, to say which blood is missed, and by study (``studies`` in the JSON:
+true and predicted mL, FP slices, slice Dice of every row; the guarded product's missed and over-called studies named
+under the table).
 Detector mAP@0.5 and mAP@0.5:0.95 (and AP@0.5 per subtype) are computed on the same test studies from detections
 at confidence ``ichseg.detector.KEEP_EVERY_BOX`` and the detector's NMS IoU, matched to the per-lesion ground-truth
 boxes (``ichseg.boxes.lesion_boxes``: fragments of one subtype within ``LESION_GAP_MM`` form one lesion, as in the
@@ -57,6 +58,7 @@ from monai.metrics import compute_dice
 from torchvision.ops import box_iou
 from tqdm import tqdm
 
+from evaluation.by_density import DENSITY_CLASSES, DensityScores, slice_densities
 from evaluation.by_subtype import SubtypeScores, study_lesions
 from ichseg import pipeline
 from ichseg.boxes import DEFAULT_MERGE, LESION_GAP_MM, MERGE_MODES, lesion_boxes, lesion_gap_pixels
@@ -419,20 +421,24 @@ def study_masks(
 
 
 def add_study(scores: dict[str, Scores], study: Study, masks: dict[str, RowMask],
-              by_subtype: dict[str, SubtypeScores] | None = None) -> None:
+              by_subtype: dict[str, SubtypeScores] | None = None,
+              by_density: dict[str, DensityScores] | None = None) -> None:
     """Score one study's masks of every row against its ground truth (any subtype = hemorrhage) and, if given, tally
-    them by subtype too."""
+    them by subtype and by blood density too."""
     truth = study.labels > 0
     series = study.series
     voxel_ml = series.voxel_volume_ml
     spacing = (series.slice_spacing, *series.pixel_spacing)
     lesions = study_lesions(study.labels, voxel_ml, spacing) if by_subtype is not None else {}
+    densities = slice_densities(series.hu, truth) if by_density is not None else None
     for key, (mask, seconds, removed) in masks.items():
         measured = StudyScore.measure(mask, truth, voxel_ml)
         row = scores.setdefault(key, Scores())
         row.record(measured, seconds, study.study_id)
         if by_subtype is not None:
             by_subtype.setdefault(key, SubtypeScores()).add(mask, lesions, measured.slice_dice)
+        if by_density is not None and densities is not None:
+            by_density.setdefault(key, DensityScores()).add(mask, truth, densities, measured.slice_dice)
         for rule, voxels in removed.items():
             row.guard_removed_ml[rule] = row.guard_removed_ml.get(rule, 0.0) + voxels * voxel_ml
 
@@ -477,10 +483,12 @@ def evaluate(args: argparse.Namespace) -> dict:
     ids = study_ids(args.data, "test")[: args.limit]
     scores: dict[str, Scores] = {}
     by_subtype: dict[str, SubtypeScores] = {}
+    by_density: dict[str, DensityScores] = {}
     records = DetectionRecords()
     for study_id in tqdm(ids, desc="test studies", unit="study"):
         study = load_study(args.data / study_id)
-        add_study(scores, study, study_masks(study, models, merges, guard, records, follow=follow), by_subtype)
+        add_study(scores, study, study_masks(study, models, merges, guard, records, follow=follow), by_subtype,
+                  by_density)
     labels = row_labels(merges)
     results: dict = {
         "data": str(args.data),
@@ -491,6 +499,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         "follow": follow.describe(),
         "rows": {key: {"label": labels[key], **scores[key].summary()} for key in labels if key in scores},
         "by_subtype": {key: by_subtype[key].summary() for key in labels if key in by_subtype},
+        "by_density": {key: by_density[key].summary() for key in labels if key in by_density},
         "studies": {key: scores[key].studies for key in labels if key in scores},
     }
     if models.detector is not None:
@@ -537,6 +546,7 @@ def markdown(results: dict) -> str:
         positives = next(iter(results["rows"].values()))["positive_slices"]
         lines += ["", f"Slice Dice/IoU: mean over the {positives} test slices whose ground truth has hemorrhage."]
     lines += subtype_markdown(results)
+    lines += density_markdown(results)
     lines += wrong_studies_markdown(results)
     if "detector" in results:
         d = results["detector"]
@@ -573,14 +583,19 @@ def _following(follow: dict | None) -> str:
             "without a box (`ichseg.follow`; not the oracle's)")
 
 
-def subtype_markdown(results: dict) -> list[str]:
-    """The by-subtype table of the guarded two-stage rows, in the default merge mode where it was run."""
-    tallies = results.get("by_subtype", {})
+def guarded_rows(tallies: dict[str, Any]) -> dict[str, Any]:
+    """Of per-row ``tallies``: the guarded two-stage rows, each in the default merge mode where it was run."""
     rows = {}
     for model in TWO_STAGE:
         key = next((k for k in (row_key(model, m, True) for m in (DEFAULT_MERGE, *MERGE_MODES)) if k in tallies), None)
         if key is not None:
             rows[key] = tallies[key]
+    return rows
+
+
+def subtype_markdown(results: dict) -> list[str]:
+    """The by-subtype table of the guarded two-stage rows, in the default merge mode where it was run."""
+    rows = guarded_rows(results.get("by_subtype", {}))
     if not rows:
         return []
     lines = [
@@ -600,6 +615,28 @@ def subtype_markdown(results: dict) -> list[str]:
                     f"| {ABBREVIATIONS[name]} | {results['rows'][key]['label']} | {s['slices']} "
                     f"| {cell(s['slices_touched'], 2)} | {cell(s['slice_dice'])} | {cell(s['voxel_recall'], 2)} "
                     f"| {s['lesions_found']} / {s['lesions']} | {missed} |"
+                )
+    return lines
+
+
+def density_markdown(results: dict) -> list[str]:
+    """The by-density table of the guarded two-stage rows (``evaluation.by_density``)."""
+    rows = guarded_rows(results.get("by_density", {}))
+    if not rows:
+        return []
+    lines = [
+        "", "By blood density (a slice is classed by the median HU of its ground-truth blood; slice Dice against all "
+        "blood):", "",
+        "| blood density | method | slices | slices touched | slice Dice | voxel recall |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, _, _ in DENSITY_CLASSES:
+        for key, row in rows.items():
+            if label in row:
+                s = row[label]
+                lines.append(
+                    f"| {label} | {results['rows'][key]['label']} | {s['slices']} | {cell(s['slices_touched'], 2)} "
+                    f"| {cell(s['slice_dice'])} | {cell(s['voxel_recall'], 2)} |"
                 )
     return lines
 

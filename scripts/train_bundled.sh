@@ -4,13 +4,20 @@
 #       default 1; HARD_FROM=DIR: half the training negatives mined with the detector in DIR)
 # Detector v0.5.0 took two rounds: data, then DET_INIT=<v0.4.0>/model.pt DET_EPOCHS=12 detector (a three-window model), then
 # NEG_RATIO=2.0 NEG_SEED=2 HARD_FROM=<that model> data, then DET_INIT=<that model>/model.pt DET_EPOCHS=8 detector.
-#   bash scripts/train_bundled.sh more-data   # a second phantom set (MORE_SEED, default 3) whose training studies join
-#       data/yolo's training split in data/yolo_combined (validation and test stay data/yolo's); DET_DATA=data/yolo_combined/data.yaml
+#   bash scripts/train_bundled.sh more-data   # a further phantom set (MORE, MORE_SEED, default 3) converted into MORE_YOLO
+#       (default data/yolo_more); the training studies of data/yolo and every data/yolo_more*/ are combined in
+#       COMBINED (default data/yolo_combined; validation and test stay data/yolo's); DET_DATA=$COMBINED/data.yaml
 #   bash scripts/train_bundled.sh tiles       # the training slices of DET_DATA (default data/yolo_combined) cut into
 #       native-scale 320 px tiles in TILES (default data/yolo_tiles); then DET_DATA=data/yolo_tiles/data.yaml detector
 #   bash scripts/train_bundled.sh segmenter   # TransDeepLab: AdamW, bf16 where native; rerun to continue
 #   bash scripts/train_bundled.sh detector    # yolov5n: AdamW, bf16 where native (a stopped run: bundle its best so far
 #       with .venv/bin/python -m training.train_detector --export-only --project runs/detector --name bundled --out DIR)
+#   bash scripts/train_bundled.sh polish      # a low-lr leg from DET_INIT (AdamW DET_LR, default 2e-4, to a tenth, no
+#       warm-up, DET_EPOCHS default 4), every epoch kept; bundle the epoch the product sweep (evaluate --choose-guard)
+#       prefers: train_detector --export-only --project runs/detector --name polish --checkpoint epochN.pt --out DIR
+# The polish leg measured from v0.6.0 (models/README.md; not bundled): three phantom sets, each mined with v0.6.0
+# (H=<v0.6.0 folder>): NEG_RATIO=2.0 NEG_SEED=2 HARD_FROM=$H data; HARD_FROM=$H more-data; MORE=data/synthetic_more2
+# MORE_SEED=4 MORE_YOLO=data/yolo_more2 HARD_FROM=$H more-data; then DET_INIT=$H/model.pt polish.
 #   bash scripts/train_bundled.sh evaluate    # the README table, results/evaluation.{md,json}
 # Budgets (minutes/hours) and sizes come from the environment: STUDIES, SEG_MINUTES, SEG_EPOCHS, DET_HOURS, DET_EPOCHS,
 # NEG_RATIO, NEG_SEED, HARD_FROM, DET_INIT, DET_DATA, MORE, MORE_SEED, MORE_NEG_RATIO, SEG_MORE (further phantom
@@ -29,14 +36,14 @@ phantoms_and_boxes() {  # phantoms_and_boxes STUDY_DIR SEED YOLO_DIR NEG_RATIO N
   $PY -m training.detector_dataset --boxes "$1/boxes.csv" --dicom-root "$1" --studies-csv "$1/studies.csv" \
       --out "$3" --negatives-per-positive "$4" --seed "$5" ${HARD_FROM:+--hard-negatives "$HARD_FROM" --hard-share 0.5}
 }
-case "${1:?step: data | more-data | tiles | segmenter | detector | evaluate}" in
+case "${1:?step: data | more-data | tiles | segmenter | detector | polish | evaluate}" in
   data)
     phantoms_and_boxes "$DATA" "${SEED:-2}" data/yolo "${NEG_RATIO:-1.0}" "${NEG_SEED:-0}"
     ;;
   more-data)
     MORE=${MORE:-data/synthetic_more}
-    phantoms_and_boxes "$MORE" "${MORE_SEED:-3}" data/yolo_more "${MORE_NEG_RATIO:-1.0}" "${MORE_SEED:-3}"
-    $PY -m training.combine_datasets data/yolo/data.yaml data/yolo_more/data.yaml --out data/yolo_combined
+    phantoms_and_boxes "$MORE" "${MORE_SEED:-3}" "${MORE_YOLO:-data/yolo_more}" "${MORE_NEG_RATIO:-1.0}" "${MORE_SEED:-3}"
+    $PY -m training.combine_datasets data/yolo/data.yaml data/yolo_more*/data.yaml --out "${COMBINED:-data/yolo_combined}"
     ;;
   tiles)
     $PY -m training.detector_tiles "${DET_DATA:-data/yolo_combined/data.yaml}" --out "${TILES:-data/yolo_tiles}" --size 320
@@ -53,6 +60,12 @@ case "${1:?step: data | more-data | tiles | segmenter | detector | evaluate}" in
         --pretrained "${DET_INIT:-models/detector/model.pt}" --optimizer AdamW --lr0 0.001 --batch 8 \
         --epochs "${DET_EPOCHS:-40}" ${DET_HOURS:+--time "$DET_HOURS"} --mosaic 0 --close-mosaic 0 --cache ram \
         --workers 1 --project runs/detector --name bundled --no-plots --hyp training/cpu_finetune.yaml
+    ;;
+  polish)
+    $PY -m training.train_detector --data "${DET_DATA:-data/yolo_combined/data.yaml}" --out "$WORK/detector_polish" \
+        --model yolov5n.yaml --pretrained "${DET_INIT:-models/detector/model.pt}" --optimizer AdamW \
+        --lr0 "${DET_LR:-0.0002}" --lrf 0.1 --batch 8 --epochs "${DET_EPOCHS:-4}" --mosaic 0 --close-mosaic 0 \
+        --cache ram --workers 1 --project runs/detector --name polish --no-plots --hyp training/cpu_polish.yaml
     ;;
   evaluate)
     $PY -m evaluation.evaluate --data "$DATA" --detector "${DETECTOR:-models/detector}" \

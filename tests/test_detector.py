@@ -187,6 +187,13 @@ def test_tiny_training_gives_a_loadable_detector(
     weights = [torch.load(f / "model.pt", weights_only=False)["model"].state_dict() for f in (exported, model_dir)]
     assert weights[0].keys() == weights[1].keys() and all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     assert again.operating_confidence == manifest.operating_confidence
+    chosen = tmp_path / "chosen"  # an epoch chosen by the product sweep rather than by mAP
+    main(["--export-only", "--checkpoint", "last.pt", "--model-version", "0.0.2", "--project", str(tmp_path / "runs"),
+          "--out", str(chosen), "--device", "cpu"])
+    assert ModelManifest.load(chosen).training["epochs"] == 1
+    with pytest.raises(SystemExit, match="epoch9.pt: no such checkpoint"):
+        main(["--export-only", "--checkpoint", "epoch9.pt", "--project", str(tmp_path / "runs"), "--out",
+              str(tmp_path / "none")])
 
     detector = HemorrhageDetector(model_dir, confidence=KEEP_EVERY_BOX)
     assert detector.input == MULTI_WINDOW_INPUT

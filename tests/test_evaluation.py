@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from small_study import MATRIX, generated_study
 
+from evaluation.by_density import DensityScores, density_class, slice_densities
 from evaluation.by_subtype import SubtypeScores, study_lesions
 from evaluation.evaluate import (
     DetectionRecords,
@@ -121,8 +122,11 @@ def test_evaluation_command_on_a_256_series(study_folder: Path, tmp_path: Path,
     for name, tally in by_subtype.items():
         assert tally["slices"] == int((labels == SUBTYPES.index(name) + 1).any(axis=(1, 2)).sum())
         assert 0 < tally["lesions_found"] <= tally["lesions"] and 0 < tally["voxel_recall"] <= 1
+    by_density = results["by_density"]["oracle"]  # every slice with blood in one class, as its stored HU says
+    assert sum(tally["slices"] for tally in by_density.values()) == oracle["positive_slices"]
     table = (out / "evaluation.md").read_text()
     assert "YOLO + TransDeepLab (product), slice merge + guard" in table and "| subtype | method |" in table
+    assert "| blood density | method |" in table
     assert results["follow"] == FollowOptions().describe(), "the product rows follow findings as the app does"
     assert f"followed up to {FOLLOW_SLICES} slices each way" in table
     versions = {role: ModelManifest.load(MODELS / role).label for role in ("detector", "segmenter")}
@@ -226,3 +230,27 @@ def test_lesions_group_fragments_within_the_gap() -> None:
     grouped = study_lesions(labels, 1.0, spacing_mm=(5.0, 1.0, 1.0))["subdural"]
     assert sorted(grouped.volumes_ml) == [20.0, 34.0]
     assert set(np.unique(grouped.components)) == {0, 1, 2} and (grouped.components > 0).sum() == 54
+
+
+def test_blood_density_classes_each_slice_by_its_own_blood() -> None:
+    """Low-density blood scored apart from dense blood: one slice of each, the prediction finding only the dense."""
+    hu = np.full((3, 8, 8), 38.0)  # grey matter
+    truth = np.zeros(hu.shape, dtype=bool)
+    truth[0, 2:4, 2:4] = True
+    hu[0, 2:4, 2:4] = 45.0  # hyperacute
+    truth[2, 1:5, 1:5] = True
+    hu[2, 1:5, 1:5] = 75.0  # clotted
+    hu[2, 1, 1] = 120.0  # partial volume with bone: the median, not the mean, classes the slice
+    predicted = truth.copy()
+    predicted[0] = False
+    densities = slice_densities(hu, truth)
+    assert np.isnan(densities[1]) and densities[0] == 45.0 and densities[2] == 75.0
+    assert [density_class(d) for d in (45.0, 50.0, 69.9, 70.0)] == ["< 50 HU", "50–70 HU", "50–70 HU", "≥ 70 HU"]
+    scores = DensityScores()
+    scores.add(predicted, truth, densities, [0.0, 1.0])
+    summary = scores.summary()
+    assert set(summary) == {"< 50 HU", "≥ 70 HU"}, "classes without slices are left out"
+    assert summary["< 50 HU"] == {"slices": 1, "slice_dice": 0.0, "slices_touched": 0.0, "voxel_recall": 0.0}
+    assert summary["≥ 70 HU"] == {"slices": 1, "slice_dice": 1.0, "slices_touched": 1.0, "voxel_recall": 1.0}
+    with pytest.raises(ValueError, match="1 slice Dice values for 2 slices"):
+        scores.add(predicted, truth, densities, [1.0])

@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true", help="continue <project>/<name>/weights/last.pt")
     parser.add_argument("--export-only", action="store_true",
                         help="no training: bundle <project>/<name>'s best checkpoint so far into --out")
+    parser.add_argument("--checkpoint", default=None, metavar="FILE",
+                        help="with --export-only: this file of the run's weights/ (e.g. epoch3.pt, kept by "
+                             "save_period) instead of its best — for an epoch chosen by the product sweep")
     parser.add_argument("--tune", type=int, default=0, metavar="N", help="run N genetic tuning iterations and stop")
     return parser
 
@@ -204,9 +207,15 @@ def export_stopped_run(args: argparse.Namespace, extra: dict[str, Any], device: 
     if not last.is_file():
         raise SystemExit(f"{last}: no checkpoint to export")
     best = folder / "weights" / "best.pt" if (folder / "weights" / "best.pt").is_file() else last
+    rows = epoch_rows(folder)  # one per finished epoch (a finished run's last.pt says epoch -1)
+    if args.checkpoint:
+        best = folder / "weights" / args.checkpoint
+        if not best.is_file():
+            raise SystemExit(f"{best}: no such checkpoint")
+        epoch = int(torch.load(best, map_location="cpu", weights_only=False).get("epoch", -1))
+        rows = rows[: epoch + 1] if epoch >= 0 else rows  # the epochs that made this checkpoint
     checkpoint = torch.load(last, map_location="cpu", weights_only=False)
     train_args = argparse.Namespace(**checkpoint["train_args"])
-    rows = epoch_rows(folder)  # one per finished epoch (a finished run's last.pt says epoch -1)
     seconds = run_seconds([float(row["time"]) for row in rows])  # across --resume; pauses included
     model_yaml = (checkpoint.get("ema") or checkpoint["model"]).yaml.get("yaml_file", train_args.model)  # EMA: mid-run
     print(f"exporting {best}: {len(rows)} of {train_args.epochs} epochs")

@@ -1,0 +1,83 @@
+"""Where the answer falls short, by blood density: hyperacute or anaemic blood (under ≈ 50 HU) lies within a few HU
+of grey matter (≈ 35–45 HU), while clotted acute blood (60–90 HU) stands out; a model can be good on one and blind to
+the other, and the overall slice Dice mixes them.
+
+Each slice with hemorrhage is classed by the median HU of its ground-truth blood voxels (the stored HU, before the
+guard's smoothing). Per row and density class: the number of slices, the share of them where the prediction touches
+the blood ("slices touched"), the mean slice Dice against all blood, and the voxel recall Σ|P ∩ G| / Σ|G|.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+#: (label, lower HU inclusive, upper HU exclusive) of each class, in table order
+DENSITY_CLASSES: tuple[tuple[str, float, float], ...] = (
+    ("< 50 HU", -math.inf, 50.0),
+    ("50–70 HU", 50.0, 70.0),
+    ("≥ 70 HU", 70.0, math.inf),
+)
+
+
+def slice_densities(hu: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """(N,) median HU of each slice's ground-truth blood; NaN on slices without blood."""
+    densities = np.full(len(truth), math.nan)
+    for index in np.flatnonzero(truth.any(axis=(1, 2))):
+        densities[index] = float(np.median(hu[index][truth[index]]))
+    return densities
+
+
+def density_class(density: float) -> str:
+    """The label of the class holding ``density`` (HU)."""
+    return next(label for label, low, high in DENSITY_CLASSES if low <= density < high)
+
+
+@dataclass
+class DensityTally:
+    """Running totals of one density class in one row."""
+
+    slice_dice: list[float] = field(default_factory=list)
+    touched_slices: int = 0
+    covered_voxels: int = 0
+    voxels: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "slices": len(self.slice_dice),
+            "slice_dice": float(np.mean(self.slice_dice)),
+            "slices_touched": self.touched_slices / len(self.slice_dice),
+            "voxel_recall": self.covered_voxels / self.voxels,
+        }
+
+
+@dataclass
+class DensityScores:
+    """One row's tallies, by density class label."""
+
+    tallies: dict[str, DensityTally] = field(
+        default_factory=lambda: {label: DensityTally() for label, _, _ in DENSITY_CLASSES}
+    )
+
+    def add(self, predicted: np.ndarray, truth: np.ndarray, densities: np.ndarray,
+            positive_slice_dice: list[float]) -> None:
+        """One study: ``predicted`` and ``truth`` (N, H, W); ``densities`` from ``slice_densities``;
+        ``positive_slice_dice`` the Dice of each slice with hemorrhage, in slice order (``StudyScore.slice_dice``)."""
+        predicted = np.asarray(predicted, dtype=bool)
+        positive = np.flatnonzero(~np.isnan(densities))
+        if len(positive_slice_dice) != len(positive):
+            raise ValueError(f"{len(positive_slice_dice)} slice Dice values for {len(positive)} slices with blood")
+        for index, dice in zip(positive, positive_slice_dice, strict=True):
+            tally = self.tallies[density_class(float(densities[index]))]
+            hit = int((predicted[index] & truth[index]).sum())
+            tally.slice_dice.append(dice)
+            tally.touched_slices += int(hit > 0)
+            tally.covered_voxels += hit
+            tally.voxels += int(truth[index].sum())
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        """Classes with at least one slice only."""
+        return {label: tally.summary() for label, tally in self.tallies.items() if tally.slice_dice}
