@@ -3,8 +3,9 @@ of grey matter (≈ 35–45 HU), while clotted acute blood (60–90 HU) stands o
 the other, and the overall slice Dice mixes them.
 
 Each slice with hemorrhage is classed by the median HU of its ground-truth blood voxels (the stored HU, before the
-guard's smoothing). Per row and density class: the number of slices, the share of them where the prediction touches
-the blood ("slices touched"), the mean slice Dice against all blood, and the voxel recall Σ|P ∩ G| / Σ|G|.
+guard's smoothing). Per row and density class: the number of slices and of the studies they come from, the share of
+them where the prediction touches the blood ("slices touched"), the mean slice Dice against all blood, and the voxel
+recall Σ|P ∩ G| / Σ|G|.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class DensityTally:
     """Running totals of one density class in one row."""
 
     slice_dice: list[float] = field(default_factory=list)
+    studies: int = 0  # with at least one slice in the class: a class held by one or two studies is their figure
     touched_slices: int = 0
     covered_voxels: int = 0
     voxels: int = 0
@@ -48,6 +50,7 @@ class DensityTally:
     def summary(self) -> dict[str, Any]:
         return {
             "slices": len(self.slice_dice),
+            "studies": self.studies,
             "slice_dice": float(np.mean(self.slice_dice)),
             "slices_touched": self.touched_slices / len(self.slice_dice),
             "voxel_recall": self.covered_voxels / self.voxels,
@@ -70,6 +73,8 @@ class DensityScores:
         positive = np.flatnonzero(~np.isnan(densities))
         if len(positive_slice_dice) != len(positive):
             raise ValueError(f"{len(positive_slice_dice)} slice Dice values for {len(positive)} slices with blood")
+        for label in {density_class(float(densities[index])) for index in positive}:
+            self.tallies[label].studies += 1
         for index, dice in zip(positive, positive_slice_dice, strict=True):
             tally = self.tallies[density_class(float(densities[index]))]
             hit = int((predicted[index] & truth[index]).sum())

@@ -627,7 +627,7 @@ def density_markdown(results: dict) -> list[str]:
     lines = [
         "", "By blood density (a slice is classed by the median HU of its ground-truth blood; slice Dice against all "
         "blood):", "",
-        "| blood density | method | slices | slices touched | slice Dice | voxel recall |",
+        "| blood density | method | slices (studies) | slices touched | slice Dice | voxel recall |",
         "|---|---|---|---|---|---|",
     ]
     for label, _, _ in DENSITY_CLASSES:
@@ -635,7 +635,8 @@ def density_markdown(results: dict) -> list[str]:
             if label in row:
                 s = row[label]
                 lines.append(
-                    f"| {label} | {results['rows'][key]['label']} | {s['slices']} | {cell(s['slices_touched'], 2)} "
+                    f"| {label} | {results['rows'][key]['label']} | {s['slices']} ({s['studies']}) "
+                    f"| {cell(s['slices_touched'], 2)} "
                     f"| {cell(s['slice_dice'])} | {cell(s['voxel_recall'], 2)} |"
                 )
     return lines

@@ -124,9 +124,10 @@ def test_evaluation_command_on_a_256_series(study_folder: Path, tmp_path: Path,
         assert 0 < tally["lesions_found"] <= tally["lesions"] and 0 < tally["voxel_recall"] <= 1
     by_density = results["by_density"]["oracle"]  # every slice with blood in one class, as its stored HU says
     assert sum(tally["slices"] for tally in by_density.values()) == oracle["positive_slices"]
+    assert all(tally["studies"] == 1 for tally in by_density.values()), "one test study"
     table = (out / "evaluation.md").read_text()
     assert "YOLO + TransDeepLab (product), slice merge + guard" in table and "| subtype | method |" in table
-    assert "| blood density | method |" in table
+    assert "| blood density | method | slices (studies) |" in table
     assert results["follow"] == FollowOptions().describe(), "the product rows follow findings as the app does"
     assert f"followed up to {FOLLOW_SLICES} slices each way" in table
     versions = {role: ModelManifest.load(MODELS / role).label for role in ("detector", "segmenter")}
@@ -250,7 +251,11 @@ def test_blood_density_classes_each_slice_by_its_own_blood() -> None:
     scores.add(predicted, truth, densities, [0.0, 1.0])
     summary = scores.summary()
     assert set(summary) == {"< 50 HU", "≥ 70 HU"}, "classes without slices are left out"
-    assert summary["< 50 HU"] == {"slices": 1, "slice_dice": 0.0, "slices_touched": 0.0, "voxel_recall": 0.0}
-    assert summary["≥ 70 HU"] == {"slices": 1, "slice_dice": 1.0, "slices_touched": 1.0, "voxel_recall": 1.0}
+    assert summary["< 50 HU"] == {"slices": 1, "studies": 1, "slice_dice": 0.0, "slices_touched": 0.0,
+                                  "voxel_recall": 0.0}
+    assert summary["≥ 70 HU"] == {"slices": 1, "studies": 1, "slice_dice": 1.0, "slices_touched": 1.0,
+                                  "voxel_recall": 1.0}
+    scores.add(predicted, truth, densities, [0.0, 1.0])  # a second study
+    assert scores.summary()["< 50 HU"]["studies"] == 2 and scores.summary()["< 50 HU"]["slices"] == 2
     with pytest.raises(ValueError, match="1 slice Dice values for 2 slices"):
         scores.add(predicted, truth, densities, [1.0])
