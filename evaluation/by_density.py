@@ -1,6 +1,5 @@
-"""Where the answer falls short, by blood density: hyperacute or anaemic blood (under ≈ 50 HU) lies within a few HU
-of grey matter (≈ 35–45 HU), while clotted acute blood (60–90 HU) stands out; a model can be good on one and blind to
-the other, and the overall slice Dice mixes them.
+"""Where the answer falls short, by blood density (``ichseg.blood_density``): a model can be good on clotted blood
+and blind to hyperacute blood a few HU above grey matter, and the overall slice Dice mixes them.
 
 Each slice with hemorrhage is classed by the median HU of its ground-truth blood voxels (the stored HU, before the
 guard's smoothing). Per row and density class: the number of slices and of the studies they come from, the share of
@@ -10,31 +9,12 @@ recall Σ|P ∩ G| / Σ|G|.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-#: (label, lower HU inclusive, upper HU exclusive) of each class, in table order
-DENSITY_CLASSES: tuple[tuple[str, float, float], ...] = (
-    ("< 50 HU", -math.inf, 50.0),
-    ("50–70 HU", 50.0, 70.0),
-    ("≥ 70 HU", 70.0, math.inf),
-)
-
-
-def slice_densities(hu: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """(N,) median HU of each slice's ground-truth blood; NaN on slices without blood."""
-    densities = np.full(len(truth), math.nan)
-    for index in np.flatnonzero(truth.any(axis=(1, 2))):
-        densities[index] = float(np.median(hu[index][truth[index]]))
-    return densities
-
-
-def density_class(density: float) -> str:
-    """The label of the class holding ``density`` (HU)."""
-    return next(label for label, low, high in DENSITY_CLASSES if low <= density < high)
+from ichseg.blood_density import DENSITY_CLASSES, density_class
 
 
 @dataclass

@@ -58,9 +58,10 @@ from monai.metrics import compute_dice
 from torchvision.ops import box_iou
 from tqdm import tqdm
 
-from evaluation.by_density import DENSITY_CLASSES, DensityScores, slice_densities
+from evaluation.by_density import DensityScores
 from evaluation.by_subtype import SubtypeScores, study_lesions
 from ichseg import pipeline
+from ichseg.blood_density import DENSITY_CLASSES, slice_densities
 from ichseg.boxes import DEFAULT_MERGE, LESION_GAP_MM, MERGE_MODES, lesion_boxes, lesion_gap_pixels
 from ichseg.detector import KEEP_EVERY_BOX, NMS_IOU, Detection, HemorrhageDetector, operating_point
 from ichseg.follow import DEFAULT_FOLLOWING, FOLLOW_SLICES, NO_FOLLOWING, FollowOptions

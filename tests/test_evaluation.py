@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from small_study import MATRIX, generated_study
 
-from evaluation.by_density import DensityScores, density_class, slice_densities
+from evaluation.by_density import DensityScores
 from evaluation.by_subtype import SubtypeScores, study_lesions
 from evaluation.evaluate import (
     DetectionRecords,
@@ -24,6 +24,7 @@ from evaluation.evaluate import (
     wrong_studies,
 )
 from evaluation.evaluate import main as evaluate_main
+from ichseg.blood_density import density_class, slice_densities
 from ichseg.follow import FOLLOW_SLICES, FollowOptions
 from ichseg.guard import GuardOptions
 from ichseg.labelled_study import Study, load_study

@@ -21,6 +21,7 @@ from evaluation.evaluate import (
 )
 from evaluation.evaluate import main as evaluate_main
 from ichseg import pipeline
+from ichseg.blood_density import LOW_DENSITY_HU, slice_densities
 from ichseg.boxes import pixel_bounds
 from ichseg.crops import crop_to_input, paste_probability
 from ichseg.labelled_study import Study, ground_truth_box, load_study
@@ -40,7 +41,9 @@ from training.lr_schedule import FLOOR, LrPlan
 from training.segmenter_data import (
     JITTER,
     SegmentationDataset,
+    SliceSample,
     crop_samples,
+    draw_weights,
     jitter_box,
     jitter_reach,
     load_samples,
@@ -195,6 +198,29 @@ def test_more_data_joins_the_training_split_only(trained: Path, positive_study: 
         train_main([*common, "--more-data", str(more), "--out", str(tmp_path / "leaked")])
     with pytest.raises(SystemExit, match="train_study are given twice"):
         train_main([*common, "--more-data", str(data), "--out", str(tmp_path / "twice")])
+
+
+def test_low_density_crops_can_be_drawn_more_often(trained: Path, study: Study, tmp_path: Path) -> None:
+    """Each crop of blood knows its blood's median HU (as the evaluation classes slices); --low-density-weight draws
+    those under 50 HU more often, says so in the manifest, and a run keeps its weighting across --resume."""
+    samples = crop_samples(study, JITTER, MULTI_WINDOW_INPUT)
+    densities = slice_densities(study.series.hu, study.labels > 0)
+    assert [s.density_hu for s in samples] == densities[~np.isnan(densities)].tolist()
+    low = [s.density_hu < LOW_DENSITY_HU for s in samples]
+    weights = draw_weights(samples, 4.0)
+    assert weights == [4.0 if is_low else 1.0 for is_low in low]
+    blank = SliceSample(samples[0].image, np.zeros_like(samples[0].mask), samples[0].box, score=0.5)
+    assert draw_weights([blank], 4.0) == [1.0], "a hemorrhage-free crop has no blood density"
+    data = trained.parent / "data"
+    common = ["--data", str(data), "--mode", CROP_MODE, "--network", "monai-unet", "--epochs", "1", "--batch", "4",
+              "--steps-per-epoch", "1", "--val-slices", "4", "--seed", "0", "--out", str(tmp_path / "model")]
+    train_main([*common, "--low-density-weight", "4"])
+    sampling = json.loads((tmp_path / "model" / "manifest.json").read_text())["training"]["sampling"]
+    assert sampling == f"crops of blood under 50 HU drawn 4x as often ({sum(low)} of the train slices)"
+    with pytest.raises(SystemExit, match="trained with --low-density-weight 4.0, not 1.0"):
+        train_main([*common, "--resume"])
+    with pytest.raises(SystemExit):
+        train_main([*common, "--low-density-weight", "0"])
 
 
 def test_lr_plans() -> None:

@@ -20,6 +20,7 @@ that are a little loose, tight or shifted.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from ichseg.blood_density import LOW_DENSITY_HU, blood_density
 from ichseg.boxes import Box, pixel_bounds
 from ichseg.crops import CROP_SIZE, crop_mask_to_target, crop_to_input
 from ichseg.labelled_study import Study, ground_truth_box, load_study, study_ids
@@ -57,6 +59,7 @@ class SliceSample:
     mask: np.ndarray  # bool (h, w)
     box: Box  # in region coordinates
     score: float | None = None  # a hemorrhage-free crop: the detector's confidence on it (None: a crop of blood)
+    density_hu: float = math.nan  # median HU of the slice's blood (``ichseg.blood_density``; NaN: none)
     origin: CropOrigin | None = None  # where a hemorrhage-free crop was cut (recorded for --resume)
 
 
@@ -94,10 +97,14 @@ def region_sample(windowed: np.ndarray, label_slice: np.ndarray, box: Box, jitte
 def crop_samples(study: Study, jitter: float, input_kind: str) -> list[SliceSample]:
     """Crop mode: one sample per hemorrhage slice, its box the merge of the slice's ground-truth boxes."""
     samples = []
-    for windowed, label_slice in zip(study.windowed.source_input(input_kind), study.labels, strict=True):
+    for windowed, label_slice, hu_slice in zip(
+        study.windowed.source_input(input_kind), study.labels, study.series.hu, strict=True
+    ):
         box = ground_truth_box(label_slice)
         if box is not None:
-            samples.append(region_sample(windowed, label_slice, box, jitter))
+            sample = region_sample(windowed, label_slice, box, jitter)
+            sample.density_hu = blood_density(hu_slice, label_slice > 0)
+            samples.append(sample)
     return samples
 
 
@@ -138,6 +145,12 @@ def load_samples(
         else:
             samples += whole_slice_samples(study, negative_fraction, np.random.default_rng([seed, number]), input_kind)
     return samples
+
+
+def draw_weights(samples: list[SliceSample], low_density_weight: float) -> list[float]:
+    """Relative chance of each sample being drawn: ``low_density_weight`` for crops of blood whose median is under
+    ``LOW_DENSITY_HU`` (near grey matter: the blood the segmenter misses most), 1 for every other sample."""
+    return [low_density_weight if sample.density_hu < LOW_DENSITY_HU else 1.0 for sample in samples]
 
 
 def evenly_spaced(samples: list[SliceSample], count: int | None) -> list[SliceSample]:

@@ -32,9 +32,10 @@ import torch
 from monai.losses import DiceCELoss
 from monai.metrics import compute_dice
 from torch import nn
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader, RandomSampler, Sampler, WeightedRandomSampler
 from tqdm import tqdm
 
+from ichseg.blood_density import LOW_DENSITY_HU
 from ichseg.crops import CROP_SIZE
 from ichseg.labelled_study import study_ids
 from ichseg.model_manifest import WEIGHTS_NAME, ModelManifest, portable_path, weights_path
@@ -43,7 +44,14 @@ from ichseg.runtime import PRECISIONS, autocast, autocast_dtype, configure_threa
 from ichseg.segmenter import ARCHITECTURES, CLASSES, CROP_MODE, MODES, WHOLE_SLICE_MODE, build_network
 from ichseg.windowing import INPUT_KINDS, MULTI_WINDOW_INPUT
 from training.lr_schedule import LrPlan
-from training.segmenter_data import JITTER, SegmentationDataset, SliceSample, evenly_spaced, load_samples
+from training.segmenter_data import (
+    JITTER,
+    SegmentationDataset,
+    SliceSample,
+    draw_weights,
+    evenly_spaced,
+    load_samples,
+)
 from training.segmenter_negatives import NegativeCrops, hardest_crops, read_record, write_record
 from training.study_leaks import refuse_held_out
 
@@ -67,6 +75,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--negative-share", type=float, default=NEGATIVE_SHARE,
                         help=f"hemorrhage-free crops per crop of blood with --negative-crops "
                              f"(default {NEGATIVE_SHARE})")
+    parser.add_argument("--low-density-weight", type=float, default=1.0, metavar="W",
+                        help="crop mode: draw crops of blood whose median is under 50 HU (hyperacute, anaemic or "
+                             "unclotted; ichseg.blood_density) W times as often as the others (default 1: uniform)")
     parser.add_argument("--out", type=Path, required=True, help="model folder to write")
     parser.add_argument("--mode", choices=MODES, default=CROP_MODE,
                         help=f"{CROP_MODE} (two-stage) or {WHOLE_SLICE_MODE} (single-stage)")
@@ -106,6 +117,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.negative_crops is not None and args.mode != CROP_MODE:
         parser.error("--negative-crops needs --mode crops (whole-slice mode samples hemorrhage-free slices itself)")
+    if not 0.0 < args.low_density_weight <= 100.0:
+        parser.error(f"--low-density-weight must be in (0, 100], got {args.low_density_weight}")
+    if args.low_density_weight != 1.0 and args.mode != CROP_MODE:
+        parser.error("--low-density-weight needs --mode crops")
     if not 0.0 <= args.negative_share <= 10.0:
         parser.error(f"--negative-share must be between 0 and 10, got {args.negative_share}")
     lr, weight_decay, warmup, _ = OPTIMIZERS[args.optimizer]
@@ -197,6 +212,9 @@ def manifest_for(args: argparse.Namespace, state: dict) -> ModelManifest:
             "precision": state.get("precision", "fp32"),
             "init_weights": portable_path(args.init_weights) if args.init_weights else None,
             "augmentation": "rot90 + flip" + (f" + box jitter {JITTER:.0%}" if args.mode == CROP_MODE else ""),
+            "sampling": "uniform" if args.low_density_weight == 1.0 else (
+                f"crops of blood under {LOW_DENSITY_HU:g} HU drawn {args.low_density_weight:g}x as often "
+                f"({state.get('low_density_samples', 0)} of the train slices)"),
             "encoder_init": portable_path(args.init_encoder) if args.init_encoder else "random",
             "seed": args.seed,
         },
@@ -267,7 +285,10 @@ def make_loaders(args: argparse.Namespace) -> Loaders:
                                     seed=args.seed)
     generator = torch.Generator()
     per_epoch = args.steps_per_epoch * args.batch if args.steps_per_epoch else None
-    sampler = RandomSampler(train_set, num_samples=per_epoch, generator=generator)
+    sampler: Sampler[int] = RandomSampler(train_set, num_samples=per_epoch, generator=generator)
+    if args.low_density_weight != 1.0:
+        sampler = WeightedRandomSampler(draw_weights(train_samples, args.low_density_weight),
+                                        num_samples=per_epoch or len(train_set), generator=generator)
     train_loader = DataLoader(train_set, batch_size=args.batch, sampler=sampler, drop_last=len(train_set) > args.batch)
     val_loader = DataLoader(SegmentationDataset(val_samples, augment=False), batch_size=args.batch)
     return Loaders(train_set, train_loader, generator, val_loader, chosen)
@@ -324,6 +345,9 @@ def resume(checkpoint_path: Path, args: argparse.Namespace, model: nn.Module, op
             raise SystemExit(f"{checkpoint_path}: trained with --negative-crops from {made_negatives[0]} "
                              f"--negative-share {made_negatives[1]}, not {args.negative_detector} "
                              f"{args.negative_share}")
+    if made.get("low_density_weight", 1.0) != args.low_density_weight:
+        raise SystemExit(f"{checkpoint_path}: trained with --low-density-weight {made.get('low_density_weight', 1.0)}, "
+                         f"not {args.low_density_weight}")
     state = checkpoint["state"]
     old_total = checkpoint.get("plan", {}).get("total_steps", 0)
     if state["steps"] >= old_total and plan.total_steps > old_total:
@@ -375,6 +399,7 @@ def fresh_state(run: Run) -> dict:
     return {"epoch": 0, "steps": 0, "seconds": 0.0, "loading_seconds": 0.0, "best_dice": None, "best_epoch": None,
             "history": [], "train_samples": len(run.train_set), "val_samples": val_samples,
             "negative_samples": sum(sample.score is not None for sample in run.train_set.samples),
+            "low_density_samples": sum(sample.density_hu < LOW_DENSITY_HU for sample in run.train_set.samples),
             "precision": "bf16" if run.dtype == torch.bfloat16 else "fp32"}
 
 
