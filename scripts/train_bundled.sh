@@ -5,8 +5,9 @@
 # Detector v0.5.0 took two rounds: data, then DET_INIT=<v0.4.0>/model.pt DET_EPOCHS=12 detector (a three-window model), then
 # NEG_RATIO=2.0 NEG_SEED=2 HARD_FROM=<that model> data, then DET_INIT=<that model>/model.pt DET_EPOCHS=8 detector.
 #   bash scripts/train_bundled.sh more-data   # a further phantom set (MORE, MORE_SEED, default 3) converted into MORE_YOLO
-#       (default data/yolo_more); the training studies of data/yolo and every data/yolo_more*/ are combined in
-#       COMBINED (default data/yolo_combined; validation and test stay data/yolo's); DET_DATA=$COMBINED/data.yaml
+#       (default data/yolo_more); the training studies of data/yolo and of the sets in MORE_SETS (default: MORE_YOLO;
+#       e.g. "data/yolo_more data/yolo_more2") are combined in COMBINED (default data/yolo_combined; validation and
+#       test stay data/yolo's); DET_DATA=$COMBINED/data.yaml
 #   bash scripts/train_bundled.sh tiles       # the training slices of DET_DATA (default data/yolo_combined) cut into
 #       native-scale 320 px tiles in TILES (default data/yolo_tiles); then DET_DATA=data/yolo_tiles/data.yaml detector
 #   bash scripts/train_bundled.sh segmenter   # TransDeepLab: AdamW, bf16 where native; rerun to continue
@@ -17,12 +18,14 @@
 #       prefers: train_detector --export-only --project runs/detector --name polish --checkpoint epochN.pt --out DIR
 # The polish leg measured from v0.6.0 (models/README.md; not bundled): three phantom sets, each mined with v0.6.0
 # (H=<v0.6.0 folder>): NEG_RATIO=2.0 NEG_SEED=2 HARD_FROM=$H data; HARD_FROM=$H more-data; MORE=data/synthetic_more2
-# MORE_SEED=4 MORE_YOLO=data/yolo_more2 HARD_FROM=$H more-data; then DET_INIT=$H/model.pt polish.
+# MORE_SEED=4 MORE_YOLO=data/yolo_more2 MORE_SETS="data/yolo_more data/yolo_more2" HARD_FROM=$H more-data; then
+# DET_INIT=$H/model.pt polish.
 #   bash scripts/train_bundled.sh evaluate    # the README table, results/evaluation.{md,json}
 # Budgets (minutes/hours) and sizes come from the environment: STUDIES, SEG_MINUTES, SEG_EPOCHS, DET_HOURS, DET_EPOCHS,
-# NEG_RATIO, NEG_SEED, HARD_FROM, DET_INIT, DET_DATA, MORE, MORE_SEED, MORE_NEG_RATIO, SEG_MORE (further phantom
-# folders whose training studies the segmenter also trains on, e.g. SEG_MORE="data/synthetic_more"), SEG_NEGATIVES (a
-# detector folder: the segmenter also trains on the boxes it draws on hemorrhage-free training slices, empty masks).
+# NEG_RATIO, NEG_SEED, HARD_FROM, DET_INIT, DET_DATA, DET_LR, MORE, MORE_SEED, MORE_NEG_RATIO, MORE_YOLO, MORE_SETS,
+# COMBINED, TILES, SEG_MORE (further phantom folders whose training studies the segmenter also trains on, e.g.
+# SEG_MORE="data/synthetic_more"), SEG_NEGATIVES (a detector folder: the segmenter also trains on the boxes it draws on
+# hemorrhage-free training slices, empty masks).
 # Everything is trained on synthetic phantoms: demonstration and testing only, not clinical use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,8 +45,10 @@ case "${1:?step: data | more-data | tiles | segmenter | detector | polish | eval
     ;;
   more-data)
     MORE=${MORE:-data/synthetic_more}
-    phantoms_and_boxes "$MORE" "${MORE_SEED:-3}" "${MORE_YOLO:-data/yolo_more}" "${MORE_NEG_RATIO:-1.0}" "${MORE_SEED:-3}"
-    $PY -m training.combine_datasets data/yolo/data.yaml data/yolo_more*/data.yaml --out "${COMBINED:-data/yolo_combined}"
+    MORE_YOLO=${MORE_YOLO:-data/yolo_more}
+    phantoms_and_boxes "$MORE" "${MORE_SEED:-3}" "$MORE_YOLO" "${MORE_NEG_RATIO:-1.0}" "${MORE_SEED:-3}"
+    sets=(); for set in ${MORE_SETS:-$MORE_YOLO}; do sets+=("$set/data.yaml"); done
+    $PY -m training.combine_datasets data/yolo/data.yaml "${sets[@]}" --out "${COMBINED:-data/yolo_combined}"
     ;;
   tiles)
     $PY -m training.detector_tiles "${DET_DATA:-data/yolo_combined/data.yaml}" --out "${TILES:-data/yolo_tiles}" --size 320

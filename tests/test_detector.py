@@ -162,8 +162,9 @@ def test_tiny_training_gives_a_loadable_detector(
     keep_first(tmp_path / "dataset", 4)
     model_dir = tmp_path / "model"
     main([
-        "--data", str(tmp_path / "dataset" / "data.yaml"), "--model", "yolov5n.yaml", "--epochs", "1", "--batch", "4",
+        "--data", str(tmp_path / "dataset" / "data.yaml"), "--model", "yolov5n.yaml", "--epochs", "2", "--batch", "4",
         "--workers", "0", "--no-plots", "--project", str(tmp_path / "runs"), "--out", str(model_dir), "--device", "cpu",
+        "--hyp", str(Path(__file__).resolve().parents[1] / "training" / "cpu_polish.yaml"),  # keeps epochN.pt
     ])
     manifest = ModelManifest.load(model_dir)
     assert manifest.architecture == "yolov5n.yaml" and manifest.input_size == INPUT_SIZE
@@ -179,7 +180,7 @@ def test_tiny_training_gives_a_loadable_detector(
     main(["--export-only", "--model-version", "0.0.1", "--project", str(tmp_path / "runs"), "--out", str(exported),
           "--device", "cpu"])
     again = ModelManifest.load(exported)
-    assert again.version == "0.0.1" and again.training["epochs"] == manifest.training["epochs"] == 1
+    assert again.version == "0.0.1" and again.training["epochs"] == manifest.training["epochs"] == 2
     for key in ("mAP50", "data", "recipe", "imgsz"):
         assert again.training[key] == manifest.training[key], key
     import torch
@@ -187,10 +188,15 @@ def test_tiny_training_gives_a_loadable_detector(
     weights = [torch.load(f / "model.pt", weights_only=False)["model"].state_dict() for f in (exported, model_dir)]
     assert weights[0].keys() == weights[1].keys() and all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     assert again.operating_confidence == manifest.operating_confidence
-    chosen = tmp_path / "chosen"  # an epoch chosen by the product sweep rather than by mAP
-    main(["--export-only", "--checkpoint", "last.pt", "--model-version", "0.0.2", "--project", str(tmp_path / "runs"),
+    chosen = tmp_path / "chosen"  # an epoch chosen by the product sweep rather than by mAP: the first of two
+    main(["--export-only", "--checkpoint", "epoch0.pt", "--model-version", "0.0.2", "--project", str(tmp_path / "runs"),
           "--out", str(chosen), "--device", "cpu"])
     assert ModelManifest.load(chosen).training["epochs"] == 1
+    first = torch.load(tmp_path / "runs" / "train" / "weights" / "epoch0.pt", weights_only=False)["ema"].state_dict()
+    exported_first = torch.load(chosen / "model.pt", weights_only=False)["model"].state_dict()
+    assert all(torch.equal(first[k].half(), exported_first[k].half()) for k in first), "epoch 1's weights, not the best"
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", "epoch0.pt", "--data", str(tmp_path / "dataset" / "data.yaml")])
     with pytest.raises(SystemExit, match="epoch9.pt: no such checkpoint"):
         main(["--export-only", "--checkpoint", "epoch9.pt", "--project", str(tmp_path / "runs"), "--out",
               str(tmp_path / "none")])

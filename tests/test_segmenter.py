@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import RandomSampler, WeightedRandomSampler
 
 from evaluation.evaluate import (
     DetectionRecords,
@@ -49,7 +50,7 @@ from training.segmenter_data import (
     load_samples,
     whole_slice_samples,
 )
-from training.train_segmenter import CHECKPOINT_NAME, half_state
+from training.train_segmenter import CHECKPOINT_NAME, half_state, make_loaders, parse_args
 from training.train_segmenter import main as train_main
 
 
@@ -206,21 +207,30 @@ def test_low_density_crops_can_be_drawn_more_often(trained: Path, study: Study, 
     samples = crop_samples(study, JITTER, MULTI_WINDOW_INPUT)
     densities = slice_densities(study.series.hu, study.labels > 0)
     assert [s.density_hu for s in samples] == densities[~np.isnan(densities)].tolist()
-    low = [s.density_hu < LOW_DENSITY_HU for s in samples]
-    weights = draw_weights(samples, 4.0)
-    assert weights == [4.0 if is_low else 1.0 for is_low in low]
-    blank = SliceSample(samples[0].image, np.zeros_like(samples[0].mask), samples[0].box, score=0.5)
-    assert draw_weights([blank], 4.0) == [1.0], "a hemorrhage-free crop has no blood density"
+    first = samples[0]
+    hyperacute, clotted, blank = (
+        SliceSample(first.image, first.mask, first.box, density_hu=45.0),
+        SliceSample(first.image, first.mask, first.box, density_hu=LOW_DENSITY_HU),
+        SliceSample(first.image, np.zeros_like(first.mask), first.box, score=0.5),  # hemorrhage-free: no density
+    )
+    assert draw_weights([hyperacute, clotted, blank], 4.0) == [4.0, 1.0, 1.0]
     data = trained.parent / "data"
     common = ["--data", str(data), "--mode", CROP_MODE, "--network", "monai-unet", "--epochs", "1", "--batch", "4",
               "--steps-per-epoch", "1", "--val-slices", "4", "--seed", "0", "--out", str(tmp_path / "model")]
+    loaders = make_loaders(parse_args([*common, "--low-density-weight", "4"]))
+    sampler = loaders.train_loader.sampler
+    assert isinstance(sampler, WeightedRandomSampler) and sampler.num_samples == 4
+    assert sampler.weights.tolist() == draw_weights(loaders.train_set.samples, 4.0)
+    assert isinstance(make_loaders(parse_args(common)).train_loader.sampler, RandomSampler), "uniform by default"
     train_main([*common, "--low-density-weight", "4"])
+    low = sum(s.density_hu < LOW_DENSITY_HU for s in loaders.train_set.samples)
     sampling = json.loads((tmp_path / "model" / "manifest.json").read_text())["training"]["sampling"]
-    assert sampling == f"crops of blood under 50 HU drawn 4x as often ({sum(low)} of the train slices)"
+    assert sampling == f"crops of blood under 50 HU drawn 4x as often ({low} of the train slices)"
     with pytest.raises(SystemExit, match="trained with --low-density-weight 4.0, not 1.0"):
         train_main([*common, "--resume"])
-    with pytest.raises(SystemExit):
-        train_main([*common, "--low-density-weight", "0"])
+    for refused in (["--low-density-weight", "0"], ["--low-density-weight", "2", "--mode", "whole-slice"]):
+        with pytest.raises(SystemExit):
+            parse_args([*common, *refused])
 
 
 def test_lr_plans() -> None:

@@ -37,6 +37,7 @@ from ultralytics.utils.torch_utils import strip_optimizer  # after ichseg.ultral
 MODEL_NAME = "ich-yolov5-detector"
 RECIPE_KEYS = ("model", "optimizer", "lr0", "lrf", "momentum", "weight_decay", "hsv_h", "hsv_s", "hsv_v",
                "translate", "scale", "fliplr", "bgr", "mosaic", "close_mosaic", "seed", "amp", "nbs", "warmup_epochs")
+NOT_RECIPE = ("save_period",)  # hyperparameters that say when checkpoints are kept, not how the weights were made
 MAX_BYTES_PER_PARAMETER = 3  # FP16 weights are 2; more means an optimizer or EMA copy is still inside
 
 
@@ -98,6 +99,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[
     args = parser.parse_args(argv)
     if not (args.resume or args.export_only) and args.data is None:
         parser.error("--data is required unless --resume or --export-only")
+    if args.checkpoint and not args.export_only:
+        parser.error("--checkpoint chooses what --export-only bundles")
     extra = {k: v for k, v in hyp.items() if k not in flags}
     if args.data is not None:
         native = training_size(yaml.safe_load(args.data.read_text()))
@@ -183,7 +186,8 @@ def bundle(
     weights = export_weights(best, args.out)
     map50, map50_95 = evaluate(weights, train_args, device)
     print(f"test mAP@0.5 {map50:.3f}, mAP@0.5:0.95 {map50_95:.3f}")
-    recipe = {k: getattr(train_args, k) for k in (*RECIPE_KEYS, *extra) if hasattr(train_args, k)}
+    keys = [k for k in (*RECIPE_KEYS, *extra) if k not in NOT_RECIPE]
+    recipe = {k: getattr(train_args, k) for k in keys if hasattr(train_args, k)}
     recipe["model"] = model_yaml
     ModelManifest(
         name=MODEL_NAME, version=args.model_version, architecture=model_yaml, input_size=INPUT_SIZE,

@@ -77,7 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              f"(default {NEGATIVE_SHARE})")
     parser.add_argument("--low-density-weight", type=float, default=1.0, metavar="W",
                         help="crop mode: draw crops of blood whose median is under 50 HU (hyperacute, anaemic or "
-                             "unclotted; ichseg.blood_density) W times as often as the others (default 1: uniform)")
+                             "unclotted; ichseg.blood_density) W times as often as the others (default 1: uniform; "
+                             "drawn with replacement, so a crop drawn twice in an epoch is augmented alike)")
     parser.add_argument("--out", type=Path, required=True, help="model folder to write")
     parser.add_argument("--mode", choices=MODES, default=CROP_MODE,
                         help=f"{CROP_MODE} (two-stage) or {WHOLE_SLICE_MODE} (single-stage)")
