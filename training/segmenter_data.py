@@ -62,6 +62,12 @@ class SliceSample:
     density_hu: float = math.nan  # median HU of the slice's blood (``ichseg.blood_density``; NaN: none)
     origin: CropOrigin | None = None  # where a hemorrhage-free crop was cut (recorded for --resume)
 
+    @property
+    def low_density(self) -> bool:
+        """A crop of blood whose median is under ``LOW_DENSITY_HU`` (near grey matter: what the segmenter misses most);
+        False for a hemorrhage-free crop."""
+        return self.density_hu < LOW_DENSITY_HU
+
 
 def jitter_reach(box: Box, jitter: float) -> Box:
     """The box grown by the largest outward jitter (plus a pixel): every jittered box lies inside it."""
@@ -148,9 +154,9 @@ def load_samples(
 
 
 def draw_weights(samples: list[SliceSample], low_density_weight: float) -> list[float]:
-    """Relative chance of each sample being drawn: ``low_density_weight`` for crops of blood whose median is under
-    ``LOW_DENSITY_HU`` (near grey matter: the blood the segmenter misses most), 1 for every other sample."""
-    return [low_density_weight if sample.density_hu < LOW_DENSITY_HU else 1.0 for sample in samples]
+    """Relative chance of each sample being drawn: ``low_density_weight`` for low-density crops of blood
+    (``SliceSample.low_density``), 1 for every other sample."""
+    return [low_density_weight if sample.low_density else 1.0 for sample in samples]
 
 
 def evenly_spaced(samples: list[SliceSample], count: int | None) -> list[SliceSample]:

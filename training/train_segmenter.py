@@ -400,7 +400,7 @@ def fresh_state(run: Run) -> dict:
     return {"epoch": 0, "steps": 0, "seconds": 0.0, "loading_seconds": 0.0, "best_dice": None, "best_epoch": None,
             "history": [], "train_samples": len(run.train_set), "val_samples": val_samples,
             "negative_samples": sum(sample.score is not None for sample in run.train_set.samples),
-            "low_density_samples": sum(sample.density_hu < LOW_DENSITY_HU for sample in run.train_set.samples),
+            "low_density_samples": sum(sample.low_density for sample in run.train_set.samples),
             "precision": "bf16" if run.dtype == torch.bfloat16 else "fp32"}
 
 
