@@ -22,7 +22,7 @@ from ichseg.detector import INPUT_SIZE, Detection, extend_confidence, resize_to_
 from ichseg.dicom_series import CTSeries
 from ichseg.follow import Followed, FollowOptions, follow
 from ichseg.guard import Anatomy, GuardOptions, GuardReport, apply_guard, read_anatomy
-from ichseg.windowing import HEADER_INPUT, MULTI_WINDOW_INPUT, fixed_windows, window_volume
+from ichseg.windowing import HEADER_INPUT, channel_input, window_volume
 from ichseg.z_continuity import continue_findings
 
 if TYPE_CHECKING:  # the networks are imported by whoever loads them; the geometry here stays light
@@ -45,10 +45,8 @@ class WindowedSeries:
         network first asks."""
         if kind == HEADER_INPUT:
             return self.source
-        if kind != MULTI_WINDOW_INPUT:
-            raise ValueError(f"unknown network input {kind!r}")
         if (kind, "source") not in self._channels:
-            self._channels[kind, "source"] = np.concatenate([self.source[:, None], fixed_windows(self.hu)], axis=1)
+            self._channels[kind, "source"] = channel_input(self.source, self.hu, kind)
         return self._channels[kind, "source"]
 
     def detector_input(self, kind: str) -> np.ndarray:

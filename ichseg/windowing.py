@@ -10,6 +10,7 @@ from pydicom.multival import MultiValue
 
 BRAIN_WINDOW: tuple[float, float] = (40.0, 80.0)  # (centre/level, width) used when the header has none
 SUBDURAL_WINDOW: tuple[float, float] = (80.0, 200.0)
+STROKE_WINDOW: tuple[float, float] = (40.0, 40.0)
 
 #: What a network's three input channels hold (its manifest's ``training.input``; absent = the first).
 #: ``header-window``: the header-windowed slice in all three (the paper; the detector up to v0.4.1, the segmenter
@@ -18,17 +19,26 @@ SUBDURAL_WINDOW: tuple[float, float] = (80.0, 200.0)
 #: above a header window's upper limit is as white as bone (80 HU in 40/80; all blood in a stroke 40/40 window),
 #: and a bone-window header hides blood altogether; the subdural window keeps blood (≈ 110–140) apart from bone (255)
 #: and both fixed windows keep the input the same whatever display preset the scanner wrote.
+#: ``stroke+brain+subdural``: three fixed windows, the first the narrow stroke window (40/40, 20–60 HU). Hyperacute
+#: and mixed blood (35–50 HU) differs from grey matter by a few HU; the stroke window doubles that contrast in the
+#: first channel while the other two keep clotted blood and bone apart. No channel depends on the header.
 HEADER_INPUT = "header-window"
 MULTI_WINDOW_INPUT = "header+brain+subdural"
-INPUT_KINDS = (HEADER_INPUT, MULTI_WINDOW_INPUT)
+STROKE_INPUT = "stroke+brain+subdural"
+INPUT_KINDS = (HEADER_INPUT, MULTI_WINDOW_INPUT, STROKE_INPUT)
 FIXED_WINDOWS: tuple[tuple[float, float], ...] = (BRAIN_WINDOW, SUBDURAL_WINDOW)
+#: The fixed windows of each channel kind; None marks the header-windowed slice.
+CHANNEL_WINDOWS: dict[str, tuple[tuple[float, float] | None, ...]] = {
+    MULTI_WINDOW_INPUT: (None, *FIXED_WINDOWS),
+    STROKE_INPUT: (STROKE_WINDOW, *FIXED_WINDOWS),
+}
 
 
 def input_planes(kind: str) -> tuple[int, ...]:
     """The per-slice axes before (rows, columns) in ``kind`` slices: () grey, (3,) channels."""
     if kind not in INPUT_KINDS:
         raise ValueError(f"unknown network input {kind!r}")
-    return () if kind == HEADER_INPUT else (1 + len(FIXED_WINDOWS),)
+    return () if kind == HEADER_INPUT else (len(CHANNEL_WINDOWS[kind]),)
 
 
 def _first_value(value: object) -> float:
@@ -67,6 +77,9 @@ def window_volume(hu: np.ndarray, windows: Sequence[tuple[float, float]]) -> np.
     )
 
 
-def fixed_windows(hu: np.ndarray) -> np.ndarray:
-    """(N, H, W) HU → (N, 2, H, W) uint8 in the fixed brain and subdural windows (``MULTI_WINDOW_INPUT``)."""
-    return np.stack([apply_window(hu, centre, width) for centre, width in FIXED_WINDOWS], axis=1)
+def channel_input(header_windowed: np.ndarray, hu: np.ndarray, kind: str) -> np.ndarray:
+    """(N, H, W) header-windowed slices and their HU → (N, 3, H, W) uint8 channels of a multi-window ``kind``."""
+    if kind not in CHANNEL_WINDOWS:
+        raise ValueError(f"unknown multi-window network input {kind!r}")
+    planes = [header_windowed if window is None else apply_window(hu, *window) for window in CHANNEL_WINDOWS[kind]]
+    return np.stack(planes, axis=1)

@@ -37,7 +37,17 @@ from ichseg.segmenter import (
     build_network,
     whole_slice_box,
 )
-from ichseg.windowing import HEADER_INPUT, INPUT_KINDS, MULTI_WINDOW_INPUT, apply_window, fixed_windows
+from ichseg.windowing import (
+    BRAIN_WINDOW,
+    HEADER_INPUT,
+    INPUT_KINDS,
+    MULTI_WINDOW_INPUT,
+    STROKE_INPUT,
+    STROKE_WINDOW,
+    SUBDURAL_WINDOW,
+    apply_window,
+    channel_input,
+)
 from training.lr_schedule import FLOOR, LrPlan
 from training.segmenter_data import (
     JITTER,
@@ -98,8 +108,9 @@ def test_crop_targets_paste_back_to_ground_truth(study: Study, input_kind: str) 
         truth = study.labels[index] > 0
         box = ground_truth_box(study.labels[index])
         torch.testing.assert_close(image, crop_to_input(slices[index], box))
-        header_channel = crop_to_input(study.windowed.source[index], box)[0]
-        assert torch.equal(image[0], header_channel), "channel 0 is the header window in either input"
+        if input_kind != STROKE_INPUT:
+            header_channel = crop_to_input(study.windowed.source[index], box)[0]
+            assert torch.equal(image[0], header_channel), "channel 0 is the header window in these inputs"
         assert torch.equal(image[1], image[2]) == (input_kind == HEADER_INPUT)
         if truth.sum() < 50:
             continue
@@ -121,7 +132,10 @@ def test_augmentation_shapes_and_jitter_bounds(study: Study) -> None:
         assert reach[0] < x0 < 102 and reach[1] < y0 < 122 and 138 < x1 < reach[2] and 148 < y1 < reach[3]
 
 
-@pytest.mark.parametrize(("input_kind", "shape"), [(HEADER_INPUT, (224, 224)), (MULTI_WINDOW_INPUT, (3, 224, 224))])
+@pytest.mark.parametrize(
+    ("input_kind", "shape"),
+    [(HEADER_INPUT, (224, 224)), (MULTI_WINDOW_INPUT, (3, 224, 224)), (STROKE_INPUT, (3, 224, 224))],
+)
 def test_whole_slice_samples_include_negatives(study: Study, input_kind: str, shape: tuple[int, ...]) -> None:
     samples = whole_slice_samples(study, 1.0, np.random.default_rng(0), input_kind)
     assert len(samples) == len(study.labels)
@@ -327,9 +341,25 @@ def test_constant_models_fill_box_or_slice(tmp_path: Path, study: Study) -> None
 def test_fixed_windows_keep_blood_apart_from_bone() -> None:
     """Clotted blood (85 HU) is as white as bone in a brain header window; the subdural channel tells them apart."""
     hu = np.array([[[35.0, 85.0, 1200.0]]])
-    assert apply_window(hu, 40.0, 80.0).tolist() == [[[112, 255, 255]]]
-    brain, subdural = fixed_windows(hu)[0, :, 0]
-    assert brain.tolist() == [112, 255, 255] and subdural[0] < subdural[1] < subdural[2] == 255
+    header = apply_window(hu, 40.0, 80.0)
+    assert header.tolist() == [[[112, 255, 255]]]
+    first, brain, subdural = channel_input(header, hu, MULTI_WINDOW_INPUT)[0, :, 0]
+    assert first.tolist() == header[0, 0].tolist() and brain.tolist() == [112, 255, 255]
+    assert subdural[0] < subdural[1] < subdural[2] == 255
+
+
+def test_stroke_input_doubles_the_contrast_of_hyperacute_blood() -> None:
+    """Hyperacute blood (46 HU) against grey matter (40 HU): the stroke channel spreads them twice as far apart as
+    the brain window does; the other two channels are the fixed brain and subdural windows, not the header's."""
+    hu = np.array([[[40.0, 46.0, 85.0, 1200.0]]])
+    bone_header = apply_window(hu, 400.0, 2000.0)  # a bone-window header: must not reach a stroke network
+    stroke, brain, subdural = channel_input(bone_header, hu, STROKE_INPUT)[0, :, 0].astype(int)
+    assert stroke.tolist() == apply_window(hu, *STROKE_WINDOW)[0, 0].tolist()
+    assert brain.tolist() == apply_window(hu, *BRAIN_WINDOW)[0, 0].tolist()
+    assert subdural.tolist() == apply_window(hu, *SUBDURAL_WINDOW)[0, 0].tolist()
+    assert stroke[1] - stroke[0] >= 2 * (brain[1] - brain[0]) - 1 > 0
+    with pytest.raises(ValueError, match="unknown multi-window network input"):
+        channel_input(bone_header, hu, HEADER_INPUT)
 
 
 def test_segmenter_takes_the_input_its_manifest_names(tmp_path: Path, study: Study) -> None:
