@@ -4,7 +4,9 @@ and blind to hyperacute blood a few HU above grey matter, and the overall slice 
 Each slice with hemorrhage is classed by the median HU of its ground-truth blood voxels (the stored HU, before the
 guard's smoothing). Per row and density class: the number of slices and of the studies they come from, the share of
 them where the prediction touches the blood ("slices touched"), the mean slice Dice against all blood, and the voxel
-recall Σ|P ∩ G| / Σ|G|.
+recall Σ|P ∩ G| / Σ|G|; and, a property of the data rather than of the row, the median contrast of the class's blood
+against the soft tissue around it (``ichseg.blood_density.blood_contrast``): a class whose blood stands a few HU above
+its surroundings under pixel noise of 3–20 HU is one no model sees well.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ class DensityTally:
     """Running totals of one density class in one row."""
 
     slice_dice: list[float] = field(default_factory=list)
+    contrasts: list[float] = field(default_factory=list)  # HU, of the slices whose surroundings have soft tissue
     studies: int = 0  # with at least one slice in the class: a class held by one or two studies is their figure
     touched_slices: int = 0
     covered_voxels: int = 0
@@ -34,6 +37,7 @@ class DensityTally:
             "slice_dice": float(np.mean(self.slice_dice)),
             "slices_touched": self.touched_slices / len(self.slice_dice),
             "voxel_recall": self.covered_voxels / self.voxels,
+            "median_contrast_hu": float(np.median(self.contrasts)) if self.contrasts else None,
         }
 
 
@@ -45,10 +49,11 @@ class DensityScores:
         default_factory=lambda: {label: DensityTally() for label, _, _ in DENSITY_CLASSES}
     )
 
-    def add(self, predicted: np.ndarray, truth: np.ndarray, densities: np.ndarray,
+    def add(self, predicted: np.ndarray, truth: np.ndarray, densities: np.ndarray, contrasts: np.ndarray,
             positive_slice_dice: list[float]) -> None:
-        """One study: ``predicted`` and ``truth`` (N, H, W); ``densities`` from ``slice_densities``;
-        ``positive_slice_dice`` the Dice of each slice with hemorrhage, in slice order (``StudyScore.slice_dice``)."""
+        """One study: ``predicted`` and ``truth`` (N, H, W); ``densities`` and ``contrasts`` from ``slice_densities``
+        and ``slice_contrasts``; ``positive_slice_dice`` the Dice of each slice with hemorrhage, in slice order
+        (``StudyScore.slice_dice``)."""
         predicted = np.asarray(predicted, dtype=bool)
         positive = np.flatnonzero(~np.isnan(densities))
         if len(positive_slice_dice) != len(positive):
@@ -59,6 +64,8 @@ class DensityScores:
             tally = self.tallies[density_class(float(densities[index]))]
             hit = int((predicted[index] & truth[index]).sum())
             tally.slice_dice.append(dice)
+            if not np.isnan(contrasts[index]):
+                tally.contrasts.append(float(contrasts[index]))
             tally.touched_slices += int(hit > 0)
             tally.covered_voxels += hit
             tally.voxels += int(truth[index].sum())

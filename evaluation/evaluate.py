@@ -61,7 +61,7 @@ from tqdm import tqdm
 from evaluation.by_density import DensityScores
 from evaluation.by_subtype import SubtypeScores, study_lesions
 from ichseg import pipeline
-from ichseg.blood_density import DENSITY_CLASSES, slice_densities
+from ichseg.blood_density import DENSITY_CLASSES, slice_contrasts, slice_densities
 from ichseg.boxes import DEFAULT_MERGE, LESION_GAP_MM, MERGE_MODES, lesion_boxes, lesion_gap_pixels
 from ichseg.detector import KEEP_EVERY_BOX, NMS_IOU, Detection, HemorrhageDetector, operating_point
 from ichseg.follow import DEFAULT_FOLLOWING, FOLLOW_SLICES, NO_FOLLOWING, FollowOptions
@@ -432,14 +432,15 @@ def add_study(scores: dict[str, Scores], study: Study, masks: dict[str, RowMask]
     spacing = (series.slice_spacing, *series.pixel_spacing)
     lesions = study_lesions(study.labels, voxel_ml, spacing) if by_subtype is not None else {}
     densities = slice_densities(series.hu, truth) if by_density is not None else None
+    contrasts = slice_contrasts(series.hu, truth) if by_density is not None else None
     for key, (mask, seconds, removed) in masks.items():
         measured = StudyScore.measure(mask, truth, voxel_ml)
         row = scores.setdefault(key, Scores())
         row.record(measured, seconds, study.study_id)
         if by_subtype is not None:
             by_subtype.setdefault(key, SubtypeScores()).add(mask, lesions, measured.slice_dice)
-        if by_density is not None and densities is not None:
-            by_density.setdefault(key, DensityScores()).add(mask, truth, densities, measured.slice_dice)
+        if by_density is not None and densities is not None and contrasts is not None:
+            by_density.setdefault(key, DensityScores()).add(mask, truth, densities, contrasts, measured.slice_dice)
         for rule, voxels in removed.items():
             row.guard_removed_ml[rule] = row.guard_removed_ml.get(rule, 0.0) + voxels * voxel_ml
 
@@ -627,16 +628,17 @@ def density_markdown(results: dict) -> list[str]:
         return []
     lines = [
         "", "By blood density (a slice is classed by the median HU of its ground-truth blood; slice Dice against all "
-        "blood):", "",
-        "| blood density | method | slices (studies) | slices touched | slice Dice | voxel recall |",
-        "|---|---|---|---|---|---|",
+        "blood; contrast: the median of blood minus the soft tissue just around it, a property of the data):", "",
+        "| blood density | contrast (HU) | method | slices (studies) | slices touched | slice Dice | voxel recall |",
+        "|---|---|---|---|---|---|---|",
     ]
     for label, _, _ in DENSITY_CLASSES:
         for key, row in rows.items():
             if label in row:
                 s = row[label]
+                contrast = "—" if s.get("median_contrast_hu") is None else f"{s['median_contrast_hu']:.0f}"
                 lines.append(
-                    f"| {label} | {results['rows'][key]['label']} | {s['slices']} ({s['studies']}) "
+                    f"| {label} | {contrast} | {results['rows'][key]['label']} | {s['slices']} ({s['studies']}) "
                     f"| {cell(s['slices_touched'], 2)} "
                     f"| {cell(s['slice_dice'])} | {cell(s['voxel_recall'], 2)} |"
                 )

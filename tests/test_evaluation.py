@@ -24,7 +24,7 @@ from evaluation.evaluate import (
     wrong_studies,
 )
 from evaluation.evaluate import main as evaluate_main
-from ichseg.blood_density import density_class, slice_densities
+from ichseg.blood_density import blood_contrast, density_class, slice_contrasts, slice_densities
 from ichseg.follow import FOLLOW_SLICES, FollowOptions
 from ichseg.guard import GuardOptions
 from ichseg.labelled_study import Study, load_study
@@ -126,9 +126,10 @@ def test_evaluation_command_on_a_256_series(study_folder: Path, tmp_path: Path,
     by_density = results["by_density"]["oracle"]  # every slice with blood in one class, as its stored HU says
     assert sum(tally["slices"] for tally in by_density.values()) == oracle["positive_slices"]
     assert all(tally["studies"] == 1 for tally in by_density.values()), "one test study"
+    assert all(tally["median_contrast_hu"] > 0 for tally in by_density.values()), "blood above the brain around it"
     table = (out / "evaluation.md").read_text()
     assert "YOLO + TransDeepLab (product), slice merge + guard" in table and "| subtype | method |" in table
-    assert "| blood density | method | slices (studies) |" in table
+    assert "| blood density | contrast (HU) | method | slices (studies) |" in table
     assert results["follow"] == FollowOptions().describe(), "the product rows follow findings as the app does"
     assert f"followed up to {FOLLOW_SLICES} slices each way" in table
     versions = {role: ModelManifest.load(MODELS / role).label for role in ("detector", "segmenter")}
@@ -236,27 +237,42 @@ def test_lesions_group_fragments_within_the_gap() -> None:
 
 def test_blood_density_classes_each_slice_by_its_own_blood() -> None:
     """Low-density blood scored apart from dense blood: one slice of each, the prediction finding only the dense."""
-    hu = np.full((3, 8, 8), 38.0)  # grey matter
+    hu = np.full((3, 12, 12), 38.0)  # grey matter
     truth = np.zeros(hu.shape, dtype=bool)
-    truth[0, 2:4, 2:4] = True
-    hu[0, 2:4, 2:4] = 45.0  # hyperacute
-    truth[2, 1:5, 1:5] = True
-    hu[2, 1:5, 1:5] = 75.0  # clotted
-    hu[2, 1, 1] = 120.0  # partial volume with bone: the median, not the mean, classes the slice
+    truth[0, 4:6, 4:6] = True
+    hu[0, 4:6, 4:6] = 45.0  # hyperacute
+    truth[2, 4:8, 4:8] = True
+    hu[2, 4:8, 4:8] = 75.0  # clotted
+    hu[2, 4, 4] = 120.0  # partial volume with bone: the median, not the mean, classes the slice
     predicted = truth.copy()
     predicted[0] = False
     densities = slice_densities(hu, truth)
     assert np.isnan(densities[1]) and densities[0] == 45.0 and densities[2] == 75.0
     assert [density_class(d) for d in (45.0, 50.0, 69.9, 70.0)] == ["< 50 HU", "50–70 HU", "50–70 HU", "≥ 70 HU"]
+    contrasts = slice_contrasts(hu, truth)
+    assert np.isnan(contrasts[1]) and contrasts[0] == 7.0 and contrasts[2] == 37.0, "blood minus the grey around it"
     scores = DensityScores()
-    scores.add(predicted, truth, densities, [0.0, 1.0])
+    scores.add(predicted, truth, densities, contrasts, [0.0, 1.0])
     summary = scores.summary()
     assert set(summary) == {"< 50 HU", "≥ 70 HU"}, "classes without slices are left out"
     assert summary["< 50 HU"] == {"slices": 1, "studies": 1, "slice_dice": 0.0, "slices_touched": 0.0,
-                                  "voxel_recall": 0.0}
+                                  "voxel_recall": 0.0, "median_contrast_hu": 7.0}
     assert summary["≥ 70 HU"] == {"slices": 1, "studies": 1, "slice_dice": 1.0, "slices_touched": 1.0,
-                                  "voxel_recall": 1.0}
-    scores.add(predicted, truth, densities, [0.0, 1.0])  # a second study
+                                  "voxel_recall": 1.0, "median_contrast_hu": 37.0}
+    scores.add(predicted, truth, densities, contrasts, [0.0, 1.0])  # a second study
     assert scores.summary()["< 50 HU"]["studies"] == 2 and scores.summary()["< 50 HU"]["slices"] == 2
     with pytest.raises(ValueError, match="1 slice Dice values for 2 slices"):
-        scores.add(predicted, truth, densities, [1.0])
+        scores.add(predicted, truth, densities, contrasts, [1.0])
+
+
+def test_blood_contrast_skips_the_gap_and_what_is_not_soft_tissue() -> None:
+    """The surroundings start a pixel away (partial volume) and leave out bone and air; none left: NaN."""
+    hu = np.full((16, 16), 25.0)  # white matter
+    blood = np.zeros(hu.shape, dtype=bool)
+    blood[6:10, 6:10] = True
+    hu[blood] = 40.0
+    hu[5, 6:10] = 90.0  # the gap: partial volume next to the blood, not its surroundings
+    hu[:, 12:] = 1500.0  # bone on one side
+    assert blood_contrast(hu, blood) == 15.0
+    hu[~blood] = 1500.0
+    assert np.isnan(blood_contrast(hu, blood)) and np.isnan(blood_contrast(hu, np.zeros_like(blood)))
