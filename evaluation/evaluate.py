@@ -431,16 +431,15 @@ def add_study(scores: dict[str, Scores], study: Study, masks: dict[str, RowMask]
     voxel_ml = series.voxel_volume_ml
     spacing = (series.slice_spacing, *series.pixel_spacing)
     lesions = study_lesions(study.labels, voxel_ml, spacing) if by_subtype is not None else {}
-    densities = slice_densities(series.hu, truth) if by_density is not None else None
-    contrasts = slice_contrasts(series.hu, truth) if by_density is not None else None
+    blood = (slice_densities(series.hu, truth), slice_contrasts(series.hu, truth)) if by_density is not None else None
     for key, (mask, seconds, removed) in masks.items():
         measured = StudyScore.measure(mask, truth, voxel_ml)
         row = scores.setdefault(key, Scores())
         row.record(measured, seconds, study.study_id)
         if by_subtype is not None:
             by_subtype.setdefault(key, SubtypeScores()).add(mask, lesions, measured.slice_dice)
-        if by_density is not None and densities is not None and contrasts is not None:
-            by_density.setdefault(key, DensityScores()).add(mask, truth, densities, contrasts, measured.slice_dice)
+        if by_density is not None and blood is not None:
+            by_density.setdefault(key, DensityScores()).add(mask, truth, *blood, measured.slice_dice)
         for rule, voxels in removed.items():
             row.guard_removed_ml[rule] = row.guard_removed_ml.get(rule, 0.0) + voxels * voxel_ml
 

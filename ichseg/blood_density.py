@@ -45,7 +45,7 @@ def blood_contrast(hu_slice: np.ndarray, blood: np.ndarray) -> float:
     ring &= (hu_slice >= SOFT_TISSUE_HU[0]) & (hu_slice < SOFT_TISSUE_HU[1])
     if not ring.any():
         return math.nan
-    return float(np.median(hu_slice[blood]) - np.median(hu_slice[ring]))
+    return blood_density(hu_slice, blood) - float(np.median(hu_slice[ring]))
 
 
 def slice_contrasts(hu: np.ndarray, truth: np.ndarray) -> np.ndarray:
