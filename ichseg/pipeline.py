@@ -37,6 +37,7 @@ class WindowedSeries:
     source: np.ndarray  # (N, rows, columns) uint8 in the header windows, the source grid (segmenter input, SEG grid)
     detector: np.ndarray  # (N, 512, 512) uint8, the detector grid (the same array when the source is 512²)
     hu: np.ndarray  # (N, rows, columns) the series' HU (its own array, not a copy): the fixed windows are made from it
+    slice_spacing: float  # mm between slice centres: how many neighbours a slab channel averages
     _channels: dict[tuple[str, str], np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     def source_input(self, kind: str) -> np.ndarray:
@@ -46,7 +47,7 @@ class WindowedSeries:
         if kind == HEADER_INPUT:
             return self.source
         if (kind, "source") not in self._channels:
-            self._channels[kind, "source"] = channel_input(self.source, self.hu, kind)
+            self._channels[kind, "source"] = channel_input(self.source, self.hu, kind, self.slice_spacing)
         return self._channels[kind, "source"]
 
     def detector_input(self, kind: str) -> np.ndarray:
@@ -73,8 +74,8 @@ def window_series(series: CTSeries) -> WindowedSeries:
     windows follow when a network that takes them asks (``WindowedSeries.source_input``)."""
     source = window_volume(series.hu, series.windows)
     if source.shape[1:] == (INPUT_SIZE, INPUT_SIZE):
-        return WindowedSeries(source, source, series.hu)
-    return WindowedSeries(source, np.stack([resize_to_input(s) for s in source]), series.hu)
+        return WindowedSeries(source, source, series.hu, series.slice_spacing)
+    return WindowedSeries(source, np.stack([resize_to_input(s) for s in source]), series.hu, series.slice_spacing)
 
 
 def to_source_grid(detection: Detection, scale: tuple[float, float]) -> Detection:

@@ -93,7 +93,8 @@ def test_cluster_mode_crops_each_cluster_and_unions_the_masks(segmenter, positiv
     index = int((labels > 0).reshape(len(labels), -1).sum(axis=1).argmax())
     windowed = pipeline.window_series(series)
     one = pipeline.WindowedSeries(
-        windowed.source[index:index + 1], windowed.detector[index:index + 1], windowed.hu[index:index + 1]
+        windowed.source[index:index + 1], windowed.detector[index:index + 1], windowed.hu[index:index + 1],
+        series.slice_spacing,
     )
     left, right = (120.0, 180.0, 200.0, 260.0), (320.0, 240.0, 400.0, 330.0)
     margin = pipeline.cluster_margin_px(series.pixel_spacing)

@@ -343,7 +343,7 @@ def test_fixed_windows_keep_blood_apart_from_bone() -> None:
     hu = np.array([[[35.0, 85.0, 1200.0]]])
     header = apply_window(hu, 40.0, 80.0)
     assert header.tolist() == [[[112, 255, 255]]]
-    first, brain, subdural = channel_input(header, hu, MULTI_WINDOW_INPUT)[0, :, 0]
+    first, brain, subdural = channel_input(header, hu, MULTI_WINDOW_INPUT, 5.0)[0, :, 0]
     assert first.tolist() == header[0, 0].tolist() and brain.tolist() == [112, 255, 255]
     assert subdural[0] < subdural[1] < subdural[2] == 255
 
@@ -353,13 +353,13 @@ def test_stroke_input_doubles_the_contrast_of_hyperacute_blood() -> None:
     the brain window does; the other two channels are the fixed brain and subdural windows, not the header's."""
     hu = np.array([[[40.0, 46.0, 85.0, 1200.0]]])
     bone_header = apply_window(hu, 400.0, 2000.0)  # a bone-window header: must not reach a stroke network
-    stroke, brain, subdural = channel_input(bone_header, hu, STROKE_INPUT)[0, :, 0].astype(int)
+    stroke, brain, subdural = channel_input(bone_header, hu, STROKE_INPUT, 5.0)[0, :, 0].astype(int)
     assert stroke.tolist() == apply_window(hu, *STROKE_WINDOW)[0, 0].tolist()
     assert brain.tolist() == apply_window(hu, *BRAIN_WINDOW)[0, 0].tolist()
     assert subdural.tolist() == apply_window(hu, *SUBDURAL_WINDOW)[0, 0].tolist()
     assert stroke[1] - stroke[0] >= 2 * (brain[1] - brain[0]) - 1 > 0
     with pytest.raises(ValueError, match="unknown multi-window network input"):
-        channel_input(bone_header, hu, HEADER_INPUT)
+        channel_input(bone_header, hu, HEADER_INPUT, 5.0)
 
 
 def test_segmenter_takes_the_input_its_manifest_names(tmp_path: Path, study: Study) -> None:

@@ -373,8 +373,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of the negative sampling and the default split")
     parser.add_argument("--input", choices=INPUT_KINDS, default=MULTI_WINDOW_INPUT,
                         help="image channels: the header window (grey, the paper), the header, brain and subdural "
-                             "windows (default: blood stays apart from bone whatever the header says), or the stroke "
-                             "(40/40), brain and subdural windows (ichseg.windowing)")
+                             "windows (default: blood stays apart from bone whatever the header says), the stroke "
+                             "(40/40), brain and subdural windows, or a ±3 mm slab's brain window and the slice's "
+                             "brain and subdural windows (ichseg.windowing)")
     args = parser.parse_args(argv)
     if args.hard_negatives is not None and (problem := mining_problem(args.negatives_per_positive, args.hard_share)):
         parser.error(problem)

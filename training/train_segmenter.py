@@ -85,8 +85,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--network", choices=sorted(ARCHITECTURES), default="transdeeplab")
     parser.add_argument("--input", choices=INPUT_KINDS, default=MULTI_WINDOW_INPUT,
                         help="what the 3 input channels hold: the header window 3× (the paper), the header, brain "
-                             "and subdural windows (default: blood stays apart from bone whatever the header says), or "
-                             "the stroke (40/40), brain and subdural windows (ichseg.windowing)")
+                             "and subdural windows (default: blood stays apart from bone whatever the header says), "
+                             "the stroke (40/40), brain and subdural windows, or a ±3 mm slab's brain window and the "
+                             "slice's brain and subdural windows (ichseg.windowing)")
     parser.add_argument("--epochs", type=int, default=300, help="planned epochs; the lr decays to 0 over them")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="adamw",
