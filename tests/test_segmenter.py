@@ -108,7 +108,7 @@ def test_crop_targets_paste_back_to_ground_truth(study: Study, input_kind: str) 
         truth = study.labels[index] > 0
         box = ground_truth_box(study.labels[index])
         torch.testing.assert_close(image, crop_to_input(slices[index], box))
-        if input_kind != STROKE_INPUT:
+        if input_kind in (HEADER_INPUT, MULTI_WINDOW_INPUT):
             header_channel = crop_to_input(study.windowed.source[index], box)[0]
             assert torch.equal(image[0], header_channel), "channel 0 is the header window in these inputs"
         assert torch.equal(image[1], image[2]) == (input_kind == HEADER_INPUT)
