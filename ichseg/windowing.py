@@ -26,7 +26,7 @@ SLAB_HALF_MM = 3.0  # the slab channel averages the slices whose centres lie wit
 #: and mixed blood (35–50 HU) differs from grey matter by a few HU; the stroke window doubles that contrast in the
 #: first channel while the other two keep clotted blood and bone apart. No channel depends on the header.
 #: ``slab+brain+subdural``: the first channel is the brain window of a thin slab, the mean HU of the slices within
-#: ±``SLAB_HALF_MM`` (the slice alone at ≥ 3.5 mm spacing). Blood continues across thin slices while noise does not:
+#: ±``SLAB_HALF_MM`` (the slice alone at spacings over 3 mm). Blood continues across thin slices while noise does not:
 #: on the validation phantoms the slab doubles the contrast-to-noise of low-density blood (median 0.36 → 0.65) and of
 #: clotted blood (1.8 → 3.4). The other two channels are the slice's own brain and subdural windows.
 HEADER_INPUT = "header-window"
