@@ -116,7 +116,6 @@ def channel_input(header_windowed: np.ndarray, hu: np.ndarray, kind: str, slice_
     for channel in CHANNELS[kind]:
         if channel.window is None:
             planes.append(header_windowed)
-        else:
-            source = slab_mean(hu, slice_spacing, channel.slab_half_mm) if channel.slab_half_mm > 0 else hu
-            planes.append(apply_window(source, *channel.window))
+        else:  # slab_mean is the HU itself for a channel without a slab
+            planes.append(apply_window(slab_mean(hu, slice_spacing, channel.slab_half_mm), *channel.window))
     return np.stack(planes, axis=1)
