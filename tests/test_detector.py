@@ -496,3 +496,27 @@ def test_tile_labels_follow_ultralytics_rule_for_cut_boxes() -> None:
     assert tile_lines([box], 50, 0, 320) == [f"3 {25 / 320:.6f} {50 / 320:.6f} {50 / 320:.6f} {100 / 320:.6f}"]
     assert tile_lines([LabelledBox(0, (0.0, 0.0, 101.5, 10.0))], 100, 0, 320) == []  # a 1.5 px sliver
     assert tile_lines([box], 0, 0, 320) == [f"3 {50 / 320:.6f} {50 / 320:.6f} {100 / 320:.6f} {100 / 320:.6f}"]
+
+
+def test_transfer_to_a_p2_head_keeps_every_trained_level(ultralytics_config: Path, tmp_path: Path) -> None:
+    """The bundled detector carried to training/yolov5n-p2.yaml: all its weights in place, so the new model's
+    stride-8/16/32 outputs equal the old model's, plus a stride-4 level; an architecture that changes the old
+    layers is refused, naming the weight that does not fit."""
+    import torch
+
+    from training.transfer_detector import load_detection_model, main, transfer
+
+    root = Path(__file__).resolve().parents[1]
+    models, out = root / "models" / "detector" / "model.pt", tmp_path / "p2_init.pt"
+    main(["--source", str(models), "--model", str(root / "training" / "yolov5n-p2.yaml"), "--out", str(out)])
+    old, new = load_detection_model(models).eval(), load_detection_model(out).eval()
+    assert new.stride.tolist() == [4.0, 8.0, 16.0, 32.0] and old.stride.tolist() == [8.0, 16.0, 32.0]
+    assert new.names == old.names
+    image = torch.rand(1, 3, 128, 128)
+    with torch.no_grad():
+        before, after = old(image)[0], new(image)[0]
+    p2_anchors = (128 // 4) ** 2
+    assert after.shape[-1] == p2_anchors + before.shape[-1]
+    torch.testing.assert_close(after[..., p2_anchors:], before, rtol=0, atol=0)
+    with pytest.raises(ModelError, match="no place in the new architecture"):
+        transfer(models, "yolov5s.yaml")
