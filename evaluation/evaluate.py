@@ -58,6 +58,7 @@ from monai.metrics import compute_dice
 from torchvision.ops import box_iou
 from tqdm import tqdm
 
+from evaluation.by_box_size import BoxSizeRecall, box_size_markdown
 from evaluation.by_density import DensityScores
 from evaluation.by_subtype import SubtypeScores, study_lesions
 from ichseg import pipeline
@@ -274,9 +275,12 @@ class DetectionRecords:
     confidence: list[float] = field(default_factory=list)
     pred_classes: list[int] = field(default_factory=list)
     true_classes: list[int] = field(default_factory=list)
+    sizes: BoxSizeRecall = field(default_factory=BoxSizeRecall)
 
-    def add_slice(self, detections: list, label_slice: np.ndarray, gap: float | None = None) -> None:
-        """One slice's detections against its lesion boxes (fragments within ``gap`` pixels grouped)."""
+    def add_slice(self, detections: list, label_slice: np.ndarray, gap: float | None = None,
+                  pixel_mm: float = 1.0) -> None:
+        """One slice's detections against its lesion boxes (fragments within ``gap`` pixels grouped; pixels of
+        ``pixel_mm`` for the recall by box size)."""
         truth = lesion_boxes(label_slice, gap)
         true_boxes = np.asarray([t.box for t in truth], dtype=np.float64).reshape(-1, 4)
         true_classes = np.asarray([t.subtype for t in truth], dtype=np.int64)
@@ -286,6 +290,7 @@ class DetectionRecords:
         self.confidence += [d.confidence for d in detections]
         self.pred_classes += pred_classes.tolist()
         self.true_classes += true_classes.tolist()
+        self.sizes.add_slice(true_boxes, pred_boxes, np.asarray([d.confidence for d in detections]), pixel_mm)
 
     def mean_ap(self) -> tuple[float, float]:
         """(mAP@0.5, mAP@0.5:0.95) over the subtypes present in the ground truth."""
@@ -388,7 +393,7 @@ def detection_sources(study: Study, models: Models, records: DetectionRecords | 
         sources["product"] = (detections, time.perf_counter() - started, models.confidence, models.extend_confidence)
         if records is not None:
             for slice_detections, label_slice in zip(detections, study.labels, strict=True):
-                records.add_slice(slice_detections, label_slice, gap)
+                records.add_slice(slice_detections, label_slice, gap, min(study.series.pixel_spacing))
     return sources
 
 
@@ -470,6 +475,7 @@ def detector_results(
         "test_mAP50": map50,
         "test_mAP50_95": map50_95,
         "test_AP50_by_subtype": records.ap50_by_subtype(),
+        "test_recall_by_box_size": records.sizes.recall(product_confidence or KEEP_EVERY_BOX),
         "manifest_mAP50": manifest.training.get("mAP50"),
         "manifest_mAP50_95": manifest.training.get("mAP50_95"),
     }
@@ -564,6 +570,9 @@ def markdown(results: dict) -> str:
             + (f", continued across slices down to {d['product_extend_confidence']} (`ichseg.z_continuity`)."
                if d.get("product_extend_confidence") not in (None, d["product_confidence"]) else "."),
         ]
+        if d.get("test_recall_by_box_size"):
+            at = d["product_confidence"] or KEEP_EVERY_BOX
+            lines[-1] += " " + box_size_markdown(d["test_recall_by_box_size"], at)
     if "guard" in results:
         g = results["guard"]
         lines += ["", f"Guard (`+ guard` rows): inside the skull at least {g['cavity_margin_mm']:g} mm from bone, "

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from small_study import MATRIX, generated_study
 
+from evaluation.by_box_size import BoxSizeRecall
 from evaluation.by_density import DensityScores
 from evaluation.by_subtype import SubtypeScores, study_lesions
 from evaluation.evaluate import (
@@ -118,6 +119,8 @@ def test_evaluation_command_on_a_256_series(study_folder: Path, tmp_path: Path,
     assert guarded["guard_removed_ml"].keys() == {"cavity", "density", "size"}
     assert results["detector"]["test_mAP50"] > 0, "detections compared with boxes on the same grid"
     assert set(results["detector"]["test_AP50_by_subtype"]) == present, "one AP per subtype in the ground truth"
+    by_size = results["detector"]["test_recall_by_box_size"]
+    assert sum(row["boxes"] for row in by_size.values()) > 0 and any(row["recall"] for row in by_size.values())
     by_subtype = results["by_subtype"]["oracle"]
     assert set(by_subtype) == present and by_subtype
     for name, tally in by_subtype.items():
@@ -276,3 +279,19 @@ def test_blood_contrast_skips_the_gap_and_what_is_not_soft_tissue() -> None:
     assert blood_contrast(hu, blood) == 15.0
     hu[~blood] = 1500.0
     assert np.isnan(blood_contrast(hu, blood)) and np.isnan(blood_contrast(hu, np.zeros_like(blood)))
+
+
+def test_recall_by_box_size_buckets_by_shortest_side_in_mm_whatever_the_subtype() -> None:
+    """A box counts as found at the best confidence of any detection overlapping it at IoU ≥ 0.5."""
+    recall = BoxSizeRecall()
+    thin, large = [0.0, 0.0, 6.0, 60.0], [100.0, 100.0, 160.0, 140.0]  # shortest sides 6 and 40 px
+    recall.add_slice(np.array([thin, large]), np.array([[102.0, 100.0, 160.0, 140.0]]), np.array([0.3]), 0.5)
+    recall.add_slice(np.array([thin]), np.array([[0.0, 0.0, 6.0, 60.0], [0.0, 30.0, 6.0, 90.0]]),
+                     np.array([0.2, 0.9]), 0.5)  # the 0.9 box overlaps it at IoU 1/3 only
+    recall.add_slice(np.empty((0, 4)), np.array([thin]), np.array([0.9]), 0.5)  # a false alarm: no lesion box
+    table = recall.recall(0.25)
+    assert list(table) == ["< 4 mm", "4–8 mm", "8–16 mm", "16–32 mm", "≥ 32 mm"]
+    assert table["< 4 mm"] == {"boxes": 2, "recall": 0.0}, "3 mm wide: found only at 0.2"
+    assert table["16–32 mm"] == {"boxes": 1, "recall": 1.0}, "20 mm: found at IoU 0.97, confidence 0.3"
+    assert table["4–8 mm"] == {"boxes": 0, "recall": None}
+    assert recall.recall(0.1)["< 4 mm"]["recall"] == 0.5 and recall.recall(0.5)["16–32 mm"]["recall"] == 0.0
