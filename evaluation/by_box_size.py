@@ -1,11 +1,12 @@
 """Detector recall by lesion-box size: where a detector's misses are.
 
 mAP says how much is lost, not where. On the synthetic validation slices the bundled detector found 1 % of the
-lesion boxes whose shortest side is under 8 px of its 512 grid and 83 % of those over 64 px: its finest level has a
-stride of 8 px, and thin subdurals, single sulci of subarachnoid blood and tiny bleeds fall through it. This table
-keeps that visible for any detector: each ground-truth lesion box counts as found at the highest confidence of a
-detection of any subtype overlapping it at IoU ≥ 0.5 (the product crops whatever it boxes, whatever the subtype),
-bucketed by its shortest side in millimetres.
+lesion boxes whose shortest side is under 8 px of its 512 grid and 83 % of those over 64 px. A stride-4 level did not
+find more of the small ones: on these phantoms most are 1–3 px slivers (crescent ends on the inner table, fragments
+under the noise) with nothing to see (models/README.md). A crescent's box is as long as its arc however thin the
+blood, so a large box is not always visible blood either. This table keeps it measured for any detector: each
+ground-truth lesion box counts as found at the highest confidence of a detection of any subtype overlapping it at
+IoU ≥ 0.5 (the product crops whatever it boxes, whatever the subtype), bucketed by its shortest side in millimetres.
 """
 
 from __future__ import annotations

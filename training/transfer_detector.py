@@ -1,12 +1,13 @@
 """Carry a trained detector's weights over to an architecture with more detection levels (e.g. a stride-4 P2 head).
 
 Small and thin hemorrhage is what the bundled yolov5n misses (validation recall of boxes under 8 px across: 1 %,
-8–16 px: 29 %, ≥ 64 px: 83 %); a P2 level (``training/yolov5-p2.yaml``) sees it at twice the resolution. Trained
-from scratch that costs days of this CPU; most of the network is already trained. This writes a checkpoint of the
-new architecture holding every weight of the old one — layers by index (the new YAML must keep the old layers
-unchanged, in place), detection levels by stride — with only the new layers at their initialisation, to start a
-leg from with ``training.train_detector --model <the YAML> --pretrained <this checkpoint>``. At the levels they
-share, the new model's outputs equal the old one's before training.
+8–16 px: 29 %, ≥ 64 px: 83 %); a P2 level (``training/yolov5-p2.yaml``) sees it at twice the resolution. (On the
+synthetic phantoms it did not help — their small boxes are mostly sub-visible slivers; models/README.md — but real
+readers box what they see.) Trained from scratch that costs days of this CPU; most of the network is already
+trained. This writes a checkpoint of the new architecture holding every weight of the old one — layers by index (the
+new YAML must keep the old layers unchanged, in place), detection levels by stride — with only the new layers at
+their initialisation, to start a leg from with ``training.train_detector --model <the YAML> --pretrained <this
+checkpoint>``. At the levels they share, the new model's outputs equal the old one's before training.
 """
 
 from __future__ import annotations
