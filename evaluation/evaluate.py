@@ -287,10 +287,11 @@ class DetectionRecords:
         pred_boxes = np.asarray([d.box for d in detections], dtype=np.float64).reshape(-1, 4)
         pred_classes = np.asarray([d.subtype for d in detections], dtype=np.int64)
         self.correct.append(match_detections(pred_boxes, pred_classes, true_boxes, true_classes))
-        self.confidence += [d.confidence for d in detections]
+        confidences = [d.confidence for d in detections]
+        self.confidence += confidences
         self.pred_classes += pred_classes.tolist()
         self.true_classes += true_classes.tolist()
-        self.sizes.add_slice(true_boxes, pred_boxes, np.asarray([d.confidence for d in detections]), pixel_mm)
+        self.sizes.add_slice(true_boxes, pred_boxes, np.asarray(confidences), pixel_mm)
 
     def mean_ap(self) -> tuple[float, float]:
         """(mAP@0.5, mAP@0.5:0.95) over the subtypes present in the ground truth."""

@@ -519,4 +519,4 @@ def test_transfer_to_a_p2_head_keeps_every_trained_level(ultralytics_config: Pat
     assert after.shape[-1] == p2_anchors + before.shape[-1]
     torch.testing.assert_close(after[..., p2_anchors:], before, rtol=0, atol=0)
     with pytest.raises(ModelError, match="no place in the new architecture"):
-        transfer(models, "yolov5s.yaml")
+        transfer(old, "yolov5s.yaml")

@@ -37,18 +37,12 @@ def load_detection_model(path: Path) -> DetectionModel:
     return model.float()
 
 
-def layers(model: DetectionModel) -> torch.nn.Sequential:
-    """The model's numbered layers (``model.<i>.…`` in its state dict), its Detect head last."""
-    sequence = model.model
-    if not isinstance(sequence, torch.nn.Sequential) or not isinstance(sequence[-1], Detect):
+def detect_head(model: DetectionModel) -> tuple[int, Detect]:
+    """Index of the model's last layer (``model.<i>.…`` in its state dict) and that layer, its Detect head."""
+    layers = model.model
+    if not isinstance(layers, torch.nn.Sequential) or not isinstance(layers[-1], Detect):
         raise ModelError("not a detection model ending in a Detect head")
-    return sequence
-
-
-def detect_head(sequence: torch.nn.Sequential) -> Detect:
-    head = sequence[-1]
-    assert isinstance(head, Detect)  # checked by layers()
-    return head
+    return len(layers) - 1, layers[-1]
 
 
 def level_map(source: Detect, target: Detect) -> dict[int, int]:
@@ -63,9 +57,8 @@ def level_map(source: Detect, target: Detect) -> dict[int, int]:
 def transferred_state(source: DetectionModel, target: DetectionModel) -> dict[str, torch.Tensor]:
     """Source weights under the target's names: layer i stays layer i, the Detect head moves to the target's last
     layer and its per-level branches to the level of the same stride. Refuses any weight that does not fit."""
-    source_layers, target_layers = layers(source), layers(target)
-    source_head, target_head = len(source_layers) - 1, len(target_layers) - 1
-    levels = level_map(detect_head(source_layers), detect_head(target_layers))
+    (source_head, source_detect), (target_head, target_detect) = detect_head(source), detect_head(target)
+    levels = level_map(source_detect, target_detect)
     target_state = target.state_dict()
     state: dict[str, torch.Tensor] = {}
     for key, value in source.state_dict().items():
@@ -82,9 +75,8 @@ def transferred_state(source: DetectionModel, target: DetectionModel) -> dict[st
     return state
 
 
-def transfer(source_path: Path, architecture: str) -> DetectionModel:
-    """A model of ``architecture`` (a YAML) holding every weight of the detector at ``source_path``."""
-    source = load_detection_model(source_path)
+def transfer(source: DetectionModel, architecture: str) -> DetectionModel:
+    """A model of ``architecture`` (a YAML) holding every weight of ``source``."""
     target = DetectionModel(architecture, nc=len(source.names), verbose=False)
     target.load_state_dict(transferred_state(source, target), strict=False)
     target.names = dict(source.names)
@@ -97,10 +89,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="training/yolov5n-p2.yaml", help="architecture YAML to carry it to")
     parser.add_argument("--out", type=Path, required=True, help="checkpoint to write (for --pretrained)")
     args = parser.parse_args(argv)
-    model = transfer(args.source, args.model)
+    source = load_detection_model(args.source)
+    model = transfer(source, args.model)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": model, "epoch": -1, "train_args": {}}, args.out)
-    carried = len(load_detection_model(args.source).state_dict())
+    carried = len(source.state_dict())
     print(f"{args.out}: {args.model}, {carried} of {len(model.state_dict())} tensors from {args.source}")
 
 
