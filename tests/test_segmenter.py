@@ -167,6 +167,7 @@ def test_training_lowers_loss_and_exports(trained: Path) -> None:
     assert manifest["task"] == "segmentation" and manifest["input_size"] == 224
     assert manifest["training"]["mode"] == CROP_MODE and manifest["training"]["network"] == "monai-unet"
     assert 0 <= manifest["training"]["val_dice"] <= 1
+    assert manifest["training"]["augmentation"] == "rot90 + flip + box jitter 10%"
     state = torch.load(trained / WEIGHTS_NAME, weights_only=True)
     assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
     assert not HemorrhageSegmenter(trained).whole_slice
@@ -189,6 +190,8 @@ def test_resume_with_more_epochs_extends_the_lr_plan(trained: Path, tmp_path: Pa
         train_main([*common, "--epochs", "5", "--resume"])
     with pytest.raises(SystemExit, match="made for crops/monai-unet/sgd"):
         train_main([*common[:-6], "--optimizer", "adamw", "--epochs", "5", "--resume"])
+    with pytest.raises(SystemExit, match="trained with --jitter 0.1, not 0.25"):
+        train_main([*common, "--epochs", "5", "--jitter", "0.25", "--resume"])
 
 
 def test_more_data_joins_the_training_split_only(trained: Path, positive_study: Path, tmp_path: Path) -> None:
@@ -245,6 +248,24 @@ def test_low_density_crops_can_be_drawn_more_often(trained: Path, study: Study, 
     for refused in (["--low-density-weight", "0"], ["--low-density-weight", "2", "--mode", "whole-slice"]):
         with pytest.raises(SystemExit):
             parse_args([*common, *refused])
+
+
+def test_jitter_option_widens_the_box_jitter_and_the_cached_regions(trained: Path, tmp_path: Path) -> None:
+    """--jitter sets how far training moves box edges (to match a detector's box error): the dataset jitters by it,
+    the same crops are cached with wider regions around them, and a value outside 0-1 is refused."""
+    common = ["--data", str(trained.parent / "data"), "--mode", CROP_MODE, "--network", "monai-unet", "--epochs", "1",
+              "--batch", "4", "--steps-per-epoch", "1", "--val-slices", "4", "--out", str(tmp_path / "model")]
+    narrow = make_loaders(parse_args(common)).train_set
+    wide = make_loaders(parse_args([*common, "--jitter", "0.25"])).train_set
+    assert narrow.jitter == JITTER and wide.jitter == 0.25
+    assert len(wide.samples) == len(narrow.samples) > 0
+    for small, large in zip(narrow.samples, wide.samples, strict=True):  # same crops, wider cached regions
+        assert large.mask.shape[0] >= small.mask.shape[0] and large.mask.shape[1] >= small.mask.shape[1]
+        assert np.array_equal(np.asarray(large.box) - np.asarray(large.box)[[0, 1, 0, 1]],
+                              np.asarray(small.box) - np.asarray(small.box)[[0, 1, 0, 1]])
+    assert sum(s.mask.size for s in wide.samples) > sum(s.mask.size for s in narrow.samples)
+    with pytest.raises(SystemExit):
+        parse_args([*common, "--jitter", "1.5"])
 
 
 def test_lr_plans() -> None:

@@ -88,6 +88,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "and subdural windows (default: blood stays apart from bone whatever the header says), "
                              "the stroke (40/40), brain and subdural windows, or a ±3 mm slab's brain window and the "
                              "slice's brain and subdural windows (ichseg.windowing)")
+    parser.add_argument("--jitter", type=float, default=JITTER, metavar="FRACTION",
+                        help="crop mode: each box edge moves outwards by up to this fraction of the box side and "
+                             f"inwards by up to half of it (default {JITTER:g}); match it to how far your detector's "
+                             "boxes lie from the ground truth's (models/README.md)")
     parser.add_argument("--epochs", type=int, default=300, help="planned epochs; the lr decays to 0 over them")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="adamw",
@@ -126,6 +130,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--low-density-weight needs --mode crops")
     if not 0.0 <= args.negative_share <= 10.0:
         parser.error(f"--negative-share must be between 0 and 10, got {args.negative_share}")
+    if not 0.0 <= args.jitter <= 1.0:
+        parser.error(f"--jitter must be between 0 and 1, got {args.jitter}")
     lr, weight_decay, warmup, _ = OPTIMIZERS[args.optimizer]
     args.lr = lr if args.lr is None else args.lr
     args.weight_decay = weight_decay if args.weight_decay is None else args.weight_decay
@@ -214,7 +220,7 @@ def manifest_for(args: argparse.Namespace, state: dict) -> ModelManifest:
             "optimizer": optimizer_description(args),
             "precision": state.get("precision", "fp32"),
             "init_weights": portable_path(args.init_weights) if args.init_weights else None,
-            "augmentation": "rot90 + flip" + (f" + box jitter {JITTER:.0%}" if args.mode == CROP_MODE else ""),
+            "augmentation": "rot90 + flip" + (f" + box jitter {args.jitter:.0%}" if args.mode == CROP_MODE else ""),
             "sampling": "uniform" if args.low_density_weight == 1.0 else (
                 f"crops of blood under {LOW_DENSITY_HU:g} HU drawn {args.low_density_weight:g}x as often "
                 f"({state.get('low_density_samples', 0)} of the train slices)"),
@@ -264,7 +270,7 @@ def make_loaders(args: argparse.Namespace) -> Loaders:
     """Cached, augmented training set with its seeded sampler, and the un-augmented validation loader. A resumed
     run with ``--negative-crops`` cuts the crops its record lists (``training.segmenter_negatives.read_record``)."""
     refuse_leaks(args.data, args.more_data)
-    negatives = None if args.negative_crops is None else NegativeCrops(args.negative_crops, args.input, JITTER)
+    negatives = None if args.negative_crops is None else NegativeCrops(args.negative_crops, args.input, args.jitter)
     args.negative_detector = None if negatives is None else negatives.description  # resume refuses another detector
     if negatives is not None and args.resume:  # the crops the run chose, cut again without a detector pass
         negatives.recorded = read_record(args.out, negatives.description, args.negative_share)
@@ -272,6 +278,7 @@ def make_loaders(args: argparse.Namespace) -> Loaders:
     chosen: list[SliceSample] = []
     for number, folder in enumerate([args.data, *args.more_data]):  # whole-slice mode: other negatives per folder
         train_samples += load_samples(folder, "train", args.mode, args.input, seed=args.seed + 1000 * number,
+                                      jitter=args.jitter,
                                       limit=args.limit_studies, negative_crops=negatives)
     if negatives is not None:
         negatives.check_all_recorded_were_cut()
@@ -284,7 +291,7 @@ def make_loaders(args: argparse.Namespace) -> Loaders:
     val_samples = evenly_spaced(val_samples, args.val_slices)
     if not train_samples:
         raise SystemExit(f"{args.data}: no training slices for mode {args.mode}")
-    train_set = SegmentationDataset(train_samples, augment=True, jitter=JITTER if args.mode == CROP_MODE else 0.0,
+    train_set = SegmentationDataset(train_samples, augment=True, jitter=args.jitter if args.mode == CROP_MODE else 0.0,
                                     seed=args.seed)
     generator = torch.Generator()
     per_epoch = args.steps_per_epoch * args.batch if args.steps_per_epoch else None
@@ -348,6 +355,8 @@ def resume(checkpoint_path: Path, args: argparse.Namespace, model: nn.Module, op
             raise SystemExit(f"{checkpoint_path}: trained with --negative-crops from {made_negatives[0]} "
                              f"--negative-share {made_negatives[1]}, not {args.negative_detector} "
                              f"{args.negative_share}")
+    if made.get("jitter", JITTER) != args.jitter:
+        raise SystemExit(f"{checkpoint_path}: trained with --jitter {made.get('jitter', JITTER)}, not {args.jitter}")
     if made.get("low_density_weight", 1.0) != args.low_density_weight:
         raise SystemExit(f"{checkpoint_path}: trained with --low-density-weight {made.get('low_density_weight', 1.0)}, "
                          f"not {args.low_density_weight}")
