@@ -355,11 +355,10 @@ def resume(checkpoint_path: Path, args: argparse.Namespace, model: nn.Module, op
             raise SystemExit(f"{checkpoint_path}: trained with --negative-crops from {made_negatives[0]} "
                              f"--negative-share {made_negatives[1]}, not {args.negative_detector} "
                              f"{args.negative_share}")
-    if made.get("jitter", JITTER) != args.jitter:
-        raise SystemExit(f"{checkpoint_path}: trained with --jitter {made.get('jitter', JITTER)}, not {args.jitter}")
-    if made.get("low_density_weight", 1.0) != args.low_density_weight:
-        raise SystemExit(f"{checkpoint_path}: trained with --low-density-weight {made.get('low_density_weight', 1.0)}, "
-                         f"not {args.low_density_weight}")
+    for option, default in (("jitter", JITTER), ("low_density_weight", 1.0)):  # a run keeps how it draws its crops
+        if made.get(option, default) != getattr(args, option):
+            raise SystemExit(f"{checkpoint_path}: trained with --{option.replace('_', '-')} "
+                             f"{made.get(option, default)}, not {getattr(args, option)}")
     state = checkpoint["state"]
     old_total = checkpoint.get("plan", {}).get("total_steps", 0)
     if state["steps"] >= old_total and plan.total_steps > old_total:
