@@ -191,3 +191,31 @@ def test_detector_batch_from_the_demo_study() -> None:
 
     batch = demo_batch(ROOT / "demo" / "study", 2)
     assert batch.shape == (2, 512, 512) and batch.dtype == np.uint8 and batch.max() > 0
+
+
+def test_robustness_copies_move_every_hu_or_add_noise_and_keep_the_labels(positive_study: Path, tmp_path: Path) -> None:
+    """The perturbed copies are real DICOM read back by the app's loader: a calibration offset moves every HU inside
+    the head by exactly that much, added noise has the stated spread, and the labels are the original ones under a
+    "test" split (what ``evaluation.evaluate`` reads)."""
+    import csv
+
+    from benchmarks.robustness import PERTURBATIONS, perturbed_copy
+    from ichseg.dicom_series import load_single_series
+
+    data = positive_study.parent
+    with (data / "studies.csv").open(newline="") as handle:
+        split = next(row["split"] for row in csv.DictReader(handle) if row["study_id"] == positive_study.name)
+    original = load_single_series(positive_study / "ct").hu
+    by_name = {p.name: p for p in PERTURBATIONS}
+    head = original > -500
+    for name, check in (("hu+6", "offset"), ("noise+8", "noise")):
+        copy = perturbed_copy(data, split, by_name[name], tmp_path / name, seed=0)
+        changed = load_single_series(copy / positive_study.name / "ct").hu
+        assert changed.shape == original.shape
+        difference = (changed - original)[head]
+        if check == "offset":
+            assert np.all(difference == 6.0)
+        else:
+            assert abs(float(difference.mean())) < 0.2 and 7.5 < float(difference.std()) < 8.5
+        assert (copy / positive_study.name / "labels.npz").resolve() == (positive_study / "labels.npz").resolve()
+        assert (copy / "studies.csv").read_text().splitlines() == ["study_id,split", f"{positive_study.name},test"]

@@ -583,3 +583,31 @@ def test_training_with_negative_crops_records_them_and_keeps_them(
         train_main([*common[:2], "--mode", WHOLE_SLICE_MODE, "--negative-crops", str(detector_dir),
                     "--out", str(tmp_path / "whole")])
     assert refused.value.code == 2
+
+
+def test_hu_shift_option_shifts_each_window_channel_of_the_training_crops(trained: Path, tmp_path: Path) -> None:
+    """--hu-shift draws one calibration offset per crop, after the same rotation and flip: inside each window the
+    change is that offset over the channel's width (header and brain 80 HU, subdural 200 HU), clipped pixels stay,
+    validation crops are left alone, and an offset that is no longer a calibration is refused."""
+    common = ["--data", str(trained.parent / "data"), "--mode", CROP_MODE, "--network", "monai-unet", "--epochs", "1",
+              "--batch", "4", "--steps-per-epoch", "1", "--val-slices", "4", "--out", str(tmp_path / "model")]
+    plain = make_loaders(parse_args(common))
+    shifted = make_loaders(parse_args([*common, "--hu-shift", "8"]))
+    assert shifted.train_set.hu_shift == 8.0 and shifted.train_set.widths == (80.0, 80.0, 200.0)
+    offsets = []
+    for index in range(min(4, len(plain.train_set))):
+        before, target = plain.train_set[index]
+        after, same_target = shifted.train_set[index]
+        assert torch.equal(target, same_target), "the shift moves intensities, not geometry"
+        inside = (before > 0) & (before < 1) & (after > 0) & (after < 1)
+        assert inside[1].sum() > 100 and inside[2].sum() > 100
+        brain, subdural = ((after - before)[c][inside[c]] for c in (1, 2))
+        assert float(brain.std()) < 1e-5 and float(subdural.std()) < 1e-5, "one offset per crop"
+        assert float(subdural.mean()) == pytest.approx(float(brain.mean()) * 80 / 200, abs=1e-4)
+        assert torch.equal(before[1][before[1] >= 1], after[1][before[1] >= 1]), "bone stays white"
+        offsets.append(float(brain.mean()) * 80)
+    assert all(abs(offset) <= 8 + 1e-3 for offset in offsets) and len({round(o, 2) for o in offsets}) > 1
+    image, _ = shifted.val_loader.dataset[0]
+    assert torch.equal(image, plain.val_loader.dataset[0][0]), "validation crops are not augmented"
+    with pytest.raises(SystemExit):
+        parse_args([*common, "--hu-shift", "50"])

@@ -9,10 +9,13 @@ CPU, measured by ``benchmarks/training_speed.py``). It also gives torch back eve
 ultralytics' device selection leaves cpu_count − 1 threads, one on a 2-core machine. And it validates at the app's
 input size (``ichseg.detector.INPUT_SIZE``) whatever ``imgsz`` it trains at: trained on native-scale tiles
 (``training.detector_tiles``, ``imgsz`` = the tile), the model is still chosen by its score on whole slices.
+``with_hu_shift`` gives a subclass whose training images also get a calibration shift (``training.hu_shift``);
+ultralytics takes a trainer class, not extra arguments, so the setting travels as a class attribute.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,6 +24,8 @@ from ultralytics.models.yolo.detect import DetectionTrainer
 
 from ichseg.detector import INPUT_SIZE
 from ichseg.runtime import configure_threads
+from training.detector_dataset import dataset_input
+from training.hu_shift import UltralyticsHuShift
 
 _ULTRALYTICS_AUTOCAST = trainer_module.autocast
 
@@ -36,14 +41,27 @@ class Bf16DetectionTrainer(DetectionTrainer):
     """DetectionTrainer whose training loop may run bf16 autocast on the CPU (pass ``amp="bf16"``) and whose
     validation runs on whole slices at the app's input size."""
 
+    hu_shift: float = 0.0  # HU: the largest calibration shift of a training image (0: none)
+
     def build_dataset(self, img_path: str, mode: str = "train", batch: int | None = None) -> Any:
         if mode == "train":
-            return super().build_dataset(img_path, mode, batch)
+            dataset = super().build_dataset(img_path, mode, batch)
+            self._add_hu_shift(dataset)
+            return dataset
         training_size, self.args.imgsz = self.args.imgsz, INPUT_SIZE
         try:
             return super().build_dataset(img_path, mode, batch)
         finally:
             self.args.imgsz = training_size
+
+    def _add_hu_shift(self, dataset: Any) -> None:
+        """First of the training transforms, so that it sees the image as loaded (before any padding)."""
+        if self.hu_shift > 0:
+            dataset.transforms.insert(0, UltralyticsHuShift(self.hu_shift, dataset_input(Path(self.args.data))))
+
+    def _close_dataloader_mosaic(self) -> None:  # rebuilds the transforms: the shift goes back in
+        super()._close_dataloader_mosaic()
+        self._add_hu_shift(self.train_loader.dataset)
 
     def _do_train(self, *args: Any, **kwargs: Any) -> Any:
         if self.device.type == "cpu":
@@ -53,3 +71,10 @@ class Bf16DetectionTrainer(DetectionTrainer):
             return super()._do_train(*args, **kwargs)
         finally:
             trainer_module.autocast = _ULTRALYTICS_AUTOCAST
+
+
+def with_hu_shift(hu_shift: float) -> type[Bf16DetectionTrainer]:
+    """``Bf16DetectionTrainer`` itself, or a subclass that shifts training images by up to ``hu_shift`` HU."""
+    if hu_shift <= 0:
+        return Bf16DetectionTrainer
+    return type("HuShiftDetectionTrainer", (Bf16DetectionTrainer,), {"hu_shift": float(hu_shift)})

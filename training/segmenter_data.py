@@ -15,7 +15,8 @@ The cache holds uint8 arrays only (a region around each box in crop mode, the 22
 so each epoch re-crops cheaply and the CPU stays free for the network. Training augmentation: random 90°
 rotation and random flip (the paper), and in crop mode a box jitter in which every box edge moves
 independently by up to ``jitter`` (10%) of the box side outwards or half that inwards, imitating detector boxes
-that are a little loose, tight or shifted.
+that are a little loose, tight or shifted; optionally a calibration shift of up to ``hu_shift`` HU
+(``training.hu_shift``, after the rotation and flip so that the other draws stay as they were).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from ichseg.crops import CROP_SIZE, crop_mask_to_target, crop_to_input
 from ichseg.labelled_study import Study, ground_truth_box, load_study, study_ids
 from ichseg.segmenter import CROP_MODE, MODES, whole_slice_box
 from ichseg.windowing import input_planes
+from training.hu_shift import shift_windowed
 
 JITTER = 0.10  # largest outward move of one box edge, as a fraction of the box side
 MIN_JITTER_SIDE = 16.0  # px: tiny lesions still get a few pixels of jitter, as detector boxes are never exact
@@ -185,10 +187,15 @@ class SegmentationDataset(Dataset):
     boundary sees the same augmentations as an uninterrupted one.
     """
 
-    def __init__(self, samples: list[SliceSample], augment: bool, jitter: float = 0.0, seed: int = 0) -> None:
+    def __init__(self, samples: list[SliceSample], augment: bool, jitter: float = 0.0, seed: int = 0,
+                 hu_shift: float = 0.0, widths: tuple[float, ...] = ()) -> None:
+        if hu_shift > 0 and not widths:
+            raise ValueError("a calibration shift needs the window width of each input channel")
         self.samples = samples
         self.augment = augment
         self.jitter = jitter
+        self.hu_shift = hu_shift  # HU, largest calibration shift (0: none)
+        self.widths = widths
         self.seed = seed
         self.epoch = 0
 
@@ -208,4 +215,7 @@ class SegmentationDataset(Dataset):
         target = crop_mask_to_target(sample.mask, box)
         if self.augment:
             image, target = rotate_flip(image, target, rng)
+        if self.augment and self.hu_shift > 0:
+            offset = rng.uniform(-self.hu_shift, self.hu_shift)
+            image = torch.from_numpy(shift_windowed(image.numpy(), offset, self.widths, 0, 1.0))
         return image, target

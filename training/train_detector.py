@@ -13,6 +13,7 @@ which ``ichseg.detector.HemorrhageDetector`` loads.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -26,15 +27,17 @@ from ichseg.runtime import PRECISIONS, autocast_dtype, default_device
 from ichseg.subtypes import SUBTYPES
 from ichseg.ultralytics_offline import YOLO
 from ichseg.windowing import HEADER_INPUT
-from training.bf16_trainer import Bf16DetectionTrainer
+from training.bf16_trainer import with_hu_shift
 from training.detector_dataset import dataset_input, training_size
 from training.detector_operating_point import store as store_operating_point
+from training.hu_shift import MAX_HU_SHIFT
 from training.ultralytics_results import epoch_rows, run_seconds
 
 # isort: split
 from ultralytics.utils.torch_utils import strip_optimizer  # after ichseg.ultralytics_offline has switched it offline
 
 MODEL_NAME = "ich-yolov5-detector"
+HU_SHIFT_FILE = "hu_shift.json"  # in the run folder: the --hu-shift of the run, for --resume and --export-only
 RECIPE_KEYS = ("model", "optimizer", "lr0", "lrf", "momentum", "weight_decay", "hsv_h", "hsv_s", "hsv_v",
                "translate", "scale", "fliplr", "bgr", "mosaic", "close_mosaic", "seed", "amp", "nbs", "warmup_epochs")
 NOT_RECIPE = ("save_period",)  # hyperparameters that say when checkpoints are kept, not how the weights were made
@@ -68,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--close-mosaic", type=int, default=10, help="last epochs without mosaic")
     parser.add_argument("--hyp", type=Path, default=None, help="hyperparameter YAML, e.g. best_hyperparameters.yaml")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hu-shift", type=float, default=0.0, metavar="HU",
+                        help="calibration-shift augmentation: each training image as if every HU read up to this much "
+                             "higher or lower (training.hu_shift; 0: off); kept across --resume")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="auto: bf16 autocast where the hardware has bf16 (weights stay fp32), else fp32")
     parser.add_argument("--pretrained", type=Path, default=None,
@@ -108,6 +114,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[
             parser.error(f"--imgsz {args.imgsz}: {args.data}'s images are trained at {native} px (their own scale; "
                          f"the app detects on {INPUT_SIZE} px slices at that scale)")
         args.imgsz = native
+    if not 0.0 <= args.hu_shift <= MAX_HU_SHIFT:
+        parser.error(f"--hu-shift must be between 0 and {MAX_HU_SHIFT:g} HU, got {args.hu_shift}")
     if args.data is not None and dataset_input(args.data) != HEADER_INPUT:
         if args.tune:
             parser.error("--tune mutates colour augmentations (hsv, bgr) that would mix window channels: tune on a "
@@ -189,6 +197,7 @@ def bundle(
     keys = [k for k in (*RECIPE_KEYS, *extra) if k not in NOT_RECIPE]
     recipe = {k: getattr(train_args, k) for k in keys if hasattr(train_args, k)}
     recipe["model"] = model_yaml
+    recipe["hu_shift"] = run_hu_shift(args.project / args.name)
     ModelManifest(
         name=MODEL_NAME, version=args.model_version, architecture=model_yaml, input_size=INPUT_SIZE,
         classes=list(SUBTYPES), task="detection",
@@ -226,6 +235,17 @@ def export_stopped_run(args: argparse.Namespace, extra: dict[str, Any], device: 
     bundle(best, args, train_args, len(rows), seconds, model_yaml, extra, device)
 
 
+def run_hu_shift(run: Path, hu_shift: float | None = None) -> float:
+    """The run's calibration shift: recorded beside its checkpoints when given (a fresh run), read back otherwise
+    (--resume, --export-only; 0 for runs from before the option). ultralytics keeps no unknown arguments."""
+    record = run / HU_SHIFT_FILE
+    if hu_shift is not None:
+        run.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps({"hu_shift": hu_shift}) + "\n")
+        return hu_shift
+    return float(json.loads(record.read_text())["hu_shift"]) if record.is_file() else 0.0
+
+
 def main(argv: list[str] | None = None) -> None:
     args, extra = parse_args(argv)
     device = default_device(args.device)
@@ -238,14 +258,17 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     if args.resume:
         model = YOLO(str(args.project / args.name / "weights" / "last.pt"))
-        model.train(resume=True, device=str(device), workers=args.workers, trainer=Bf16DetectionTrainer)
+        trainer = with_hu_shift(run_hu_shift(args.project / args.name))
+        model.train(resume=True, device=str(device), workers=args.workers, trainer=trainer)
     else:
         model = YOLO(args.model)
-        model.train(**train_settings(args, extra, device), trainer=Bf16DetectionTrainer)
-    trainer = model.trainer
-    best = trainer.best if trainer.best.is_file() else trainer.last
+        trainer = with_hu_shift(run_hu_shift(args.project / args.name, args.hu_shift))
+        model.train(**train_settings(args, extra, device), trainer=trainer)
+    run = model.trainer
+    assert run is not None, "ultralytics' train() leaves its trainer on the model"
+    best = run.best if run.best.is_file() else run.last
     model_yaml = model.model.yaml.get("yaml_file", args.model)  # on resume trainer.args.model is last.pt
-    bundle(best, args, trainer.args, trainer.epoch + 1, time.perf_counter() - started, model_yaml, extra, device)
+    bundle(best, args, run.args, run.epoch + 1, time.perf_counter() - started, model_yaml, extra, device)
 
 
 if __name__ == "__main__":
