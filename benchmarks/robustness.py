@@ -16,6 +16,7 @@ import argparse
 import csv
 import json
 import os
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ import pydicom
 from scipy import ndimage
 
 from benchmarks.common import cpu_model
+from evaluation.evaluate import _json_ready, configure_threads, evaluate, parse_args, wrong_studies
 from ichseg.labelled_study import LABELS_FILE, SERIES_FOLDER, STUDIES_CSV, study_ids
 
 #: Figures kept per row of the evaluation.
@@ -91,19 +93,22 @@ def perturbed_copy(data: Path, split: str, perturbation: Perturbation, out: Path
     return out
 
 
-def run_evaluation(data: Path, detector: Path, segmenter: Path, evaluate: Callable[[list[str]], dict]) -> dict:
+def run_evaluation(data: Path, detector: Path, segmenter: Path, evaluate: Callable[[list[str]], dict],
+                   extra: list[str]) -> dict:
     """The evaluation's rows and detector figures for one folder."""
     results = evaluate(["--data", str(data), "--detector", str(detector), "--segmenter", str(segmenter),
-                        "--merge", "slice"])
+                        "--merge", "slice", *extra])
     rows = {key: {name: results["rows"][key].get(name) for name in FIGURES} for key in ROWS if key in results["rows"]}
+    for key in rows:  # which studies flip is what to open in a viewer
+        missed, called = wrong_studies(results.get("studies", {}).get(key, []))
+        rows[key]["missed_studies"] = [s["study"] for s in missed]
+        rows[key]["called_negative_studies"] = [s["study"] for s in called]
     detector_figures = results.get("detector", {})
     rows["detector"] = {name: detector_figures.get(name) for name in ("test_mAP50", "test_mAP50_95")}
     return rows
 
 
 def _evaluate(argv: list[str]) -> dict:
-    from evaluation.evaluate import _json_ready, configure_threads, evaluate, parse_args  # torch loads here
-
     configure_threads()
     result = _json_ready(evaluate(parse_args(argv)))
     assert isinstance(result, dict)
@@ -117,19 +122,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", type=Path, default=Path("data/robustness"), help="perturbed copies go here")
     parser.add_argument("--detector", type=Path, default=Path("models/detector"))
     parser.add_argument("--segmenter", type=Path, default=Path("models/segmenter"))
+    parser.add_argument("--evaluate-args", default="",
+                        help='further evaluation.evaluate options, e.g. "--confidence 0.4 --no-guard-calibrate"')
     parser.add_argument("--only", default=None, help="comma-separated perturbation names (default: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/robustness.json"))
     args = parser.parse_args(argv)
+    extra = shlex.split(args.evaluate_args)
     chosen = [p for p in PERTURBATIONS if args.only is None or p.name in args.only.split(",")]
     report: dict = {"data": str(args.data), "split": args.split, "detector": str(args.detector),
-                    "segmenter": str(args.segmenter), "cpu": cpu_model(), "perturbations": {}}
+                    "segmenter": str(args.segmenter), "evaluate_args": args.evaluate_args,
+                    "cpu": cpu_model(), "perturbations": {}}
     if args.out.exists():  # perturbations measured earlier (e.g. with --only) are kept
         report["perturbations"] = json.loads(args.out.read_text()).get("perturbations", {})
     for perturbation in chosen:
         started = time.monotonic()
         folder = perturbed_copy(args.data, args.split, perturbation, args.work / perturbation.name, args.seed)
-        rows = run_evaluation(folder, args.detector, args.segmenter, _evaluate)
+        rows = run_evaluation(folder, args.detector, args.segmenter, _evaluate, extra)
         report["perturbations"][perturbation.name] = {"description": perturbation.description, **rows,
                                                       "seconds": round(time.monotonic() - started)}
         args.out.parent.mkdir(parents=True, exist_ok=True)

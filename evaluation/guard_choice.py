@@ -71,8 +71,9 @@ def sweep_guard(
 ) -> Iterator[tuple[Components, dict[GuardOptions, np.ndarray]]]:
     """Per (margin, HU range): the components of the mask's dense, intracranial part, and for each option which of
     them it keeps (``Components.kept``): every guard setting from one labelling."""
-    for (margin, hu_range), group in itertools.groupby(options, key=lambda o: (o.margin_mm, o.hu_range)):
-        _, dense = cavity_and_density(mask, anatomy, margin, hu_range)
+    for (margin, blood_range), group in itertools.groupby(options,
+                                                          key=lambda o: (o.margin_mm, o.blood_range(anatomy))):
+        _, dense = cavity_and_density(mask, anatomy, margin, blood_range)
         components = Components(dense)
         yield components, {option: components.kept(option.min_ml / anatomy.voxel_volume_ml) for option in group}
 

@@ -138,4 +138,4 @@ def follow(
 def _dense(mask: np.ndarray, anatomy: Anatomy, index: int, guard: GuardOptions) -> np.ndarray:
     """The part of one slice's mask the guard's cavity and density rules keep."""
     one = anatomy.cut((slice(index, index + 1), slice(None), slice(None)))
-    return cavity_and_density(mask[None], one, guard.margin_mm, guard.hu_range)[1][0]
+    return cavity_and_density(mask[None], one, guard.margin_mm, guard.blood_range(one))[1][0]

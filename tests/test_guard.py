@@ -223,3 +223,31 @@ def test_sweep_gives_what_the_guard_gives(negative) -> None:
         cut.record(scored[option])
         assert 0 < full.summary()["slice_dice"] < 1 or not expected.any()
         assert cut.summary() == pytest.approx(full.summary(), nan_ok=True), str(option)
+
+
+def test_the_density_rule_follows_the_series_calibration(negative: tuple[CTSeries, np.ndarray]) -> None:
+    """A scanner that reads every HU 6 higher: the soft-tissue median moves by 6, and the calibrated guard keeps
+    the same low-density blood it kept before, where a fixed range would let brain through or drop blood. The
+    offset is clipped, and the report says what was measured and applied."""
+    series, tissues = negative
+    index = middle_slice(series)
+    brain = np.isin(tissues, [TISSUES["white matter"], TISSUES["grey matter"]])
+    blob = square_on(brain, index, 12)
+    series.hu[blob] = 44.0  # hyperacute blood, just over the 40 HU bound
+    before = read_anatomy(series.hu, series.pixel_spacing, series.slice_spacing)
+    assert 24.0 < before.brain_hu < 36.0, "the phantoms' brain reads about the reference"
+    shifted = series.hu - 6.0  # the same head on a scanner reading 6 HU low
+    after = read_anatomy(shifted, series.pixel_spacing, series.slice_spacing)
+    assert after.brain_hu == pytest.approx(before.brain_hu - 6.0, abs=0.6)
+    kept_before, _ = apply_guard(blob, before, NO_SIZE_RULE)
+    kept_after, report = apply_guard(blob, after, NO_SIZE_RULE)
+    fixed, _ = apply_guard(blob, after, GuardOptions(min_ml=0.0, calibrate=False))
+    assert np.array_equal(kept_before, kept_after), "calibrated: the same blood kept"
+    assert kept_before.sum() > blob.sum() / 2, "all but the edges the 3x3 mean blurs into the brain"
+    assert fixed.sum() < kept_before.sum() / 4, "a fixed 40 HU bound drops it at 38 HU"
+    summary = report.to_json()
+    assert summary["brain_median_hu"] == pytest.approx(after.brain_hu, abs=0.05)
+    assert summary["blood_hu_applied"][0] == pytest.approx(40.0 + after.calibration_hu, abs=0.05)
+    assert summary["settings"]["calibrate"] is True
+    far = read_anatomy(series.hu + 40.0, series.pixel_spacing, series.slice_spacing)
+    assert far.calibration_hu == 10.0, "a larger offset is not a calibration: clipped"
