@@ -77,7 +77,7 @@ class ICHSegmentationApp(Application):
             self, CountCondition(self, 1), name="dicom_series_loader", input_folder=input_folder,
             rules=self.prepared.rules, head_check=settings.head_check, loaded=loaded, clock=clock,
         )
-        windowing = WindowingOperator(self, name="windowing", clock=clock)
+        windowing = WindowingOperator(self, name="windowing", clock=clock, calibrate=settings.calibrate)
         detector = DetectorOperator(
             self, name="yolo_detector", model_dir=model_dirs["detector"], confidence=settings.confidence,
             extend=settings.extend_confidence, iou=settings.iou, device=settings.device, clock=clock,

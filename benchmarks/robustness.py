@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--detector", type=Path, default=Path("models/detector"))
     parser.add_argument("--segmenter", type=Path, default=Path("models/segmenter"))
     parser.add_argument("--evaluate-args", default="",
-                        help='further evaluation.evaluate options, e.g. "--confidence 0.4 --no-guard-calibrate"')
+                        help='further evaluation.evaluate options, e.g. "--confidence 0.4 --no-calibrate"')
     parser.add_argument("--only", default=None, help="comma-separated perturbation names (default: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/robustness.json"))

@@ -373,7 +373,7 @@ class Models:
 
 def guard_options(args: argparse.Namespace) -> GuardOptions:
     return GuardOptions(True, tuple(args.guard_hu), args.guard_min_ml, args.guard_margin_mm,  # type: ignore[arg-type]
-                        args.guard_calibrate)
+                        args.calibrate)
 
 
 RowMask = tuple[np.ndarray, float, dict[str, int]]  # mask, seconds, voxels removed per guard rule
@@ -495,7 +495,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     by_density: dict[str, DensityScores] = {}
     records = DetectionRecords()
     for study_id in tqdm(ids, desc="test studies", unit="study"):
-        study = load_study(args.data / study_id)
+        study = load_study(args.data / study_id, args.calibrate)
         add_study(scores, study, study_masks(study, models, merges, guard, records, follow=follow), by_subtype,
                   by_density)
     labels = row_labels(merges)
@@ -707,9 +707,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="guard rows: smallest component (mL)")
     parser.add_argument("--guard-margin-mm", type=float, default=CAVITY_MARGIN_MM,
                         help="guard rows: distance from bone (mm)")
-    parser.add_argument("--guard-calibrate", action=argparse.BooleanOptionalAction, default=GuardOptions().calibrate,
-                        help="guard rows: move the blood HU range with the series' intracranial soft-tissue median "
-                             "(ichseg.guard; default on, as the app)")
+    parser.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=GuardOptions().calibrate,
+                        help="take each series' calibration offset off the HU the networks see and add it to the "
+                             "guard's blood range (ichseg.calibration; default on, as the app)")
     parser.add_argument("--follow-slices", type=_slices, default=FOLLOW_SLICES,
                         help="product + guard rows: follow guarded findings this many slices each way into slices "
                              f"without a box (ichseg.follow; 0: off; default {FOLLOW_SLICES}, as the app)")

@@ -193,7 +193,7 @@ def sweep_scores(
     scores: SweepScores = {}
     ids = study_ids(args.data, "val")[: args.limit]
     for study_id in tqdm(ids, desc="validation studies", unit="study"):
-        study = load_study(args.data / study_id)
+        study = load_study(args.data / study_id, args.calibrate)
         segmenter.forget()
         truth, voxel_ml = study.labels > 0, study.series.voxel_volume_ml
         anatomy = pipeline.anatomy_of(study.series)

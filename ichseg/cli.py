@@ -17,9 +17,10 @@ from pathlib import Path
 
 from ichseg import __version__
 from ichseg.boxes import CLUSTER_MARGIN_MM, DEFAULT_MERGE
+from ichseg.calibration import MAX_OFFSET_HU, REFERENCE_SOFT_TISSUE_HU
 from ichseg.dicom_series import CTSeries, DicomInputError
 from ichseg.follow import FOLLOW_SLICES
-from ichseg.guard import BLOOD_HU, CAVITY_MARGIN_MM, MAX_CALIBRATION_HU, MIN_COMPONENT_ML, REFERENCE_BRAIN_HU
+from ichseg.guard import BLOOD_HU, CAVITY_MARGIN_MM, MIN_COMPONENT_ML
 from ichseg.model_manifest import ModelError, ModelManifest, weights_path
 from ichseg.series_selection import BUNDLED_RULES, RulesError, Selection, SelectionRules, load_chosen_series
 from ichseg.settings import Settings, SettingsError
@@ -84,9 +85,10 @@ environment options:
   ICH_GUARD_HU          blood density range on a 3x3-smoothed HU, LOW,HIGH (default {BLOOD_HU[0]:g},{BLOOD_HU[1]:g})
   ICH_GUARD_MIN_ML      smallest kept 3D component in mL (default {MIN_COMPONENT_ML:g}; 0 keeps all)
   ICH_GUARD_MARGIN_MM   kept distance from bone inside the skull, mm (default {CAVITY_MARGIN_MM:g})
-  ICH_GUARD_CALIBRATE   0 = a fixed blood range; 1 (default) moves it by the series' calibration offset: the
-                        median HU of its intracranial soft tissue minus {REFERENCE_BRAIN_HU:g} (at most
-                        ±{MAX_CALIBRATION_HU:g} HU), so scanners that read a few HU high or low keep the same blood
+  ICH_CALIBRATE         0 = use the HU as stored; 1 (default) = measure the series' calibration offset (the median of
+                        its soft tissue minus {REFERENCE_SOFT_TISSUE_HU:g} HU, at most ±{MAX_OFFSET_HU:g}) and take it
+                        off the HU the networks see and add it to the guard's blood range: scanners that read a few
+                        HU high or low get the same answer
   ICH_FOLLOW_SLICES     follow each guarded finding up to this many slices up and down into slices the detector
                         gave no box; the segmenter and the guard decide there (default {FOLLOW_SLICES}; 0 = off;
                         needs the guard)

@@ -7,9 +7,8 @@ blood to them. The HU volume tells these apart cheaply. Three rules, applied in 
    rim of the inner table looks like blood at brain windows);
 2. **density**: blood HU on a lightly smoothed HU (3×3 mean over the non-bone neighbours, so a subdural lying
    against the inner table is not pushed over the upper bound by the bone beside it). The range is calibrated to the
-   series (``GuardOptions.calibrate``): it moves with the median HU of the intracranial soft tissue, by as much as
-   that lies from ``REFERENCE_BRAIN_HU`` (at most ``MAX_CALIBRATION_HU``), so a scanner that reads every tissue
-   a few HU higher or lower keeps the same blood;
+   series (``GuardOptions.calibrate``): it moves by the offset of the intracranial soft tissue's median
+   (``ichseg.calibration``), so a scanner that reads every tissue a few HU higher or lower keeps the same blood;
 3. **size**: 3D connected components (26-connected) of at least ``min_ml`` millilitres (single specks of noise).
 
 The cavity is found per slice: bone (> ``BONE_HU``) closed with a small disk, holes filled, minus the bone. Where
@@ -28,6 +27,8 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+from ichseg.calibration import REFERENCE_SOFT_TISSUE_HU, calibration_offset, soft_tissue_median
+
 BONE_HU = 250.0  # cortical bone 700-1500 and diploe 250-600; calcified falx/plexus stay mostly below
 # Defaults chosen on the validation split with the bundled weights (detector v0.3.0, segmenter v0.2.0):
 # `python -m evaluation.evaluate --choose-guard` (results/guard/guard_choice.md) — objective 0.558 → 0.618, study
@@ -42,12 +43,6 @@ OPEN_RING_RATIO = 0.5  # filled inside / inside of the bone hull below this: the
 MIN_BONE_MM2 = 200.0  # less bone than this on a slice: no skull there, no cavity
 NEIGHBOUR_MM = 15.0  # an open slice borrows the cavity of a closed slice at most this far away
 SMOOTHING_PX = 3  # the mean's window (3×3)
-#: Median smoothed HU of the intracranial soft tissue (``BRAIN_HU`` inside the cavity) on a scanner calibrated like
-#: the phantoms: 29.7 ± 1.9 HU over the 24 validation studies (white matter 29, grey matter 39); real white and grey
-#: matter (20–30 and 35–45 HU) give about the same. A series' own median minus this is its calibration offset.
-REFERENCE_BRAIN_HU = 30.0
-BRAIN_HU = (0.0, 60.0)  # soft tissue counted for the median: above CSF and fat, below most clotted blood
-MAX_CALIBRATION_HU = 10.0  # a larger offset is not a calibration (a study mostly blood, oedema or artefact)
 
 
 @dataclass(frozen=True)
@@ -70,7 +65,7 @@ class GuardOptions:
         return {
             "enabled": self.enabled, "hu_range": list(self.hu_range), "min_component_ml": self.min_ml,
             "cavity_margin_mm": self.margin_mm, "bone_hu": BONE_HU, "smoothing_px": SMOOTHING_PX,
-            "calibrate": self.calibrate, "reference_brain_hu": REFERENCE_BRAIN_HU,
+            "calibrate": self.calibrate, "reference_soft_tissue_hu": REFERENCE_SOFT_TISSUE_HU,
         }
 
 
@@ -88,9 +83,7 @@ class Anatomy:
     @property
     def calibration_hu(self) -> float:
         """How many HU this series reads above the reference calibration (clipped; 0 where unmeasured)."""
-        if not np.isfinite(self.brain_hu):
-            return 0.0
-        return float(np.clip(self.brain_hu - REFERENCE_BRAIN_HU, -MAX_CALIBRATION_HU, MAX_CALIBRATION_HU))
+        return calibration_offset(self.brain_hu)
 
     def cavity(self, margin_mm: float = CAVITY_MARGIN_MM) -> np.ndarray:
         """The cavity keeping only pixels farther than ``margin_mm`` from bone."""
@@ -217,14 +210,7 @@ def read_anatomy(hu: np.ndarray, pixel_spacing: tuple[float, float], slice_spaci
     inside, distance, method = intracranial_cavity(hu, pixel_spacing, slice_spacing)
     voxel_ml = pixel_spacing[0] * pixel_spacing[1] * slice_spacing / 1000.0
     smoothed = smoothed_hu(hu)
-    return Anatomy(inside, distance, smoothed, method, voxel_ml, brain_median(smoothed, inside))
-
-
-def brain_median(smoothed: np.ndarray, inside: np.ndarray) -> float:
-    """Median of the intracranial soft tissue (``BRAIN_HU``), nan where the cavity holds none."""
-    values = smoothed[inside]
-    values = values[(values > BRAIN_HU[0]) & (values < BRAIN_HU[1])]
-    return float(np.median(values)) if values.size else float("nan")
+    return Anatomy(inside, distance, smoothed, method, voxel_ml, soft_tissue_median(smoothed, inside))
 
 
 def smoothed_hu(hu: np.ndarray) -> np.ndarray:

@@ -43,14 +43,15 @@ def study_ids(data: Path, split: str) -> list[str]:
         return [row["study_id"] for row in csv.DictReader(handle) if row["split"] == split]
 
 
-def load_study(folder: Path) -> Study:
-    """Read a study folder; refuses labels that do not match the series slice for slice."""
+def load_study(folder: Path, calibrate: bool = True) -> Study:
+    """Read a study folder; refuses labels that do not match the series slice for slice. ``calibrate``: windowed
+    at the reference calibration, as the app windows (``ichseg.pipeline.window_series``)."""
     folder = Path(folder)
     series = load_single_series(folder / SERIES_FOLDER)
     labels = np.load(folder / LABELS_FILE)["labels"]
     if labels.shape != series.hu.shape:
         raise ValueError(f"{folder}: labels {labels.shape} do not match the series {series.hu.shape}")
-    return Study(folder.name, series, window_series(series), labels)
+    return Study(folder.name, series, window_series(series, calibrate), labels)
 
 
 def ground_truth_box(label_slice: np.ndarray) -> Box | None:

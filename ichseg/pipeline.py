@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ichseg.boxes import CLUSTER_MARGIN_MM, DEFAULT_MERGE, Box, merge_slice, mm_to_pixels
+from ichseg.calibration import series_offset
 from ichseg.detector import INPUT_SIZE, Detection, extend_confidence, resize_to_input
 from ichseg.dicom_series import CTSeries
 from ichseg.follow import Followed, FollowOptions, follow
@@ -38,6 +39,7 @@ class WindowedSeries:
     detector: np.ndarray  # (N, 512, 512) uint8, the detector grid (the same array when the source is 512²)
     hu: np.ndarray  # (N, rows, columns) the series' HU (its own array, not a copy): the fixed windows are made from it
     slice_spacing: float  # mm between slice centres: how many neighbours a slab channel averages
+    calibration_hu: float = 0.0  # HU taken off the series' own before windowing (``ichseg.calibration``)
     _channels: dict[tuple[str, str], np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     def source_input(self, kind: str) -> np.ndarray:
@@ -69,13 +71,17 @@ class WindowedSeries:
         return self.source.shape[2] / self.detector.shape[2], self.source.shape[1] / self.detector.shape[1]
 
 
-def window_series(series: CTSeries) -> WindowedSeries:
+def window_series(series: CTSeries, calibrate: bool = True) -> WindowedSeries:
     """Each slice windowed with its own header window (paper), and resized to 512 for the detector; the fixed
-    windows follow when a network that takes them asks (``WindowedSeries.source_input``)."""
-    source = window_volume(series.hu, series.windows)
-    if source.shape[1:] == (INPUT_SIZE, INPUT_SIZE):
-        return WindowedSeries(source, source, series.hu, series.slice_spacing)
-    return WindowedSeries(source, np.stack([resize_to_input(s) for s in source]), series.hu, series.slice_spacing)
+    windows follow when a network that takes them asks (``WindowedSeries.source_input``). With ``calibrate`` the
+    series' calibration offset is taken off its HU first (``ichseg.calibration``): training, evaluation and the app
+    all window here, so the networks see every scanner at the calibration they were trained at."""
+    offset = series_offset(series.hu) if calibrate else 0.0
+    hu = (series.hu - np.float32(offset)).astype(series.hu.dtype, copy=False) if offset else series.hu
+    source = window_volume(hu, series.windows)
+    native = source.shape[1:] == (INPUT_SIZE, INPUT_SIZE)
+    detector = source if native else np.stack([resize_to_input(plane) for plane in source])
+    return WindowedSeries(source, detector, hu, series.slice_spacing, offset)
 
 
 def to_source_grid(detection: Detection, scale: tuple[float, float]) -> Detection:

@@ -41,7 +41,7 @@ class Settings:
     guard_hu: tuple[float, float] = BLOOD_HU
     guard_min_ml: float = MIN_COMPONENT_ML
     guard_margin_mm: float = CAVITY_MARGIN_MM
-    guard_calibrate: bool = True  # the density rule follows the series' calibration (ichseg.guard)
+    calibrate: bool = True  # windowing and the guard's density rule follow the series' calibration (ichseg.calibration)
     follow_slices: int = FOLLOW_SLICES  # 0: guarded findings are not followed into slices without a box
 
     @classmethod
@@ -61,12 +61,12 @@ class Settings:
             guard_hu=_hu_range("ICH_GUARD_HU", cls.guard_hu),
             guard_min_ml=_non_negative("ICH_GUARD_MIN_ML", cls.guard_min_ml),
             guard_margin_mm=_non_negative("ICH_GUARD_MARGIN_MM", cls.guard_margin_mm),
-            guard_calibrate=_switch("ICH_GUARD_CALIBRATE", cls.guard_calibrate),
+            calibrate=_switch("ICH_CALIBRATE", cls.calibrate),
             follow_slices=_count("ICH_FOLLOW_SLICES", cls.follow_slices),
         )
 
     def guard_options(self) -> GuardOptions:
-        return GuardOptions(self.guard, self.guard_hu, self.guard_min_ml, self.guard_margin_mm, self.guard_calibrate)
+        return GuardOptions(self.guard, self.guard_hu, self.guard_min_ml, self.guard_margin_mm, self.calibrate)
 
     def follow_options(self) -> FollowOptions:
         return FollowOptions(self.follow_slices)

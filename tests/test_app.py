@@ -205,7 +205,7 @@ def test_missing_model_fails_first_with_exit_status(tmp_path: Path) -> None:
     ("ICH_CONFIDENCE", "2"), ("ICH_EXTEND_CONFIDENCE", "0"), ("ICH_SELECTION_RULES", "/missing/rules.json"),
     ("ICH_MERGE", "union"),
     ("ICH_GUARD", "maybe"), ("ICH_GUARD_HU", "100,40"), ("ICH_GUARD_MIN_ML", "-1"), ("ICH_FOLLOW_SLICES", "-1"),
-    ("ICH_FOLLOW_SLICES", "³"), ("ICH_GUARD_CALIBRATE", "yes please"),
+    ("ICH_FOLLOW_SLICES", "³"), ("ICH_CALIBRATE", "yes please"),
 ])
 def test_bad_setting_is_a_usage_error(variable: str, value: str, tmp_path: Path, environment: pytest.MonkeyPatch,
                                       capfd: pytest.CaptureFixture[str]) -> None:
@@ -225,7 +225,7 @@ def test_help_explains_inputs_outputs_and_options() -> None:
     )
     assert result.returncode == 0
     for text in ("--input", "--output", "--model", "ICH_CONFIDENCE", "ICH_MERGE", "ICH_GUARD", "ICH_FOLLOW_SLICES",
-                 "ICH_GUARD_CALIBRATE", "ich_seg.dcm",
+                 "ICH_CALIBRATE", "ich_seg.dcm",
                  "ich_report.json", "exit status"):
         assert text in result.stdout
 

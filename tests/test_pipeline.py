@@ -143,3 +143,29 @@ def test_windowing_gives_both_grids(positive_study: Path, tmp_path: Path) -> Non
     assert windowed.scale == (0.5, 0.5)
     moved = pipeline.to_source_grid(Detection(2, 0.5, (100.0, 50.0, 200.0, 150.0)), windowed.scale)
     assert moved.box == (50.0, 25.0, 100.0, 75.0) and moved.subtype == 2 and moved.confidence == 0.5
+
+
+def test_windowing_takes_the_series_calibration_offset_off(positive_study: Path) -> None:
+    """The same head on a scanner that reads every HU 6 higher: the offset is measured from its soft tissue and
+    taken off, so both networks see (within a grey level) what they see at the reference calibration; with
+    calibration off they see the brighter slices, and an offset beyond a calibration's is clipped."""
+    import dataclasses
+
+    from ichseg.calibration import MAX_OFFSET_HU, REFERENCE_SOFT_TISSUE_HU, soft_tissue_median
+
+    series = load_single_series(positive_study / "ct")
+    reference = pipeline.window_series(series)
+    assert abs(reference.calibration_hu) < 4, "the phantoms are calibrated about like the reference"
+    assert abs(soft_tissue_median(series.hu) - REFERENCE_SOFT_TISSUE_HU) < 4
+    brighter = dataclasses.replace(series, hu=series.hu + np.float32(6.0))
+    shifted = pipeline.window_series(brighter)
+    assert shifted.calibration_hu == pytest.approx(reference.calibration_hu + 6.0, abs=0.6)
+    for kind in ("header+brain+subdural",):
+        same = np.abs(shifted.detector_input(kind).astype(int) - reference.detector_input(kind).astype(int))
+        assert np.percentile(same, 99) <= 2, "calibrated: the same input within rounding"
+        raw = pipeline.window_series(brighter, calibrate=False)
+        assert raw.calibration_hu == 0.0
+        moved = raw.detector_input(kind).astype(int) - reference.detector_input(kind).astype(int)
+        assert np.median(moved[moved != 0]) >= 10, "uncalibrated: 6 HU brighter, ≈ 19 grey levels in the brain window"
+    far = pipeline.window_series(dataclasses.replace(series, hu=series.hu + np.float32(40.0)))
+    assert far.calibration_hu == pytest.approx(MAX_OFFSET_HU)
