@@ -37,7 +37,8 @@ class WindowedSeries:
 
     source: np.ndarray  # (N, rows, columns) uint8 in the header windows, the source grid (segmenter input, SEG grid)
     detector: np.ndarray  # (N, 512, 512) uint8, the detector grid (the same array when the source is 512²)
-    hu: np.ndarray  # (N, rows, columns) the series' HU (its own array, not a copy): the fixed windows are made from it
+    hu: np.ndarray  # (N, rows, columns) the HU the fixed windows are made from: the series' own array, or a calibrated
+    # copy when its calibration offset is not 0 (one more HU volume in memory)
     slice_spacing: float  # mm between slice centres: how many neighbours a slab channel averages
     calibration_hu: float = 0.0  # HU taken off the series' own before windowing (``ichseg.calibration``)
     _channels: dict[tuple[str, str], np.ndarray] = field(default_factory=dict, repr=False, compare=False)
