@@ -18,7 +18,6 @@ import json
 import os
 import shlex
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,11 +92,12 @@ def perturbed_copy(data: Path, split: str, perturbation: Perturbation, out: Path
     return out
 
 
-def run_evaluation(data: Path, detector: Path, segmenter: Path, evaluate: Callable[[list[str]], dict],
-                   extra: list[str]) -> dict:
-    """The evaluation's rows and detector figures for one folder."""
-    results = evaluate(["--data", str(data), "--detector", str(detector), "--segmenter", str(segmenter),
-                        "--merge", "slice", *extra])
+def run_evaluation(data: Path, detector: Path, segmenter: Path, extra: list[str]) -> dict:
+    """The evaluation's rows, the studies each gets wrong, and the detector figures for one folder."""
+    configure_threads()
+    argv = ["--data", str(data), "--detector", str(detector), "--segmenter", str(segmenter), "--merge", "slice", *extra]
+    results = _json_ready(evaluate(parse_args(argv)))
+    assert isinstance(results, dict)
     rows = {key: {name: results["rows"][key].get(name) for name in FIGURES} for key in ROWS if key in results["rows"]}
     for key in rows:  # which studies flip is what to open in a viewer
         missed, called = wrong_studies(results.get("studies", {}).get(key, []))
@@ -106,13 +106,6 @@ def run_evaluation(data: Path, detector: Path, segmenter: Path, evaluate: Callab
     detector_figures = results.get("detector", {})
     rows["detector"] = {name: detector_figures.get(name) for name in ("test_mAP50", "test_mAP50_95")}
     return rows
-
-
-def _evaluate(argv: list[str]) -> dict:
-    configure_threads()
-    result = _json_ready(evaluate(parse_args(argv)))
-    assert isinstance(result, dict)
-    return result
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -138,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     for perturbation in chosen:
         started = time.monotonic()
         folder = perturbed_copy(args.data, args.split, perturbation, args.work / perturbation.name, args.seed)
-        rows = run_evaluation(folder, args.detector, args.segmenter, _evaluate, extra)
+        rows = run_evaluation(folder, args.detector, args.segmenter, extra)
         report["perturbations"][perturbation.name] = {"description": perturbation.description, **rows,
                                                       "seconds": round(time.monotonic() - started)}
         args.out.parent.mkdir(parents=True, exist_ok=True)
