@@ -109,6 +109,7 @@ class ICHSegmentationApp(Application):
         self.add_flow(windowing, segmenter, {("windowed", "windowed")})
         self.add_flow(segmenter, guard, {("mask", "mask")})
         self.add_flow(loader, guard, {("series", "series")})
+        self.add_flow(windowing, guard, {("windowed", "windowed")})
         self.add_flow(guard, follower, {("mask", "mask"), ("guard", "guard"), ("anatomy", "anatomy")})
         self.add_flow(segmenter, follower, {("mask", "unguarded")})
         self.add_flow(merger, follower, {("boxes", "boxes")})

@@ -71,6 +71,7 @@ from ichseg.labelled_study import Study, load_study, study_ids
 from ichseg.model_manifest import MANIFEST_NAME, portable_path
 from ichseg.runtime import configure_threads
 from ichseg.segmenter import CROP_MODE, HemorrhageSegmenter
+from ichseg.settings import Settings
 from ichseg.subtypes import ABBREVIATIONS, SUBTYPES
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
@@ -372,8 +373,7 @@ class Models:
 
 
 def guard_options(args: argparse.Namespace) -> GuardOptions:
-    return GuardOptions(True, tuple(args.guard_hu), args.guard_min_ml, args.guard_margin_mm,  # type: ignore[arg-type]
-                        args.calibrate)
+    return GuardOptions(True, tuple(args.guard_hu), args.guard_min_ml, args.guard_margin_mm)  # type: ignore[arg-type]
 
 
 RowMask = tuple[np.ndarray, float, dict[str, int]]  # mask, seconds, voxels removed per guard rule
@@ -407,7 +407,7 @@ def study_masks(
     follows its guarded findings (``follow``; ``ichseg.follow``); the oracle does not, as its boxes are on every
     slice with blood already."""
     started = time.perf_counter()
-    anatomy = anatomy if anatomy is not None else pipeline.anatomy_of(study.series)
+    anatomy = anatomy if anatomy is not None else pipeline.anatomy_of(study.series, study.windowed)
     anatomy_seconds = time.perf_counter() - started
     sources = detection_sources(study, models, records)
     masks: dict[str, RowMask] = {}
@@ -707,7 +707,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="guard rows: smallest component (mL)")
     parser.add_argument("--guard-margin-mm", type=float, default=CAVITY_MARGIN_MM,
                         help="guard rows: distance from bone (mm)")
-    parser.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=GuardOptions().calibrate,
+    parser.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=Settings.calibrate,
                         help="take each series' calibration offset off the HU the networks see and add it to the "
                              "guard's blood range (ichseg.calibration; default on, as the app)")
     parser.add_argument("--follow-slices", type=_slices, default=FOLLOW_SLICES,

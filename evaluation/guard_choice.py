@@ -196,7 +196,7 @@ def sweep_scores(
         study = load_study(args.data / study_id, args.calibrate)
         segmenter.forget()
         truth, voxel_ml = study.labels > 0, study.series.voxel_volume_ml
-        anatomy = pipeline.anatomy_of(study.series)
+        anatomy = pipeline.anatomy_of(study.series, study.windowed)
         detections = pipeline.detect(models.detector, study.windowed)  # every box: each confidence filters them
         runs = {
             (confidence, extend, merge): pipeline.run(

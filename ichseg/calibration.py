@@ -7,7 +7,7 @@ confidence follows the brightness of the brain around the blood. The brain itsel
 head's soft tissue between ``SOFT_TISSUE_HU`` is its white and grey matter (29.7 ± 1.9 HU over the 24 validation
 phantoms; real white and grey matter, 20–30 and 35–45 HU, give about the same). Its distance from
 ``REFERENCE_SOFT_TISSUE_HU`` is the offset the windowing (``ichseg.pipeline.window_series``) takes off the HU the
-networks see, and the guard (``ichseg.guard``) adds to its blood range.
+networks see, and the guard (``ichseg.guard``) adds to its blood range: one measurement per series for both.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ SOFT_TISSUE_HU = (0.0, 60.0)  # counted for the median: above CSF and fat, below
 MAX_OFFSET_HU = 10.0  # a larger offset is not a calibration (a study mostly blood, oedema or artefact): clipped
 
 
-def soft_tissue_median(hu: np.ndarray, where: np.ndarray | None = None) -> float:
-    """Median HU of the voxels within ``SOFT_TISSUE_HU`` (of ``where`` when given); nan where there are none."""
-    values = hu[where] if where is not None else hu.ravel()
+def soft_tissue_median(hu: np.ndarray) -> float:
+    """Median HU of the voxels within ``SOFT_TISSUE_HU``; nan where there are none."""
+    values = hu.ravel()
     values = values[(values > SOFT_TISSUE_HU[0]) & (values < SOFT_TISSUE_HU[1])]
     return float(np.median(values)) if values.size else float("nan")
 

@@ -6,9 +6,9 @@ blood to them. The HU volume tells these apart cheaply. Three rules, applied in 
 1. **cavity**: inside the inner table of the skull, at least ``CAVITY_MARGIN_MM`` from bone (the partial-volume
    rim of the inner table looks like blood at brain windows);
 2. **density**: blood HU on a lightly smoothed HU (3×3 mean over the non-bone neighbours, so a subdural lying
-   against the inner table is not pushed over the upper bound by the bone beside it). The range is calibrated to the
-   series (``GuardOptions.calibrate``): it moves by the offset of the intracranial soft tissue's median
-   (``ichseg.calibration``), so a scanner that reads every tissue a few HU higher or lower keeps the same blood;
+   against the inner table is not pushed over the upper bound by the bone beside it). The range moves by the
+   series' calibration offset (``Anatomy.calibration_hu``: the one the windowing measured and took off the networks'
+   input, ``ichseg.calibration``), so a scanner that reads every tissue a few HU higher or lower keeps the same blood;
 3. **size**: 3D connected components (26-connected) of at least ``min_ml`` millilitres (single specks of noise).
 
 The cavity is found per slice: bone (> ``BONE_HU``) closed with a small disk, holes filled, minus the bone. Where
@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from ichseg.calibration import REFERENCE_SOFT_TISSUE_HU, calibration_offset, soft_tissue_median
+from ichseg.calibration import REFERENCE_SOFT_TISSUE_HU
 
 BONE_HU = 250.0  # cortical bone 700-1500 and diploe 250-600; calcified falx/plexus stay mostly below
 # Defaults chosen on the validation split with the bundled weights (detector v0.3.0, segmenter v0.2.0):
@@ -53,19 +53,17 @@ class GuardOptions:
     hu_range: tuple[float, float] = BLOOD_HU
     min_ml: float = MIN_COMPONENT_ML
     margin_mm: float = CAVITY_MARGIN_MM
-    calibrate: bool = True  # move ``hu_range`` by the series' calibration offset (``Anatomy.calibration_hu``)
 
     def blood_range(self, anatomy: Anatomy) -> tuple[float, float]:
-        """The density rule's HU range for this series."""
-        offset = anatomy.calibration_hu if self.calibrate else 0.0
-        return self.hu_range[0] + offset, self.hu_range[1] + offset
+        """The density rule's range in this series' own HU: ``hu_range`` moved by its calibration offset."""
+        return self.hu_range[0] + anatomy.calibration_hu, self.hu_range[1] + anatomy.calibration_hu
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready record of the settings, with the fixed constants the cavity rule used."""
         return {
             "enabled": self.enabled, "hu_range": list(self.hu_range), "min_component_ml": self.min_ml,
             "cavity_margin_mm": self.margin_mm, "bone_hu": BONE_HU, "smoothing_px": SMOOTHING_PX,
-            "calibrate": self.calibrate, "reference_soft_tissue_hu": REFERENCE_SOFT_TISSUE_HU,
+            "reference_soft_tissue_hu": REFERENCE_SOFT_TISSUE_HU,
         }
 
 
@@ -78,12 +76,7 @@ class Anatomy:
     smoothed_hu: np.ndarray  # (N, H, W) float32, see ``smoothed_hu``
     method: list[str]  # per slice: "ring", "wide closing", "neighbour", "hull" or "no skull"
     voxel_volume_ml: float
-    brain_hu: float = float("nan")  # median smoothed HU of the intracranial soft tissue (nan: none found)
-
-    @property
-    def calibration_hu(self) -> float:
-        """How many HU this series reads above the reference calibration (clipped; 0 where unmeasured)."""
-        return calibration_offset(self.brain_hu)
+    calibration_hu: float = 0.0  # how many HU the series reads above the reference (the windowing's measurement)
 
     def cavity(self, margin_mm: float = CAVITY_MARGIN_MM) -> np.ndarray:
         """The cavity keeping only pixels farther than ``margin_mm`` from bone."""
@@ -92,7 +85,7 @@ class Anatomy:
     def cut(self, box: tuple[slice, slice, slice]) -> Anatomy:
         """The anatomy of a part of the volume (slices, rows, columns)."""
         return Anatomy(self.inside[box], self.bone_distance_mm[box], self.smoothed_hu[box], self.method[box[0]],
-                       self.voxel_volume_ml, self.brain_hu)
+                       self.voxel_volume_ml, self.calibration_hu)
 
     def fallback_slices(self) -> dict[str, list[int]]:
         """Slices whose cavity is not from a closed ring, by method (for the report)."""
@@ -113,7 +106,7 @@ class GuardReport:
     removed_voxels: dict[str, int] = field(default_factory=dict)
     voxel_volume_ml: float = 0.0
     cavity_fallback_slices: dict[str, list[int]] = field(default_factory=dict)
-    brain_hu: float | None = None  # the series' intracranial soft-tissue median
+    calibration_hu: float = 0.0  # the series' calibration offset the range moved by
     blood_range: tuple[float, float] | None = None  # the density rule's range, calibrated
 
     @classmethod
@@ -133,7 +126,7 @@ class GuardReport:
                 rule: {"voxels": voxels, "ml": round(voxels * ml, 3)} for rule, voxels in self.removed_voxels.items()
             },
             "cavity_fallback_slices": self.cavity_fallback_slices,
-            "brain_median_hu": None if self.brain_hu is None else round(self.brain_hu, 1),
+            "calibration_offset_hu": round(self.calibration_hu, 1),
             "blood_hu_applied": None if self.blood_range is None else [round(v, 1) for v in self.blood_range],
         }
 
@@ -205,12 +198,14 @@ def intracranial_cavity(
     return cavity, distance, method
 
 
-def read_anatomy(hu: np.ndarray, pixel_spacing: tuple[float, float], slice_spacing: float) -> Anatomy:
-    """Everything the guard needs from the HU volume (≈ 0.02 s per 512² slice)."""
+def read_anatomy(
+    hu: np.ndarray, pixel_spacing: tuple[float, float], slice_spacing: float, calibration_hu: float = 0.0
+) -> Anatomy:
+    """Everything the guard needs from the HU volume as stored (≈ 0.02 s per 512² slice); ``calibration_hu``: the
+    series' calibration offset (``ichseg.pipeline.WindowedSeries.calibration_hu``; 0: uncalibrated)."""
     inside, distance, method = intracranial_cavity(hu, pixel_spacing, slice_spacing)
     voxel_ml = pixel_spacing[0] * pixel_spacing[1] * slice_spacing / 1000.0
-    smoothed = smoothed_hu(hu)
-    return Anatomy(inside, distance, smoothed, method, voxel_ml, soft_tissue_median(smoothed, inside))
+    return Anatomy(inside, distance, smoothed_hu(hu), method, voxel_ml, calibration_hu)
 
 
 def smoothed_hu(hu: np.ndarray) -> np.ndarray:
@@ -279,6 +274,6 @@ def apply_guard(
     }
     report.voxels_out = int(sized.sum())
     report.cavity_fallback_slices = anatomy.fallback_slices()
-    report.brain_hu = anatomy.brain_hu if np.isfinite(anatomy.brain_hu) else None
+    report.calibration_hu = anatomy.calibration_hu
     report.blood_range = blood_range
     return sized, report

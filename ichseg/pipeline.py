@@ -125,21 +125,21 @@ def segment(segmenter: HemorrhageSegmenter, windowed: WindowedSeries, boxes: Seq
     return segmenter.segment(windowed.source_input(segmenter.input), boxes)
 
 
-def anatomy_of(series: CTSeries) -> Anatomy:
-    """The guard's view of the series' HU volume (cavity, smoothed HU), reusable across masks."""
-    return read_anatomy(series.hu, series.pixel_spacing, series.slice_spacing)
-
-
-DEFAULT_GUARD = GuardOptions()  # frozen, so one shared default instance is safe
+def anatomy_of(series: CTSeries, windowed: WindowedSeries) -> Anatomy:
+    """The guard's view of the series' HU volume (cavity, smoothed HU), reusable across masks; its blood range moves
+    by the calibration offset the windowing measured (one measurement for the networks and the guard)."""
+    return read_anatomy(series.hu, series.pixel_spacing, series.slice_spacing, windowed.calibration_hu)
 
 
 def guard(
-    mask: np.ndarray, series: CTSeries, options: GuardOptions = DEFAULT_GUARD, anatomy: Anatomy | None = None
+    mask: np.ndarray, series: CTSeries, options: GuardOptions, anatomy: Anatomy | None
 ) -> tuple[np.ndarray, GuardReport]:
-    """The anatomical guard (``ichseg.guard``); the HU volume is only read when the guard is on."""
+    """The anatomical guard (``ichseg.guard``); ``anatomy`` (``anatomy_of``) is needed only when the guard is on."""
     if not options.enabled:
         return mask.copy(), GuardReport.unchanged(mask, options, series.voxel_volume_ml)
-    return apply_guard(mask, anatomy if anatomy is not None else anatomy_of(series), options)
+    if anatomy is None:
+        raise ValueError("the guard is on but no anatomy was read (pipeline.anatomy_of)")
+    return apply_guard(mask, anatomy, options)
 
 
 def follow_findings(
@@ -223,7 +223,7 @@ def run(
     seconds["segment"] = time.perf_counter() - clock
     clock = time.perf_counter()
     if options.guard.enabled and anatomy is None:
-        anatomy = anatomy_of(series)
+        anatomy = anatomy_of(series, windowed)
     mask, report = guard(unguarded, series, options.guard, anatomy)
     seconds["guard"] = time.perf_counter() - clock
     clock = time.perf_counter()

@@ -66,7 +66,7 @@ class Settings:
         )
 
     def guard_options(self) -> GuardOptions:
-        return GuardOptions(self.guard, self.guard_hu, self.guard_min_ml, self.guard_margin_mm, self.calibrate)
+        return GuardOptions(self.guard, self.guard_hu, self.guard_min_ml, self.guard_margin_mm)
 
     def follow_options(self) -> FollowOptions:
         return FollowOptions(self.follow_slices)

@@ -14,6 +14,7 @@ import numpy as np
 from ichseg import pipeline
 from ichseg.dicom_series import CTSeries
 from ichseg.guard import GuardOptions
+from ichseg.pipeline import WindowedSeries
 from ichseg.sdk import Fragment, Operator, OperatorSpec
 from ichseg.stage_clock import StageClock
 
@@ -21,8 +22,8 @@ logger = logging.getLogger("ichseg.app")
 
 
 class GuardOperator(Operator):
-    """``series`` (HU) + ``mask`` (segmenter's) → ``mask`` (guarded), ``guard`` (GuardReport) and ``anatomy`` (what
-    it read of the HU volume, for following findings; None when off)."""
+    """``series`` (HU) + ``windowed`` (its calibration offset) + ``mask`` (segmenter's) → ``mask`` (guarded), ``guard``
+    (GuardReport) and ``anatomy`` (what it read of the HU volume, for following findings; None when off)."""
 
     def __init__(self, fragment: Fragment, *args: Any, options: GuardOptions, clock: StageClock, **kwargs: Any):
         self.options = options
@@ -31,6 +32,7 @@ class GuardOperator(Operator):
 
     def setup(self, spec: OperatorSpec) -> None:
         spec.input("series")
+        spec.input("windowed")
         spec.input("mask")
         spec.output("mask")
         spec.output("guard")
@@ -38,9 +40,10 @@ class GuardOperator(Operator):
 
     def compute(self, op_input, op_output, context) -> None:
         series: CTSeries = op_input.receive("series")
+        windowed: WindowedSeries = op_input.receive("windowed")
         unguarded: np.ndarray = op_input.receive("mask")
         with self.clock.stage("anatomical guard"):
-            anatomy = pipeline.anatomy_of(series) if self.options.enabled else None
+            anatomy = pipeline.anatomy_of(series, windowed) if self.options.enabled else None
             mask, report = pipeline.guard(unguarded, series, self.options, anatomy)
             if self.options.enabled:
                 logger.info(

@@ -133,6 +133,7 @@ def test_graph_is_wired_as_designed(tmp_path: Path) -> None:
         ("windowing", "transdeeplab_segmenter"): {"windowed": {"windowed"}},
         ("transdeeplab_segmenter", "anatomical_guard"): {"mask": {"mask"}},
         ("dicom_series_loader", "anatomical_guard"): {"series": {"series"}},
+        ("windowing", "anatomical_guard"): {"windowed": {"windowed"}},
         ("anatomical_guard", "finding_follower"): {"mask": {"mask"}, "guard": {"guard"}, "anatomy": {"anatomy"}},
         ("transdeeplab_segmenter", "finding_follower"): {"mask": {"unguarded"}},
         ("box_merger", "finding_follower"): {"boxes": {"boxes"}},

@@ -177,6 +177,8 @@ def test_tiny_training_gives_a_loadable_detector(
     assert recipe["hu_shift"] == 4.0, "what no ultralytics argument holds is recorded too"
     with pytest.raises(SystemExit):  # tuning would mutate the colour augmentations back on
         main(["--data", str(tmp_path / "dataset" / "data.yaml"), "--tune", "2"])
+    with pytest.raises(SystemExit):  # a resumed run keeps its own augmentation: another value is refused, not ignored
+        main(["--resume", "--project", str(tmp_path / "runs"), "--hu-shift", "8"])
     assert (tmp_path / "runs" / "train" / "weights" / "best.pt").is_file()
     exported = tmp_path / "exported"  # a stopped run bundled from its checkpoint: the same folder a finished run gives
     main(["--export-only", "--model-version", "0.0.1", "--project", str(tmp_path / "runs"), "--out", str(exported),

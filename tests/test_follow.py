@@ -16,6 +16,7 @@ from ichseg.labelled_study import Study, ground_truth_box, load_study
 from ichseg.segmenter import HemorrhageSegmenter
 
 REPO = Path(__file__).resolve().parents[1]
+GUARD_DEFAULTS = GuardOptions()
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +39,9 @@ def boxes_without_ends(labels: np.ndarray, dropped: int) -> tuple[list[list], li
 
 
 def followed_run(segmenter: HemorrhageSegmenter, study: Study, boxes: list[list], follow: FollowOptions,
-                 guard: GuardOptions = pipeline.DEFAULT_GUARD):
+                 guard: GuardOptions = GUARD_DEFAULTS):
     """Segment in ``boxes``, guard, follow: what ``pipeline.run`` does after the detector."""
-    anatomy = pipeline.anatomy_of(study.series) if guard.enabled else None
+    anatomy = pipeline.anatomy_of(study.series, study.windowed) if guard.enabled else None
     unguarded = pipeline.segment(segmenter, study.windowed, boxes)
     mask, report = pipeline.guard(unguarded, study.series, guard, anatomy)
     followed = pipeline.follow_findings(segmenter, study.windowed, boxes, mask, anatomy, guard, follow)

@@ -6,6 +6,7 @@ blob lies; "blood density" is made by writing blood HU into the series' HU volum
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +14,11 @@ import pytest
 
 from ichseg import pipeline
 from ichseg.dicom_series import CTSeries, load_single_series
-from ichseg.guard import BONE_HU, GuardOptions, apply_guard, read_anatomy
+from ichseg.guard import BONE_HU, GuardOptions, GuardReport, apply_guard, read_anatomy
 from synthetic.anatomy import TISSUES
 
 BLOOD = 65.0  # HU of an acute clot
+DEFAULTS = GuardOptions()
 NO_SIZE_RULE = GuardOptions(min_ml=0.0)
 
 
@@ -34,6 +36,14 @@ def middle_slice(series: CTSeries) -> int:
     """The slice with most brain-sized cavity, where the skull ring is closed."""
     anatomy = read_anatomy(series.hu, series.pixel_spacing, series.slice_spacing)
     return int(anatomy.inside.reshape(len(series.hu), -1).sum(axis=1).argmax())
+
+
+def guarded(
+    mask: np.ndarray, series: CTSeries, options: GuardOptions = DEFAULTS
+) -> tuple[np.ndarray, GuardReport]:
+    """The guard as the app runs it: the anatomy read with the windowing's calibration offset."""
+    anatomy = pipeline.anatomy_of(series, pipeline.window_series(series)) if options.enabled else None
+    return pipeline.guard(mask, series, options, anatomy)
 
 
 def square_on(where: np.ndarray, index: int, side: int) -> np.ndarray:
@@ -82,7 +92,7 @@ def test_blob_in_the_scalp_at_blood_density_is_removed(negative) -> None:
     scalp = np.isin(tissues, [TISSUES["skin"], TISSUES["fat"]])
     blob = square_on(scalp, index, 3)
     make_blood(series, blob)  # a scalp haematoma: blood HU, outside the skull
-    kept, report = pipeline.guard(blob, series, NO_SIZE_RULE)
+    kept, report = guarded(blob, series, NO_SIZE_RULE)
     assert not kept.any()
     assert report.removed_voxels["cavity"] == blob.sum()
 
@@ -92,7 +102,7 @@ def test_blob_in_bone_is_removed(negative) -> None:
     index = middle_slice(series)
     bone = np.isin(tissues, [TISSUES["cortical bone"], TISSUES["diploe"]]) & (series.hu > BONE_HU)
     blob = square_on(bone, index, 3)
-    kept, report = pipeline.guard(blob, series, NO_SIZE_RULE)
+    kept, report = guarded(blob, series, NO_SIZE_RULE)
     assert not kept.any() and report.removed_voxels["cavity"] == blob.sum()
 
 
@@ -100,13 +110,13 @@ def test_blob_in_air_is_removed(negative) -> None:
     series, tissues = negative
     index = middle_slice(series)
     blob = square_on(tissues == TISSUES["air"], index, 5)
-    kept, _ = pipeline.guard(blob, series, NO_SIZE_RULE)
+    kept, _ = guarded(blob, series, NO_SIZE_RULE)
     assert not kept.any()
     sinus = np.isin(tissues, [TISSUES["sinus air"], TISSUES["mastoid air cells"]]) & (series.hu < -500)
     slices = np.flatnonzero(sinus.reshape(len(sinus), -1).sum(axis=1) > 25)
     if len(slices):  # air enclosed by bone may lie inside the filled ring: the density rule takes it
         blob = square_on(sinus, int(slices[0]), 3)
-        kept, _ = pipeline.guard(blob, series, NO_SIZE_RULE)
+        kept, _ = guarded(blob, series, NO_SIZE_RULE)
         assert not kept.any()
 
 
@@ -114,7 +124,7 @@ def test_blob_in_brain_at_blood_density_is_kept(negative) -> None:
     series, _ = negative
     blob = ball(series, deep_brain_point(series), radius_mm=5.0)
     make_blood(series, blob)
-    kept, report = pipeline.guard(blob, series)  # the defaults, size rule included (a 5 mm ball is 0.52 mL)
+    kept, report = guarded(blob, series)  # the defaults, size rule included (a 5 mm ball is 0.52 mL)
     assert np.array_equal(kept, blob)
     assert report.voxels_in == report.voxels_out == blob.sum() and not any(report.removed_voxels.values())
 
@@ -125,7 +135,7 @@ def test_brain_blob_at_brain_density_is_removed(negative) -> None:
     index = middle_slice(series)
     blob = square_on(tissues == TISSUES["white matter"], index, 9)
     series.hu[blob] = 25.0
-    kept, report = pipeline.guard(blob, series, NO_SIZE_RULE)
+    kept, report = guarded(blob, series, NO_SIZE_RULE)
     assert not kept.any() and report.removed_voxels["density"] == blob.sum()
 
 
@@ -136,17 +146,17 @@ def test_components_below_the_minimum_volume_are_dropped(negative) -> None:
     small = np.zeros_like(big)
     small[centre[0], centre[1]:centre[1] + 2, centre[2]:centre[2] + 2] = True  # 4 voxels, ≤ 0.01 mL
     make_blood(series, big | small)
-    kept, report = pipeline.guard(big | small, series, GuardOptions(min_ml=0.05))
+    kept, report = guarded(big | small, series, GuardOptions(min_ml=0.05))
     assert np.array_equal(kept, big)
     assert report.removed_voxels == {"cavity": 0, "density": 0, "size": int(small.sum())}
-    kept, _ = pipeline.guard(big | small, series, GuardOptions(min_ml=1.0))
+    kept, _ = guarded(big | small, series, GuardOptions(min_ml=1.0))
     assert not kept.any(), "a 0.52 mL component is below 1 mL"
 
 
 def test_guard_off_changes_nothing(negative) -> None:
     series, tissues = negative
     blob = square_on(tissues == TISSUES["air"], middle_slice(series), 5)
-    kept, report = pipeline.guard(blob, series, GuardOptions(enabled=False))
+    kept, report = guarded(blob, series, GuardOptions(enabled=False))
     assert np.array_equal(kept, blob)
     assert report.to_json()["applied"] is False and report.to_json()["removed"] == {}
 
@@ -175,7 +185,7 @@ def test_true_hemorrhage_is_mostly_kept(positive_study: Path) -> None:
     """The phantom's own hemorrhage passes (the partial-volume rim at bone is the price of the margin)."""
     series = load_single_series(positive_study / "ct")
     truth = np.load(positive_study / "labels.npz")["labels"] > 0
-    kept, report = pipeline.guard(truth, series)
+    kept, report = guarded(truth, series)
     assert kept.sum() >= 0.7 * truth.sum(), report.to_json()
 
 
@@ -226,28 +236,29 @@ def test_sweep_gives_what_the_guard_gives(negative) -> None:
 
 
 def test_the_density_rule_follows_the_series_calibration(negative: tuple[CTSeries, np.ndarray]) -> None:
-    """A scanner that reads every HU 6 higher: the soft-tissue median moves by 6, and the calibrated guard keeps
-    the same low-density blood it kept before, where a fixed range would let brain through or drop blood. The
-    offset is clipped, and the report says what was measured and applied."""
+    """A scanner that reads every HU 6 lower: the windowing measures the offset once, and the guard that takes it
+    keeps the same low-density blood it kept before, where a fixed range drops it. The report says what was applied."""
     series, tissues = negative
     index = middle_slice(series)
     brain = np.isin(tissues, [TISSUES["white matter"], TISSUES["grey matter"]])
     blob = square_on(brain, index, 12)
     series.hu[blob] = 44.0  # hyperacute blood, just over the 40 HU bound
-    before = read_anatomy(series.hu, series.pixel_spacing, series.slice_spacing)
-    assert 24.0 < before.brain_hu < 36.0, "the phantoms' brain reads about the reference"
-    shifted = series.hu - 6.0  # the same head on a scanner reading 6 HU low
-    after = read_anatomy(shifted, series.pixel_spacing, series.slice_spacing)
-    assert after.brain_hu == pytest.approx(before.brain_hu - 6.0, abs=0.6)
+    reference = pipeline.window_series(series).calibration_hu
+    assert abs(reference) < 4, "the phantoms' brain reads about the reference"
+    before = pipeline.anatomy_of(series, pipeline.window_series(series))
+    shifted = dataclasses.replace(series, hu=series.hu - 6.0)  # the same head on a scanner reading 6 HU low
+    windowed = pipeline.window_series(shifted)
+    assert windowed.calibration_hu == pytest.approx(reference - 6.0, abs=0.6)
+    after = pipeline.anatomy_of(shifted, windowed)
+    assert after.calibration_hu == windowed.calibration_hu, "one measurement, handed from the windowing"
+    uncalibrated = pipeline.anatomy_of(shifted, pipeline.window_series(shifted, calibrate=False))
+    assert uncalibrated.calibration_hu == 0.0
     kept_before, _ = apply_guard(blob, before, NO_SIZE_RULE)
     kept_after, report = apply_guard(blob, after, NO_SIZE_RULE)
-    fixed, _ = apply_guard(blob, after, GuardOptions(min_ml=0.0, calibrate=False))
+    fixed, _ = apply_guard(blob, uncalibrated, NO_SIZE_RULE)
     assert np.array_equal(kept_before, kept_after), "calibrated: the same blood kept"
     assert kept_before.sum() > blob.sum() / 2, "all but the edges the 3x3 mean blurs into the brain"
     assert fixed.sum() < kept_before.sum() / 4, "a fixed 40 HU bound drops it at 38 HU"
     summary = report.to_json()
-    assert summary["brain_median_hu"] == pytest.approx(after.brain_hu, abs=0.05)
-    assert summary["blood_hu_applied"][0] == pytest.approx(40.0 + after.calibration_hu, abs=0.05)
-    assert summary["settings"]["calibrate"] is True
-    far = read_anatomy(series.hu + 40.0, series.pixel_spacing, series.slice_spacing)
-    assert far.calibration_hu == 10.0, "a larger offset is not a calibration: clipped"
+    assert summary["calibration_offset_hu"] == pytest.approx(windowed.calibration_hu, abs=0.05)
+    assert summary["blood_hu_applied"][0] == pytest.approx(40.0 + windowed.calibration_hu, abs=0.05)

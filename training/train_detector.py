@@ -71,9 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--close-mosaic", type=int, default=10, help="last epochs without mosaic")
     parser.add_argument("--hyp", type=Path, default=None, help="hyperparameter YAML, e.g. best_hyperparameters.yaml")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--hu-shift", type=float, default=0.0, metavar="HU",
+    parser.add_argument("--hu-shift", type=float, default=None, metavar="HU",
                         help="calibration-shift augmentation: each training image as if every HU read up to this much "
-                             "higher or lower (training.hu_shift; 0: off); kept across --resume")
+                             "higher or lower (training.hu_shift; default 0: off); --resume keeps the run's own and "
+                             "refuses another")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="auto: bf16 autocast where the hardware has bf16 (weights stay fp32), else fp32")
     parser.add_argument("--pretrained", type=Path, default=None,
@@ -114,8 +115,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[
             parser.error(f"--imgsz {args.imgsz}: {args.data}'s images are trained at {native} px (their own scale; "
                          f"the app detects on {INPUT_SIZE} px slices at that scale)")
         args.imgsz = native
-    if not 0.0 <= args.hu_shift <= MAX_HU_SHIFT:
+    if args.hu_shift is not None and not 0.0 <= args.hu_shift <= MAX_HU_SHIFT:
         parser.error(f"--hu-shift must be between 0 and {MAX_HU_SHIFT:g} HU, got {args.hu_shift}")
+    if args.resume and args.hu_shift is not None:
+        recorded = run_hu_shift(args.project / args.name)
+        if args.hu_shift != recorded:
+            parser.error(f"--hu-shift {args.hu_shift:g}: {args.project / args.name} was trained with --hu-shift "
+                         f"{recorded:g}, which --resume keeps")
     if args.data is not None and dataset_input(args.data) != HEADER_INPUT:
         if args.tune:
             parser.error("--tune mutates colour augmentations (hsv, bgr) that would mix window channels: tune on a "
@@ -262,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
         model.train(resume=True, device=str(device), workers=args.workers, trainer=trainer)
     else:
         model = YOLO(args.model)
-        trainer = with_hu_shift(run_hu_shift(args.project / args.name, args.hu_shift))
+        trainer = with_hu_shift(run_hu_shift(args.project / args.name, args.hu_shift or 0.0))
         model.train(**train_settings(args, extra, device), trainer=trainer)
     run = model.trainer
     assert run is not None, "ultralytics' train() leaves its trainer on the model"
