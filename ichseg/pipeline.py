@@ -37,10 +37,9 @@ class WindowedSeries:
 
     source: np.ndarray  # (N, rows, columns) uint8 in the header windows, the source grid (segmenter input, SEG grid)
     detector: np.ndarray  # (N, 512, 512) uint8, the detector grid (the same array when the source is 512²)
-    hu: np.ndarray  # (N, rows, columns) the HU the fixed windows are made from: the series' own array, or a calibrated
-    # copy when its calibration offset is not 0 (one more HU volume in memory)
+    hu: np.ndarray  # (N, rows, columns) the series' own HU (not copied), which the fixed windows are made from
     slice_spacing: float  # mm between slice centres: how many neighbours a slab channel averages
-    calibration_hu: float = 0.0  # HU taken off the series' own before windowing (``ichseg.calibration``)
+    calibration_hu: float = 0.0  # the series' calibration offset (``ichseg.calibration``): every window moves up by it
     _channels: dict[tuple[str, str], np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     def source_input(self, kind: str) -> np.ndarray:
@@ -50,7 +49,8 @@ class WindowedSeries:
         if kind == HEADER_INPUT:
             return self.source
         if (kind, "source") not in self._channels:
-            self._channels[kind, "source"] = channel_input(self.source, self.hu, kind, self.slice_spacing)
+            self._channels[kind, "source"] = channel_input(self.source, self.hu, kind, self.slice_spacing,
+                                                          self.calibration_hu)
         return self._channels[kind, "source"]
 
     def detector_input(self, kind: str) -> np.ndarray:
@@ -75,14 +75,14 @@ class WindowedSeries:
 def window_series(series: CTSeries, calibrate: bool = True) -> WindowedSeries:
     """Each slice windowed with its own header window (paper), and resized to 512 for the detector; the fixed
     windows follow when a network that takes them asks (``WindowedSeries.source_input``). With ``calibrate`` the
-    series' calibration offset is taken off its HU first (``ichseg.calibration``): training, evaluation and the app
-    all window here, so the networks see every scanner at the calibration they were trained at."""
+    series' calibration offset is taken off its HU first (``ichseg.calibration``; as every window moved up by it, so
+    no calibrated copy of the volume is held): training, evaluation and the app all window here, so the networks see
+    every scanner at the calibration they were trained at."""
     offset = series_offset(series.hu) if calibrate else 0.0
-    hu = (series.hu - np.float32(offset)).astype(series.hu.dtype, copy=False) if offset else series.hu
-    source = window_volume(hu, series.windows)
+    source = window_volume(series.hu, [(centre + offset, width) for centre, width in series.windows])
     native = source.shape[1:] == (INPUT_SIZE, INPUT_SIZE)
     detector = source if native else np.stack([resize_to_input(plane) for plane in source])
-    return WindowedSeries(source, detector, hu, series.slice_spacing, offset)
+    return WindowedSeries(source, detector, series.hu, series.slice_spacing, offset)
 
 
 def to_source_grid(detection: Detection, scale: tuple[float, float]) -> Detection:

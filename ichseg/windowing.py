@@ -107,9 +107,12 @@ def slab_mean(hu: np.ndarray, slice_spacing: float, half_mm: float) -> np.ndarra
     return ndimage.uniform_filter1d(hu.astype(np.float32), size=2 * reach + 1, axis=0, mode="nearest")
 
 
-def channel_input(header_windowed: np.ndarray, hu: np.ndarray, kind: str, slice_spacing: float) -> np.ndarray:
+def channel_input(
+    header_windowed: np.ndarray, hu: np.ndarray, kind: str, slice_spacing: float, offset_hu: float = 0.0
+) -> np.ndarray:
     """(N, H, W) header-windowed slices and their HU (slices ``slice_spacing`` mm apart, in order) → (N, 3, H, W)
-    uint8 channels of a multi-window ``kind``."""
+    uint8 channels of a multi-window ``kind``; the fixed windows move up by ``offset_hu`` (the series' calibration
+    offset: the same pixels as windowing ``hu - offset_hu``, without a second HU volume)."""
     if kind not in CHANNELS:
         raise ValueError(f"unknown multi-window network input {kind!r}")
     planes = []
@@ -117,5 +120,6 @@ def channel_input(header_windowed: np.ndarray, hu: np.ndarray, kind: str, slice_
         if channel.window is None:
             planes.append(header_windowed)
         else:  # slab_mean is the HU itself for a channel without a slab
-            planes.append(apply_window(slab_mean(hu, slice_spacing, channel.slab_half_mm), *channel.window))
+            centre, width = channel.window
+            planes.append(apply_window(slab_mean(hu, slice_spacing, channel.slab_half_mm), centre + offset_hu, width))
     return np.stack(planes, axis=1)

@@ -14,6 +14,7 @@ from ichseg.boxes import cluster_boxes, merge_slice, pixel_bounds
 from ichseg.detector import Detection
 from ichseg.dicom_series import load_single_series
 from ichseg.segmenter import HemorrhageSegmenter
+from ichseg.windowing import window_volume
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "models"
@@ -94,7 +95,7 @@ def test_cluster_mode_crops_each_cluster_and_unions_the_masks(segmenter, positiv
     windowed = pipeline.window_series(series)
     one = pipeline.WindowedSeries(
         windowed.source[index:index + 1], windowed.detector[index:index + 1], windowed.hu[index:index + 1],
-        series.slice_spacing,
+        series.slice_spacing, windowed.calibration_hu,
     )
     left, right = (120.0, 180.0, 200.0, 260.0), (320.0, 240.0, 400.0, 330.0)
     margin = pipeline.cluster_margin_px(series.pixel_spacing)
@@ -160,6 +161,9 @@ def test_windowing_takes_the_series_calibration_offset_off(positive_study: Path)
     brighter = dataclasses.replace(series, hu=series.hu + np.float32(6.0))
     shifted = pipeline.window_series(brighter)
     assert shifted.calibration_hu == pytest.approx(reference.calibration_hu + 6.0, abs=0.6)
+    assert shifted.hu is brighter.hu, "no calibrated copy of the volume: the windows move instead"
+    copy = window_volume(brighter.hu - np.float32(shifted.calibration_hu), brighter.windows)
+    assert np.abs(copy.astype(int) - shifted.source.astype(int)).max() <= 1, "the same as windowing a calibrated copy"
     for kind in ("header+brain+subdural",):
         same = np.abs(shifted.detector_input(kind).astype(int) - reference.detector_input(kind).astype(int))
         assert np.percentile(same, 99) <= 2, "calibrated: the same input within rounding"

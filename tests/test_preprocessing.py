@@ -75,7 +75,8 @@ def test_pipeline_slab_uses_the_series_slice_spacing(positive_study: Path) -> No
     series = load_single_series(positive_study / "ct")
     windowed = window_series(series)
     slab = windowed.source_input(SLAB_INPUT)[:, 0]
-    expected = apply_window(slab_mean(windowed.hu, series.slice_spacing, 3.0), *BRAIN_WINDOW)  # calibrated HU
+    centre, width = BRAIN_WINDOW  # moved by the series' calibration offset, as the networks see it
+    expected = apply_window(slab_mean(series.hu, series.slice_spacing, 3.0), centre + windowed.calibration_hu, width)
     assert np.array_equal(slab, expected)
     assert (series.slice_spacing <= 3.0) == (not np.array_equal(slab, windowed.source_input(SLAB_INPUT)[:, 1]))
 
