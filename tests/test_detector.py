@@ -165,7 +165,7 @@ def test_tiny_training_gives_a_loadable_detector(
         "--data", str(tmp_path / "dataset" / "data.yaml"), "--model", "yolov5n.yaml", "--epochs", "2", "--batch", "4",
         "--workers", "0", "--no-plots", "--project", str(tmp_path / "runs"), "--out", str(model_dir), "--device", "cpu",
         "--hyp", str(Path(__file__).resolve().parents[1] / "training" / "cpu_polish.yaml"),  # keeps epochN.pt
-        "--hu-shift", "4",  # trained through the calibration-shift transform
+        "--hu-shift", "4", "--hu-noise", "6",  # trained through the HU transform (calibration shift and noise)
     ])
     manifest = ModelManifest.load(model_dir)
     assert manifest.architecture == "yolov5n.yaml" and manifest.input_size == INPUT_SIZE
@@ -174,11 +174,13 @@ def test_tiny_training_gives_a_loadable_detector(
     assert manifest.training["input"] == MULTI_WINDOW_INPUT
     recipe = manifest.training["recipe"]
     assert recipe["hsv_h"] == recipe["hsv_s"] == recipe["hsv_v"] == recipe["bgr"] == 0.0, "channels are not colours"
-    assert recipe["hu_shift"] == 4.0, "what no ultralytics argument holds is recorded too"
+    assert recipe["hu_shift"] == 4.0 and recipe["hu_noise"] == 6.0, "what no ultralytics argument holds is recorded"
     with pytest.raises(SystemExit):  # tuning would mutate the colour augmentations back on
         main(["--data", str(tmp_path / "dataset" / "data.yaml"), "--tune", "2"])
     with pytest.raises(SystemExit):  # a resumed run keeps its own augmentation: another value is refused, not ignored
         main(["--resume", "--project", str(tmp_path / "runs"), "--hu-shift", "8"])
+    with pytest.raises(SystemExit):
+        main(["--resume", "--project", str(tmp_path / "runs"), "--hu-noise", "2"])
     assert (tmp_path / "runs" / "train" / "weights" / "best.pt").is_file()
     exported = tmp_path / "exported"  # a stopped run bundled from its checkpoint: the same folder a finished run gives
     main(["--export-only", "--model-version", "0.0.1", "--project", str(tmp_path / "runs"), "--out", str(exported),
@@ -399,7 +401,7 @@ def test_tiles_hold_every_box_whole_at_native_scale_and_validation_stays_on_whol
     """Tiles are crops of the slices (no resizing), every box lies whole in one of its slice's tiles with the same
     pixels under its label, negatives are cut within the head, and the trainer trains at the tile's size but
     validates whole slices at the app's."""
-    from training.bf16_trainer import Bf16DetectionTrainer, with_hu_shift
+    from training.bf16_trainer import Bf16DetectionTrainer, with_hu_changes
     from training.detector_dataset import write_data_yaml
     from training.detector_tiles import main, write_tiles
     from training.hu_shift import UltralyticsHuShift
@@ -482,14 +484,14 @@ def test_tiles_hold_every_box_whole_at_native_scale_and_validation_stays_on_whol
     assert trainer.args.imgsz == 320
     plain = trainer.build_dataset(train_tiles, "train", 2).transforms.transforms
     assert not any(isinstance(t, UltralyticsHuShift) for t in plain)
-    shifted = with_hu_shift(8.0)(overrides={
+    shifted = with_hu_changes(8.0)(overrides={
         "model": "yolov5n.yaml", "data": str(tmp_path / "tiles" / "data.yaml"), "imgsz": 320, "device": "cpu",
         "workers": 0, "project": str(tmp_path / "runs"), "name": "shifted", "plots": False})
     shifted.model = shifted.get_model(cfg="yolov5n.yaml", verbose=False)
     dataset = shifted.build_dataset(train_tiles, "train", 2)
     first = dataset.transforms.transforms[0]  # the first transform: it sees the image as loaded
     assert isinstance(first, UltralyticsHuShift) and first.max_hu == 8.0 and first.widths == (200.0, 80.0, 80.0)
-    assert dataset[0]["img"].shape[0] == 3 and with_hu_shift(0.0) is Bf16DetectionTrainer
+    assert dataset[0]["img"].shape[0] == 3 and with_hu_changes(0.0) is Bf16DetectionTrainer
 
     for data, imgsz in ((tmp_path / "tiles" / "data.yaml", "512"), (data_yaml, "320")):  # any rescaling is refused
         with pytest.raises(SystemExit) as refusal:

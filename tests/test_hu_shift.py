@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ichseg.windowing import HEADER_INPUT, MULTI_WINDOW_INPUT, STROKE_INPUT
-from training.hu_shift import UltralyticsHuShift, channel_widths, shift_windowed
+from training.hu_shift import UltralyticsHuShift, channel_widths, noise_field, shift_windowed
 
 
 def test_channel_widths_follow_the_input_kinds_windows() -> None:
@@ -32,11 +32,42 @@ def test_a_shift_moves_each_channel_by_offset_over_width_and_keeps_clipped_pixel
 
 
 def test_the_ultralytics_transform_shifts_bgr_images_as_loaded() -> None:
-    """The detector's images are written and loaded as BGR: the subdural window (200 HU wide) is channel 0."""
+    """The detector's images are written and loaded as BGR: the subdural window (200 HU wide) is channel 0. One
+    offset per image, repeatable under ultralytics' seeding of ``random``."""
     image = np.full((4, 4, 3), 100, np.uint8)
     random.seed(3)
-    offset = random.uniform(-8.0, 8.0)
-    random.seed(3)
     labels = UltralyticsHuShift(8.0, MULTI_WINDOW_INPUT)({"img": image})
-    expected = [round(100 + offset * 255 / width) for width in (200.0, 80.0, 80.0)]
-    assert labels["img"][0, 0].tolist() == expected and image[0, 0].tolist() == [100, 100, 100], "cache untouched"
+    random.seed(3)
+    again = UltralyticsHuShift(8.0, MULTI_WINDOW_INPUT)({"img": image})
+    assert np.array_equal(labels["img"], again["img"]) and image[0, 0].tolist() == [100, 100, 100], "cache untouched"
+    moved = labels["img"].astype(float) - 100
+    assert all(np.ptp(moved[..., c]) == 0 for c in range(3)), "a shift, the same everywhere"
+    offset = moved[0, 0, 1] * 80 / 255  # the brain window's channel
+    assert 0 < abs(offset) <= 8.1
+    assert moved[0, 0, 0] == pytest.approx(offset * 255 / 200, abs=0.6), "the subdural channel moves 80/200 as far"
+
+
+def test_noise_has_the_drawn_spread_and_grain() -> None:
+    rng = np.random.default_rng(0)
+    sharp = noise_field((256, 256), 10.0, 0.0, rng)
+    soft = noise_field((256, 256), 10.0, 1.5, rng)
+    assert sharp.dtype == np.float32 and sharp.std() == pytest.approx(10.0, rel=0.01)
+    assert soft.std() == pytest.approx(10.0, rel=0.01)
+
+    def neighbour_correlation(field: np.ndarray) -> float:
+        return float(np.corrcoef(field[:, :-1].ravel(), field[:, 1:].ravel())[0, 1])
+
+    assert abs(neighbour_correlation(sharp)) < 0.05 and neighbour_correlation(soft) > 0.6, "grain: white vs smoothed"
+
+
+def test_the_transform_adds_noise_in_hu_to_each_window_and_keeps_clipped_pixels() -> None:
+    """The same HU noise field in every channel, scaled by each window's width; full-scale (bone) pixels stay."""
+    image = np.full((128, 128, 3), 120, np.uint8)
+    image[:8] = 255  # bone, clipped by every window
+    random.seed(1)
+    noisy = UltralyticsHuShift(0.0, MULTI_WINDOW_INPUT, max_noise_hu=20.0)({"img": image})["img"].astype(float)
+    assert (noisy[:8] == 255).all(), "clipped pixels keep their value"
+    brain, subdural = noisy[8:, :, 1] - 120, noisy[8:, :, 0] - 120  # BGR: channel 1 brain (80), 0 subdural (200)
+    assert 0 < brain.std() <= 20.0 * 255 / 80 * 1.05
+    assert brain.std() / subdural.std() == pytest.approx(200 / 80, rel=0.1), "one HU field, each window's scale"
+    assert np.corrcoef(brain.ravel(), subdural.ravel())[0, 1] > 0.9

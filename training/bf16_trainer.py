@@ -9,8 +9,9 @@ CPU, measured by ``benchmarks/training_speed.py``). It also gives torch back eve
 ultralytics' device selection leaves cpu_count − 1 threads, one on a 2-core machine. And it validates at the app's
 input size (``ichseg.detector.INPUT_SIZE``) whatever ``imgsz`` it trains at: trained on native-scale tiles
 (``training.detector_tiles``, ``imgsz`` = the tile), the model is still chosen by its score on whole slices.
-``with_hu_shift`` gives a subclass whose training images also get a calibration shift (``training.hu_shift``);
-ultralytics takes a trainer class, not extra arguments, so the setting travels as a class attribute.
+``with_hu_changes`` gives a subclass whose training images also get a calibration shift and noise
+(``training.hu_shift``); ultralytics takes a trainer class, not extra arguments, so the settings travel as class
+attributes.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class Bf16DetectionTrainer(DetectionTrainer):
     validation runs on whole slices at the app's input size."""
 
     hu_shift: float = 0.0  # HU: the largest calibration shift of a training image (0: none)
+    hu_noise: float = 0.0  # HU: the largest standard deviation of noise added to a training image (0: none)
 
     def build_dataset(self, img_path: str, mode: str = "train", batch: int | None = None) -> Any:
         if mode == "train":
@@ -56,8 +58,10 @@ class Bf16DetectionTrainer(DetectionTrainer):
 
     def _add_hu_shift(self, dataset: Any) -> None:
         """First of the training transforms, so that it sees the image as loaded (before any padding)."""
-        if self.hu_shift > 0:
-            dataset.transforms.insert(0, UltralyticsHuShift(self.hu_shift, dataset_input(Path(self.args.data))))
+        if self.hu_shift > 0 or self.hu_noise > 0:
+            dataset.transforms.insert(
+                0, UltralyticsHuShift(self.hu_shift, dataset_input(Path(self.args.data)), self.hu_noise)
+            )
 
     def _close_dataloader_mosaic(self) -> None:  # rebuilds the transforms: the shift goes back in
         super()._close_dataloader_mosaic()
@@ -73,8 +77,10 @@ class Bf16DetectionTrainer(DetectionTrainer):
             trainer_module.autocast = _ULTRALYTICS_AUTOCAST
 
 
-def with_hu_shift(hu_shift: float) -> type[Bf16DetectionTrainer]:
-    """``Bf16DetectionTrainer`` itself, or a subclass that shifts training images by up to ``hu_shift`` HU."""
-    if hu_shift <= 0:
+def with_hu_changes(hu_shift: float, hu_noise: float = 0.0) -> type[Bf16DetectionTrainer]:
+    """``Bf16DetectionTrainer`` itself, or a subclass that shifts training images by up to ``hu_shift`` HU and adds
+    noise of up to ``hu_noise`` HU."""
+    if hu_shift <= 0 and hu_noise <= 0:
         return Bf16DetectionTrainer
-    return type("HuShiftDetectionTrainer", (Bf16DetectionTrainer,), {"hu_shift": float(hu_shift)})
+    return type("HuChangeDetectionTrainer", (Bf16DetectionTrainer,),
+                {"hu_shift": float(hu_shift), "hu_noise": float(hu_noise)})

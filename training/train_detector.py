@@ -27,17 +27,18 @@ from ichseg.runtime import PRECISIONS, autocast_dtype, default_device
 from ichseg.subtypes import SUBTYPES
 from ichseg.ultralytics_offline import YOLO
 from ichseg.windowing import HEADER_INPUT
-from training.bf16_trainer import with_hu_shift
+from training.bf16_trainer import with_hu_changes
 from training.detector_dataset import dataset_input, training_size
 from training.detector_operating_point import store as store_operating_point
-from training.hu_shift import MAX_HU_SHIFT
+from training.hu_shift import MAX_HU_NOISE, MAX_HU_SHIFT
 from training.ultralytics_results import epoch_rows, run_seconds
 
 # isort: split
 from ultralytics.utils.torch_utils import strip_optimizer  # after ichseg.ultralytics_offline has switched it offline
 
 MODEL_NAME = "ich-yolov5-detector"
-HU_SHIFT_FILE = "hu_shift.json"  # in the run folder: the --hu-shift of the run, for --resume and --export-only
+HU_SHIFT_FILE = "hu_shift.json"  # in the run folder: --hu-shift and --hu-noise of the run, for --resume, --export-only
+HU_CHANGES = {"hu_shift": MAX_HU_SHIFT, "hu_noise": MAX_HU_NOISE}  # the HU augmentations (training.hu_shift), largest
 RECIPE_KEYS = ("model", "optimizer", "lr0", "lrf", "momentum", "weight_decay", "hsv_h", "hsv_s", "hsv_v",
                "translate", "scale", "fliplr", "bgr", "mosaic", "close_mosaic", "seed", "amp", "nbs", "warmup_epochs")
 NOT_RECIPE = ("save_period",)  # hyperparameters that say when checkpoints are kept, not how the weights were made
@@ -75,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="calibration-shift augmentation: each training image as if every HU read up to this much "
                              "higher or lower (training.hu_shift; default 0: off); --resume keeps the run's own and "
                              "refuses another")
+    parser.add_argument("--hu-noise", type=float, default=None, metavar="HU",
+                        help="noise augmentation: correlated noise of a standard deviation up to this added to each "
+                             "training image's HU (training.hu_shift; default 0: off); --resume keeps the run's own "
+                             "and refuses another")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="auto: bf16 autocast where the hardware has bf16 (weights stay fp32), else fp32")
     parser.add_argument("--pretrained", type=Path, default=None,
@@ -115,13 +120,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[
             parser.error(f"--imgsz {args.imgsz}: {args.data}'s images are trained at {native} px (their own scale; "
                          f"the app detects on {INPUT_SIZE} px slices at that scale)")
         args.imgsz = native
-    if args.hu_shift is not None and not 0.0 <= args.hu_shift <= MAX_HU_SHIFT:
-        parser.error(f"--hu-shift must be between 0 and {MAX_HU_SHIFT:g} HU, got {args.hu_shift}")
-    if args.resume and args.hu_shift is not None:
-        recorded = run_hu_shift(args.project / args.name)
-        if args.hu_shift != recorded:
-            parser.error(f"--hu-shift {args.hu_shift:g}: {args.project / args.name} was trained with --hu-shift "
-                         f"{recorded:g}, which --resume keeps")
+    for key, largest in HU_CHANGES.items():
+        value, flag = getattr(args, key), "--" + key.replace("_", "-")
+        if value is not None and not 0.0 <= value <= largest:
+            parser.error(f"{flag} must be between 0 and {largest:g} HU, got {value}")
+        if args.resume and value is not None and value != run_hu_changes(args.project / args.name)[key]:
+            parser.error(f"{flag} {value:g}: {args.project / args.name} was trained with {flag} "
+                         f"{run_hu_changes(args.project / args.name)[key]:g}, which --resume keeps")
     if args.data is not None and dataset_input(args.data) != HEADER_INPUT:
         if args.tune:
             parser.error("--tune mutates colour augmentations (hsv, bgr) that would mix window channels: tune on a "
@@ -203,7 +208,7 @@ def bundle(
     keys = [k for k in (*RECIPE_KEYS, *extra) if k not in NOT_RECIPE]
     recipe = {k: getattr(train_args, k) for k in keys if hasattr(train_args, k)}
     recipe["model"] = model_yaml
-    recipe["hu_shift"] = run_hu_shift(args.project / args.name)
+    recipe |= run_hu_changes(args.project / args.name)
     ModelManifest(
         name=MODEL_NAME, version=args.model_version, architecture=model_yaml, input_size=INPUT_SIZE,
         classes=list(SUBTYPES), task="detection",
@@ -241,15 +246,17 @@ def export_stopped_run(args: argparse.Namespace, extra: dict[str, Any], device: 
     bundle(best, args, train_args, len(rows), seconds, model_yaml, extra, device)
 
 
-def run_hu_shift(run: Path, hu_shift: float | None = None) -> float:
-    """The run's calibration shift: recorded beside its checkpoints when given (a fresh run), read back otherwise
-    (--resume, --export-only; 0 for runs from before the option). ultralytics keeps no unknown arguments."""
+def run_hu_changes(run: Path, changes: dict[str, float] | None = None) -> dict[str, float]:
+    """The run's HU augmentations (``HU_CHANGES``): recorded beside its checkpoints when given (a fresh run), read back
+    otherwise (--resume, --export-only; 0 for what a run from before an option did not record). ultralytics keeps no
+    unknown arguments."""
     record = run / HU_SHIFT_FILE
-    if hu_shift is not None:
+    if changes is not None:
         run.mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps({"hu_shift": hu_shift}) + "\n")
-        return hu_shift
-    return float(json.loads(record.read_text())["hu_shift"]) if record.is_file() else 0.0
+        record.write_text(json.dumps(changes) + "\n")
+        return changes
+    recorded = json.loads(record.read_text()) if record.is_file() else {}
+    return {key: float(recorded.get(key, 0.0)) for key in HU_CHANGES}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -264,11 +271,12 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     if args.resume:
         model = YOLO(str(args.project / args.name / "weights" / "last.pt"))
-        trainer = with_hu_shift(run_hu_shift(args.project / args.name))
+        trainer = with_hu_changes(**run_hu_changes(args.project / args.name))
         model.train(resume=True, device=str(device), workers=args.workers, trainer=trainer)
     else:
         model = YOLO(args.model)
-        trainer = with_hu_shift(run_hu_shift(args.project / args.name, args.hu_shift or 0.0))
+        changes = {key: getattr(args, key) or 0.0 for key in HU_CHANGES}
+        trainer = with_hu_changes(**run_hu_changes(args.project / args.name, changes))
         model.train(**train_settings(args, extra, device), trainer=trainer)
     run = model.trainer
     assert run is not None, "ultralytics' train() leaves its trainer on the model"
