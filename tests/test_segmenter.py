@@ -611,3 +611,16 @@ def test_hu_shift_option_shifts_each_window_channel_of_the_training_crops(traine
     assert torch.equal(image, plain.val_loader.dataset[0][0]), "validation crops are not augmented"
     with pytest.raises(SystemExit):
         parse_args([*common, "--hu-shift", "50"])
+    noisy = make_loaders(parse_args([*common, "--hu-noise", "10"]))
+    for index in range(min(4, len(plain.train_set))):
+        before, target = plain.train_set[index]
+        after, same_target = noisy.train_set[index]
+        assert torch.equal(target, same_target), "noise from its own stream: the geometry draws stay as they were"
+        inside = (before > 0.05) & (before < 0.95)
+        brain, subdural = ((after - before)[c][inside[c]] for c in (1, 2))
+        assert float(brain.std()) * 80 <= 10.5, "at most 10 HU of noise in the brain window"
+        assert float(brain.std()) == pytest.approx(float(subdural.std()) * 200 / 80, rel=0.25), "one HU field"
+    image, _ = noisy.val_loader.dataset[0]
+    assert torch.equal(image, plain.val_loader.dataset[0][0]), "validation crops are not augmented"
+    with pytest.raises(SystemExit):
+        parse_args([*common, "--hu-noise", "50"])

@@ -16,7 +16,9 @@ so each epoch re-crops cheaply and the CPU stays free for the network. Training 
 rotation and random flip (the paper), and in crop mode a box jitter in which every box edge moves
 independently by up to ``jitter`` (10%) of the box side outwards or half that inwards, imitating detector boxes
 that are a little loose, tight or shifted; optionally a calibration shift of up to ``hu_shift`` HU
-(``training.hu_shift``, after the rotation and flip so that the other draws stay as they were).
+(``training.hu_shift``, after the rotation and flip so that the other draws stay as they were) and noise of up to
+``hu_noise`` HU (added to the cached region at the slice's own pixel scale, before cropping, from its own random
+stream).
 """
 
 from __future__ import annotations
@@ -37,11 +39,12 @@ from ichseg.crops import CROP_SIZE, crop_mask_to_target, crop_to_input
 from ichseg.labelled_study import Study, ground_truth_box, load_study, study_ids
 from ichseg.segmenter import CROP_MODE, MODES, whole_slice_box
 from ichseg.windowing import input_planes
-from training.hu_shift import shift_windowed
+from training.hu_shift import hu_change, shift_windowed
 
 JITTER = 0.10  # largest outward move of one box edge, as a fraction of the box side
 MIN_JITTER_SIDE = 16.0  # px: tiny lesions still get a few pixels of jitter, as detector boxes are never exact
 NEGATIVE_FRACTION = 0.2  # whole-slice mode: share of hemorrhage-free training slices kept
+NOISE_STREAM = 1  # the noise draws come from their own stream, so the other augmentations stay as they were
 
 
 @dataclass(frozen=True)
@@ -188,13 +191,14 @@ class SegmentationDataset(Dataset):
     """
 
     def __init__(self, samples: list[SliceSample], augment: bool, jitter: float = 0.0, seed: int = 0,
-                 hu_shift: float = 0.0, widths: tuple[float, ...] = ()) -> None:
-        if hu_shift > 0 and not widths:
-            raise ValueError("a calibration shift needs the window width of each input channel")
+                 hu_shift: float = 0.0, widths: tuple[float, ...] = (), hu_noise: float = 0.0) -> None:
+        if (hu_shift > 0 or hu_noise > 0) and not widths:
+            raise ValueError("a calibration shift or noise needs the window width of each input channel")
         self.samples = samples
         self.augment = augment
         self.jitter = jitter
         self.hu_shift = hu_shift  # HU, largest calibration shift (0: none)
+        self.hu_noise = hu_noise  # HU, largest standard deviation of added noise (0: none)
         self.widths = widths
         self.seed = seed
         self.epoch = 0
@@ -205,13 +209,22 @@ class SegmentationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def noisy(self, region: np.ndarray, index: int) -> np.ndarray:
+        """The cached region with this draw's noise (itself when there is none), from a stream of its own."""
+        if self.hu_noise <= 0:
+            return region
+        rng = np.random.default_rng([self.seed, self.epoch, index, NOISE_STREAM])
+        planes = region if region.ndim == 3 else region[None]
+        noisy = shift_windowed(planes, hu_change(planes.shape[1:], 0.0, self.hu_noise, rng), self.widths, 0, 255.0)
+        return noisy if region.ndim == 3 else noisy[0]
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         sample = self.samples[index]
         box = sample.box
         rng = np.random.default_rng([self.seed, self.epoch, index])
         if self.augment and self.jitter > 0:
             box = jitter_box(box, rng, self.jitter)
-        image = crop_to_input(sample.image, box)
+        image = crop_to_input(self.noisy(sample.image, index) if self.augment else sample.image, box)
         target = crop_mask_to_target(sample.mask, box)
         if self.augment:
             image, target = rotate_flip(image, target, rng)

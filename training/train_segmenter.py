@@ -43,7 +43,7 @@ from ichseg.networks import TransDeepLab
 from ichseg.runtime import PRECISIONS, autocast, autocast_dtype, configure_threads, default_device
 from ichseg.segmenter import ARCHITECTURES, CLASSES, CROP_MODE, MODES, WHOLE_SLICE_MODE, build_network
 from ichseg.windowing import INPUT_KINDS, MULTI_WINDOW_INPUT
-from training.hu_shift import MAX_HU_SHIFT, channel_widths
+from training.hu_shift import MAX_HU_NOISE, MAX_HU_SHIFT, channel_widths
 from training.lr_schedule import LrPlan
 from training.segmenter_data import (
     JITTER,
@@ -96,6 +96,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--hu-shift", type=float, default=0.0, metavar="HU",
                         help="calibration-shift augmentation: each training crop as if every HU read up to this much "
                              "higher or lower (training.hu_shift; 0: off)")
+    parser.add_argument("--hu-noise", type=float, default=0.0, metavar="HU",
+                        help="noise augmentation: correlated noise of a standard deviation up to this added to each "
+                             "training crop's HU at the slice's own scale (training.hu_shift; 0: off)")
     parser.add_argument("--epochs", type=int, default=300, help="planned epochs; the lr decays to 0 over them")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="adamw",
@@ -138,6 +141,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--jitter must be between 0 and 1, got {args.jitter}")
     if not 0.0 <= args.hu_shift <= MAX_HU_SHIFT:
         parser.error(f"--hu-shift must be between 0 and {MAX_HU_SHIFT:g} HU, got {args.hu_shift}")
+    if not 0.0 <= args.hu_noise <= MAX_HU_NOISE:
+        parser.error(f"--hu-noise must be between 0 and {MAX_HU_NOISE:g} HU, got {args.hu_noise}")
     lr, weight_decay, warmup, _ = OPTIMIZERS[args.optimizer]
     args.lr = lr if args.lr is None else args.lr
     args.weight_decay = weight_decay if args.weight_decay is None else args.weight_decay
@@ -227,7 +232,8 @@ def manifest_for(args: argparse.Namespace, state: dict) -> ModelManifest:
             "precision": state.get("precision", "fp32"),
             "init_weights": portable_path(args.init_weights) if args.init_weights else None,
             "augmentation": "rot90 + flip" + (f" + box jitter {args.jitter:.0%}" if args.mode == CROP_MODE else "")
-            + (f" + calibration shift ±{args.hu_shift:g} HU" if args.hu_shift else ""),
+            + (f" + calibration shift ±{args.hu_shift:g} HU" if args.hu_shift else "")
+            + (f" + noise up to {args.hu_noise:g} HU sd" if args.hu_noise else ""),
             "sampling": "uniform" if args.low_density_weight == 1.0 else (
                 f"crops of blood under {LOW_DENSITY_HU:g} HU drawn {args.low_density_weight:g}x as often "
                 f"({state.get('low_density_samples', 0)} of the train slices)"),
@@ -299,7 +305,8 @@ def make_loaders(args: argparse.Namespace) -> Loaders:
     if not train_samples:
         raise SystemExit(f"{args.data}: no training slices for mode {args.mode}")
     train_set = SegmentationDataset(train_samples, augment=True, jitter=args.jitter if args.mode == CROP_MODE else 0.0,
-                                    seed=args.seed, hu_shift=args.hu_shift, widths=channel_widths(args.input))
+                                    seed=args.seed, hu_shift=args.hu_shift, hu_noise=args.hu_noise,
+                                    widths=channel_widths(args.input))
     generator = torch.Generator()
     per_epoch = args.steps_per_epoch * args.batch if args.steps_per_epoch else None
     sampler: Sampler[int] = RandomSampler(train_set, num_samples=per_epoch, generator=generator)
@@ -362,7 +369,7 @@ def resume(checkpoint_path: Path, args: argparse.Namespace, model: nn.Module, op
             raise SystemExit(f"{checkpoint_path}: trained with --negative-crops from {made_negatives[0]} "
                              f"--negative-share {made_negatives[1]}, not {args.negative_detector} "
                              f"{args.negative_share}")
-    for option, default in (("jitter", JITTER), ("low_density_weight", 1.0), ("hu_shift", 0.0)):  # a run keeps
+    for option, default in (("jitter", JITTER), ("low_density_weight", 1.0), ("hu_shift", 0.0), ("hu_noise", 0.0)):
         # how it draws and augments its crops
         if made.get(option, default) != getattr(args, option):
             raise SystemExit(f"{checkpoint_path}: trained with --{option.replace('_', '-')} "
