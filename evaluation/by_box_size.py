@@ -21,6 +21,15 @@ SIZE_EDGES_MM = (4.0, 8.0, 16.0, 32.0)  # bucket edges of the shortest box side 
 FOUND_IOU = 0.5
 
 
+def box_overlaps(true_boxes: np.ndarray, pred_boxes: np.ndarray) -> np.ndarray:
+    """(n, m) IoU of n ground-truth and m predicted boxes (x0, y0, x1, y1), computed once per slice for both the
+    evaluation's one-to-one matching and this recall."""
+    if not len(true_boxes) or not len(pred_boxes):
+        return np.zeros((len(true_boxes), len(pred_boxes)))
+    return box_iou(torch.as_tensor(true_boxes, dtype=torch.float64),
+                   torch.as_tensor(pred_boxes, dtype=torch.float64)).numpy()
+
+
 def size_buckets() -> list[str]:
     """Bucket labels, smallest first: "< 4 mm", "4–8 mm", …, "≥ 32 mm"."""
     edges = SIZE_EDGES_MM
@@ -35,16 +44,14 @@ class BoxSizeRecall:
     shortest_side_mm: list[float] = field(default_factory=list)
     found_confidence: list[float] = field(default_factory=list)
 
-    def add_slice(self, true_boxes: np.ndarray, pred_boxes: np.ndarray, confidences: np.ndarray,
-                  pixel_mm: float) -> None:
-        """One slice's lesion boxes (n, 4) against its detections (m, 4) with their confidences, in pixels."""
+    def add_slice(self, true_boxes: np.ndarray, iou: np.ndarray, confidences: np.ndarray, pixel_mm: float) -> None:
+        """One slice's lesion boxes (n, 4, pixels of ``pixel_mm``) against its m detections: their (n, m) IoU
+        (``box_overlaps``) and m confidences."""
         if not len(true_boxes):
             return
         sides = np.minimum(true_boxes[:, 2] - true_boxes[:, 0], true_boxes[:, 3] - true_boxes[:, 1]) * pixel_mm
         found = np.zeros(len(true_boxes))
-        if len(pred_boxes):
-            iou = box_iou(torch.as_tensor(true_boxes, dtype=torch.float64),
-                          torch.as_tensor(pred_boxes, dtype=torch.float64)).numpy()
+        if iou.shape[1]:
             found = np.where(iou >= FOUND_IOU, np.asarray(confidences, dtype=np.float64)[None, :], 0.0).max(axis=1)
         self.shortest_side_mm += sides.tolist()
         self.found_confidence += found.tolist()

@@ -55,10 +55,9 @@ from typing import Any
 import numpy as np
 import torch
 from monai.metrics import compute_dice
-from torchvision.ops import box_iou
 from tqdm import tqdm
 
-from evaluation.by_box_size import BoxSizeRecall, box_size_markdown
+from evaluation.by_box_size import BoxSizeRecall, box_overlaps, box_size_markdown
 from evaluation.by_density import DensityScores
 from evaluation.by_subtype import SubtypeScores, study_lesions
 from ichseg import pipeline
@@ -250,14 +249,13 @@ class Scores:
         }
 
 
-def match_detections(pred_boxes: np.ndarray, pred_classes: np.ndarray, true_boxes: np.ndarray,
-                     true_classes: np.ndarray) -> np.ndarray:
-    """(n_pred, 10) bool: detection is a true positive at IoU 0.5…0.95 (ultralytics' greedy one-to-one matching)."""
-    correct = np.zeros((len(pred_boxes), len(IOU_THRESHOLDS)), dtype=bool)
-    if not len(pred_boxes) or not len(true_boxes):
+def match_detections(iou: np.ndarray, pred_classes: np.ndarray, true_classes: np.ndarray) -> np.ndarray:
+    """(n_pred, 10) bool: detection is a true positive at IoU 0.5…0.95 (ultralytics' greedy one-to-one matching);
+    ``iou``: (n_true, n_pred) (``box_overlaps``)."""
+    correct = np.zeros((len(pred_classes), len(IOU_THRESHOLDS)), dtype=bool)
+    if not len(pred_classes) or not len(true_classes):
         return correct
-    iou = box_iou(torch.as_tensor(true_boxes, dtype=torch.float64), torch.as_tensor(pred_boxes, dtype=torch.float64))
-    iou = iou.numpy() * (true_classes[:, None] == pred_classes[None, :])
+    iou = iou * (true_classes[:, None] == pred_classes[None, :])
     for level, threshold in enumerate(IOU_THRESHOLDS):
         matches = np.argwhere(iou >= threshold)  # (true index, predicted index)
         if len(matches) > 1:
@@ -287,12 +285,13 @@ class DetectionRecords:
         true_classes = np.asarray([t.subtype for t in truth], dtype=np.int64)
         pred_boxes = np.asarray([d.box for d in detections], dtype=np.float64).reshape(-1, 4)
         pred_classes = np.asarray([d.subtype for d in detections], dtype=np.int64)
-        self.correct.append(match_detections(pred_boxes, pred_classes, true_boxes, true_classes))
+        iou = box_overlaps(true_boxes, pred_boxes)
+        self.correct.append(match_detections(iou, pred_classes, true_classes))
         confidences = [d.confidence for d in detections]
         self.confidence += confidences
         self.pred_classes += pred_classes.tolist()
         self.true_classes += true_classes.tolist()
-        self.sizes.add_slice(true_boxes, pred_boxes, np.asarray(confidences), pixel_mm)
+        self.sizes.add_slice(true_boxes, iou, np.asarray(confidences), pixel_mm)
 
     def mean_ap(self) -> tuple[float, float]:
         """(mAP@0.5, mAP@0.5:0.95) over the subtypes present in the ground truth."""
@@ -468,6 +467,7 @@ def detector_results(
     """The detector's test mAP beside its manifest's figures, and the product's confidence and extend confidence."""
     map50, map50_95 = records.mean_ap()
     manifest = detector.manifest
+    recall_confidence = product_confidence or KEEP_EVERY_BOX  # boxes the product keeps (every box without one)
     return {
         "model": str(model_dir),
         "product_confidence": product_confidence,
@@ -477,7 +477,8 @@ def detector_results(
         "test_mAP50": map50,
         "test_mAP50_95": map50_95,
         "test_AP50_by_subtype": records.ap50_by_subtype(),
-        "test_recall_by_box_size": records.sizes.recall(product_confidence or KEEP_EVERY_BOX),
+        "test_recall_by_box_size": records.sizes.recall(recall_confidence),
+        "recall_by_box_size_confidence": recall_confidence,
         "manifest_mAP50": manifest.training.get("mAP50"),
         "manifest_mAP50_95": manifest.training.get("mAP50_95"),
     }
@@ -573,7 +574,7 @@ def markdown(results: dict) -> str:
                if d.get("product_extend_confidence") not in (None, d["product_confidence"]) else "."),
         ]
         if d.get("test_recall_by_box_size"):
-            at = d["product_confidence"] or KEEP_EVERY_BOX
+            at = d.get("recall_by_box_size_confidence") or d["product_confidence"] or KEEP_EVERY_BOX  # older results
             lines[-1] += " " + box_size_markdown(d["test_recall_by_box_size"], at)
     if "guard" in results:
         g = results["guard"]

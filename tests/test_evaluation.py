@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from small_study import MATRIX, generated_study
 
-from evaluation.by_box_size import BoxSizeRecall
+from evaluation.by_box_size import BoxSizeRecall, box_overlaps
 from evaluation.by_density import DensityScores
 from evaluation.by_subtype import SubtypeScores, study_lesions
 from evaluation.evaluate import (
@@ -286,13 +286,17 @@ def test_recall_by_box_size_buckets_by_shortest_side_in_mm_whatever_the_subtype(
     """A box counts as found at the best confidence of any detection overlapping it at IoU ≥ 0.5."""
     recall = BoxSizeRecall()
     thin, large = [0.0, 0.0, 6.0, 60.0], [100.0, 100.0, 160.0, 140.0]  # shortest sides 6 and 40 px
-    recall.add_slice(np.array([thin, large]), np.array([[102.0, 100.0, 160.0, 140.0]]), np.array([0.3]), 0.5)
-    recall.add_slice(np.array([thin]), np.array([[0.0, 0.0, 6.0, 60.0], [0.0, 30.0, 6.0, 90.0]]),
-                     np.array([0.2, 0.9]), 0.5)  # the 0.9 box overlaps it at IoU 1/3 only
-    recall.add_slice(np.empty((0, 4)), np.array([thin]), np.array([0.9]), 0.5)  # a false alarm: no lesion box
+    def add(true_boxes: list, pred_boxes: list, confidences: list) -> None:
+        truth, found = np.array(true_boxes).reshape(-1, 4), np.array(pred_boxes).reshape(-1, 4)
+        recall.add_slice(truth, box_overlaps(truth, found), np.array(confidences), 0.5)
+
+    add([thin, large], [[102.0, 100.0, 160.0, 140.0]], [0.3])
+    add([thin], [[0.0, 0.0, 6.0, 60.0], [0.0, 30.0, 6.0, 90.0]], [0.2, 0.9])  # the 0.9 box overlaps it at IoU 1/3
+    add([], [thin], [0.9])  # a false alarm: no lesion box
+    add([large], [], [])  # a missed box
     table = recall.recall(0.25)
     assert list(table) == ["< 4 mm", "4–8 mm", "8–16 mm", "16–32 mm", "≥ 32 mm"]
     assert table["< 4 mm"] == {"boxes": 2, "recall": 0.0}, "3 mm wide: found only at 0.2"
-    assert table["16–32 mm"] == {"boxes": 1, "recall": 1.0}, "20 mm: found at IoU 0.97, confidence 0.3"
+    assert table["16–32 mm"] == {"boxes": 2, "recall": 0.5}, "20 mm: found once (IoU 0.97, 0.3), missed once"
     assert table["4–8 mm"] == {"boxes": 0, "recall": None}
     assert recall.recall(0.1)["< 4 mm"]["recall"] == 0.5 and recall.recall(0.5)["16–32 mm"]["recall"] == 0.0

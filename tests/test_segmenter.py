@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch.utils.data import RandomSampler, WeightedRandomSampler
 
+from evaluation.by_box_size import box_overlaps
 from evaluation.evaluate import (
     DetectionRecords,
     Scores,
@@ -451,11 +452,11 @@ def test_study_sensitivity_specificity() -> None:
 def test_detection_matching_and_map() -> None:
     truth = np.array([[10, 10, 30, 30]], dtype=float)
     shifted = np.array([[10, 10, 30, 30], [12, 10, 32, 30], [10, 10, 30, 30]], dtype=float)
-    correct = match_detections(shifted, np.array([0, 0, 1]), truth, np.array([0]))
+    correct = match_detections(box_overlaps(truth, shifted), np.array([0, 0, 1]), np.array([0]))
     assert correct[0].all()  # the exact box takes the only ground truth at every threshold
     assert not correct[1:].any()  # one-to-one; the third has the wrong class
     iou = 18 * 20 / (2 * 400 - 18 * 20)  # 0.818: a true positive up to IoU 0.8
-    alone = match_detections(shifted[1:2], np.array([0]), truth, np.array([0]))[0]
+    alone = match_detections(box_overlaps(truth, shifted[1:2]), np.array([0]), np.array([0]))[0]
     assert alone.tolist() == [t <= iou for t in np.linspace(0.5, 0.95, 10)]
 
     class Found:
