@@ -505,6 +505,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         "test_studies": len(ids),
         "models": {key: str(segmenter.model_dir) for key, segmenter in models.segmenters.items()},
         "model_versions": models.provenance(),
+        "calibrate": args.calibrate,
         "guard": guard.describe(),
         "follow": follow.describe(),
         "rows": {key: {"label": labels[key], **scores[key].summary()} for key in labels if key in scores},

@@ -281,6 +281,7 @@ def choose_guard(args: argparse.Namespace) -> dict:
         "data": str(args.data),
         "split": "val",
         "studies": studies,
+        "calibrate": args.calibrate,
         "model_versions": provenance,
         "objective": {"name": args.objective, "mean_of": list(OBJECTIVES[args.objective])},
         "current_confidence": current[0],

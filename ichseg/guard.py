@@ -106,7 +106,7 @@ class GuardReport:
     removed_voxels: dict[str, int] = field(default_factory=dict)
     voxel_volume_ml: float = 0.0
     cavity_fallback_slices: dict[str, list[int]] = field(default_factory=dict)
-    calibration_hu: float = 0.0  # the series' calibration offset the range moved by
+    calibration_hu: float | None = None  # the series' calibration offset the range moved by (None: guard off)
     blood_range: tuple[float, float] | None = None  # the density rule's range, calibrated
 
     @classmethod
@@ -126,7 +126,7 @@ class GuardReport:
                 rule: {"voxels": voxels, "ml": round(voxels * ml, 3)} for rule, voxels in self.removed_voxels.items()
             },
             "cavity_fallback_slices": self.cavity_fallback_slices,
-            "calibration_offset_hu": round(self.calibration_hu, 1),
+            "calibration_offset_hu": None if self.calibration_hu is None else round(self.calibration_hu, 1),
             "blood_hu_applied": None if self.blood_range is None else [round(v, 1) for v in self.blood_range],
         }
 
@@ -199,10 +199,11 @@ def intracranial_cavity(
 
 
 def read_anatomy(
-    hu: np.ndarray, pixel_spacing: tuple[float, float], slice_spacing: float, calibration_hu: float = 0.0
+    hu: np.ndarray, pixel_spacing: tuple[float, float], slice_spacing: float, *, calibration_hu: float
 ) -> Anatomy:
     """Everything the guard needs from the HU volume as stored (≈ 0.02 s per 512² slice); ``calibration_hu``: the
-    series' calibration offset (``ichseg.pipeline.WindowedSeries.calibration_hu``; 0: uncalibrated)."""
+    series' calibration offset (``ichseg.pipeline.WindowedSeries.calibration_hu``; 0: uncalibrated), asked for by
+    name so that no caller gets an uncalibrated guard by default."""
     inside, distance, method = intracranial_cavity(hu, pixel_spacing, slice_spacing)
     voxel_ml = pixel_spacing[0] * pixel_spacing[1] * slice_spacing / 1000.0
     return Anatomy(inside, distance, smoothed_hu(hu), method, voxel_ml, calibration_hu)

@@ -128,7 +128,7 @@ def segment(segmenter: HemorrhageSegmenter, windowed: WindowedSeries, boxes: Seq
 def anatomy_of(series: CTSeries, windowed: WindowedSeries) -> Anatomy:
     """The guard's view of the series' HU volume (cavity, smoothed HU), reusable across masks; its blood range moves
     by the calibration offset the windowing measured (one measurement for the networks and the guard)."""
-    return read_anatomy(series.hu, series.pixel_spacing, series.slice_spacing, windowed.calibration_hu)
+    return read_anatomy(series.hu, series.pixel_spacing, series.slice_spacing, calibration_hu=windowed.calibration_hu)
 
 
 def guard(
@@ -224,6 +224,8 @@ def run(
     clock = time.perf_counter()
     if options.guard.enabled and anatomy is None:
         anatomy = anatomy_of(series, windowed)
+    if anatomy is not None and anatomy.calibration_hu != windowed.calibration_hu:
+        raise ValueError("the anatomy passed in was read with another calibration offset than the windowing's")
     mask, report = guard(unguarded, series, options.guard, anatomy)
     seconds["guard"] = time.perf_counter() - clock
     clock = time.perf_counter()

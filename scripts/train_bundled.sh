@@ -26,7 +26,7 @@
 # COMBINED, TILES, SEG_MORE (further phantom folders whose training studies the segmenter also trains on, e.g.
 # SEG_MORE="data/synthetic_more"), SEG_NEGATIVES (a detector folder: the segmenter also trains on the boxes it draws on
 # hemorrhage-free training slices, empty masks), DET_HU_SHIFT / SEG_HU_SHIFT (calibration-shift augmentation, HU:
-# training.hu_shift).
+# training.hu_shift), DET_HU_NOISE / SEG_HU_NOISE (noise augmentation, HU standard deviation: training.hu_shift).
 # Everything is trained on synthetic phantoms: demonstration and testing only, not clinical use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -59,21 +59,22 @@ case "${1:?step: data | more-data | tiles | segmenter | detector | polish | eval
     $PY -m training.train_segmenter --data "$DATA" --out "$WORK/segmenter" --mode crops --network transdeeplab \
         --optimizer adamw --init-weights "${SEG_INIT:-models/segmenter}" --epochs "${SEG_EPOCHS:-18}" \
         --steps-per-epoch 25 --val-slices 96 --max-minutes "${SEG_MINUTES:-90}" ${SEG_MORE:+--more-data $SEG_MORE} \
-        ${SEG_NEGATIVES:+--negative-crops "$SEG_NEGATIVES"} ${SEG_HU_SHIFT:+--hu-shift "$SEG_HU_SHIFT"} "${resume[@]}"
+        ${SEG_NEGATIVES:+--negative-crops "$SEG_NEGATIVES"} ${SEG_HU_SHIFT:+--hu-shift "$SEG_HU_SHIFT"} \
+        ${SEG_HU_NOISE:+--hu-noise "$SEG_HU_NOISE"} "${resume[@]}"
     ;;
   detector)
     $PY -m training.train_detector --data "${DET_DATA:-data/yolo/data.yaml}" --out "$WORK/detector" --model yolov5n.yaml \
         --pretrained "${DET_INIT:-models/detector/model.pt}" --optimizer AdamW --lr0 0.001 --batch 8 \
         --epochs "${DET_EPOCHS:-40}" ${DET_HOURS:+--time "$DET_HOURS"} --mosaic 0 --close-mosaic 0 --cache ram \
         --workers 1 --project runs/detector --name bundled --no-plots --hyp training/cpu_finetune.yaml \
-        ${DET_HU_SHIFT:+--hu-shift "$DET_HU_SHIFT"}
+        ${DET_HU_SHIFT:+--hu-shift "$DET_HU_SHIFT"} ${DET_HU_NOISE:+--hu-noise "$DET_HU_NOISE"}
     ;;
   polish)
     $PY -m training.train_detector --data "${DET_DATA:-data/yolo_combined/data.yaml}" --out "$WORK/detector_polish" \
         --model yolov5n.yaml --pretrained "${DET_INIT:-models/detector/model.pt}" --optimizer AdamW \
         --lr0 "${DET_LR:-0.0002}" --lrf 0.1 --batch 8 --epochs "${DET_EPOCHS:-4}" --mosaic 0 --close-mosaic 0 \
         --cache ram --workers 1 --project runs/detector --name polish --no-plots --hyp training/cpu_polish.yaml \
-        ${DET_HU_SHIFT:+--hu-shift "$DET_HU_SHIFT"}
+        ${DET_HU_SHIFT:+--hu-shift "$DET_HU_SHIFT"} ${DET_HU_NOISE:+--hu-noise "$DET_HU_NOISE"}
     ;;
   evaluate)
     $PY -m evaluation.evaluate --data "$DATA" --detector "${DETECTOR:-models/detector}" \

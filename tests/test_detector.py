@@ -165,7 +165,7 @@ def test_tiny_training_gives_a_loadable_detector(
         "--data", str(tmp_path / "dataset" / "data.yaml"), "--model", "yolov5n.yaml", "--epochs", "2", "--batch", "4",
         "--workers", "0", "--no-plots", "--project", str(tmp_path / "runs"), "--out", str(model_dir), "--device", "cpu",
         "--hyp", str(Path(__file__).resolve().parents[1] / "training" / "cpu_polish.yaml"),  # keeps epochN.pt
-        "--hu-shift", "4", "--hu-noise", "6",  # trained through the HU transform (calibration shift and noise)
+        "--hu-shift", "4", "--hu-noise", "6", "--mosaic", "0",  # trained through the HU transform (shift and noise)
     ])
     manifest = ModelManifest.load(model_dir)
     assert manifest.architecture == "yolov5n.yaml" and manifest.input_size == INPUT_SIZE
@@ -181,6 +181,8 @@ def test_tiny_training_gives_a_loadable_detector(
         main(["--resume", "--project", str(tmp_path / "runs"), "--hu-shift", "8"])
     with pytest.raises(SystemExit):
         main(["--resume", "--project", str(tmp_path / "runs"), "--hu-noise", "2"])
+    with pytest.raises(SystemExit):  # a mosaic would take three of its four images past the transform
+        main(["--data", str(tmp_path / "dataset" / "data.yaml"), "--hu-noise", "6", "--mosaic", "0.5"])
     assert (tmp_path / "runs" / "train" / "weights" / "best.pt").is_file()
     exported = tmp_path / "exported"  # a stopped run bundled from its checkpoint: the same folder a finished run gives
     main(["--export-only", "--model-version", "0.0.1", "--project", str(tmp_path / "runs"), "--out", str(exported),

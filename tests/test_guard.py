@@ -34,7 +34,7 @@ def negative(negative_study: Path) -> tuple[CTSeries, np.ndarray]:
 
 def middle_slice(series: CTSeries) -> int:
     """The slice with most brain-sized cavity, where the skull ring is closed."""
-    anatomy = read_anatomy(series.hu, series.pixel_spacing, series.slice_spacing)
+    anatomy = read_anatomy(series.hu, series.pixel_spacing, series.slice_spacing, calibration_hu=0.0)
     return int(anatomy.inside.reshape(len(series.hu), -1).sum(axis=1).argmax())
 
 
@@ -71,7 +71,7 @@ def ball(series: CTSeries, centre: tuple[int, int, int], radius_mm: float) -> np
 def deep_brain_point(series: CTSeries, offset_mm: float = 0.0) -> tuple[int, int, int]:
     """The point of the middle slice farthest from bone, shifted ``offset_mm`` to the patient's left."""
     index = middle_slice(series)
-    anatomy = read_anatomy(series.hu, series.pixel_spacing, series.slice_spacing)
+    anatomy = read_anatomy(series.hu, series.pixel_spacing, series.slice_spacing, calibration_hu=0.0)
     distance = np.where(anatomy.inside[index], anatomy.bone_distance_mm[index], 0.0)
     row, column = np.unravel_index(int(distance.argmax()), distance.shape)
     return index, int(row), int(column + round(offset_mm / series.pixel_spacing[1]))
@@ -165,7 +165,7 @@ def test_open_skull_ring_falls_back_without_reaching_the_scalp(negative) -> None
     """A 40 mm defect in the ring (craniectomy): the slice borrows its neighbour's cavity, clipped to its own hull."""
     series, tissues = negative
     index = middle_slice(series)
-    before = read_anatomy(series.hu, series.pixel_spacing, series.slice_spacing)
+    before = read_anatomy(series.hu, series.pixel_spacing, series.slice_spacing, calibration_hu=0.0)
     rows, columns = series.hu.shape[1:]
     y, x = np.ogrid[:rows, :columns]
     centre = np.argwhere(before.inside[index]).mean(axis=0)
@@ -173,7 +173,7 @@ def test_open_skull_ring_falls_back_without_reaching_the_scalp(negative) -> None
     wedge = (np.abs(x - centre[1]) < half_width) & (y < centre[0])  # anterior band across the frontal bone
     bone = series.hu[index] > BONE_HU
     series.hu[index][wedge & bone] = 30.0
-    after = read_anatomy(series.hu, series.pixel_spacing, series.slice_spacing)
+    after = read_anatomy(series.hu, series.pixel_spacing, series.slice_spacing, calibration_hu=0.0)
     assert before.method[index] == "ring" and after.method[index] in ("wide closing", "neighbour", "hull")
     old, new = before.inside[index], after.inside[index]
     assert (old & new).sum() / (old | new).sum() > 0.9, "still the same brain"
@@ -194,7 +194,7 @@ def test_report_is_json_ready(negative) -> None:
 
     series, tissues = negative
     blob = square_on(tissues == TISSUES["air"], middle_slice(series), 5)
-    anatomy = read_anatomy(series.hu, series.pixel_spacing, series.slice_spacing)
+    anatomy = read_anatomy(series.hu, series.pixel_spacing, series.slice_spacing, calibration_hu=0.0)
     _, report = apply_guard(blob, anatomy)
     data = json.loads(json.dumps(report.to_json()))
     assert data["applied"] and data["voxels_before"] == 25 and data["voxels_after"] == 0
@@ -216,7 +216,7 @@ def test_sweep_gives_what_the_guard_gives(negative) -> None:
     make_blood(series, big | small)
     mask = big | small | square_on(tissues == TISSUES["air"], middle_slice(series), 5)
     truth = ball(series, deep_brain_point(series, offset_mm=3.0), radius_mm=5.0)  # overlaps the big blob in part
-    anatomy = read_anatomy(series.hu, series.pixel_spacing, series.slice_spacing)
+    anatomy = read_anatomy(series.hu, series.pixel_spacing, series.slice_spacing, calibration_hu=0.0)
     options = sweep_options()[::7]
     cropped, box = crop_to(anatomy, [mask, truth])
     empty = len(mask) - len(cropped.inside)

@@ -589,7 +589,8 @@ def test_training_with_negative_crops_records_them_and_keeps_them(
 def test_hu_shift_option_shifts_each_window_channel_of_the_training_crops(trained: Path, tmp_path: Path) -> None:
     """--hu-shift draws one calibration offset per crop, after the same rotation and flip: inside each window the
     change is that offset over the channel's width (header and brain 80 HU, subdural 200 HU), clipped pixels stay,
-    validation crops are left alone, and an offset that is no longer a calibration is refused."""
+    validation crops are left alone, and an offset that is no longer a calibration is refused. --hu-noise adds one
+    HU field to every channel at each window's scale, leaves the geometry as it was, and is bounded."""
     common = ["--data", str(trained.parent / "data"), "--mode", CROP_MODE, "--network", "monai-unet", "--epochs", "1",
               "--batch", "4", "--steps-per-epoch", "1", "--val-slices", "4", "--out", str(tmp_path / "model")]
     plain = make_loaders(parse_args(common))
@@ -613,6 +614,7 @@ def test_hu_shift_option_shifts_each_window_channel_of_the_training_crops(traine
     with pytest.raises(SystemExit):
         parse_args([*common, "--hu-shift", "50"])
     noisy = make_loaders(parse_args([*common, "--hu-noise", "10"]))
+    spreads = []
     for index in range(min(4, len(plain.train_set))):
         before, target = plain.train_set[index]
         after, same_target = noisy.train_set[index]
@@ -621,6 +623,8 @@ def test_hu_shift_option_shifts_each_window_channel_of_the_training_crops(traine
         brain, subdural = ((after - before)[c][inside[c]] for c in (1, 2))
         assert float(brain.std()) * 80 <= 10.5, "at most 10 HU of noise in the brain window"
         assert float(brain.std()) == pytest.approx(float(subdural.std()) * 200 / 80, rel=0.25), "one HU field"
+        spreads.append(float(brain.std()) * 80)
+    assert max(spreads) > 1.0, "noise was added (HU)"
     image, _ = noisy.val_loader.dataset[0]
     assert torch.equal(image, plain.val_loader.dataset[0][0]), "validation crops are not augmented"
     with pytest.raises(SystemExit):

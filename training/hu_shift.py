@@ -13,6 +13,7 @@ The same path adds noise (``noise_field``): correlated Gaussian noise of up to `
 as a lower dose, a sharper kernel or another scanner's noise texture would add. Why: with 8 HU of noise added to the
 validation studies, detector v0.6.0 boxed mimics in two hemorrhage-free studies (specificity 1.00 → 0.78, 21 → 49
 false-positive slices; ``benchmarks/robustness.py``), while the phantoms' own noise (3–20 HU) has one texture.
+Clipped pixels get no noise either (their HU is unknown): near a window's edge the noise is a little one-sided.
 """
 
 from __future__ import annotations

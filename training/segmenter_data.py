@@ -17,8 +17,8 @@ rotation and random flip (the paper), and in crop mode a box jitter in which eve
 independently by up to ``jitter`` (10%) of the box side outwards or half that inwards, imitating detector boxes
 that are a little loose, tight or shifted; optionally a calibration shift of up to ``hu_shift`` HU
 (``training.hu_shift``, after the rotation and flip so that the other draws stay as they were) and noise of up to
-``hu_noise`` HU (added to the cached region at the slice's own pixel scale, before cropping, from its own random
-stream).
+``hu_noise`` HU (added to the cached image before cropping — in crop mode a region at the slice's own pixel scale,
+in whole-slice mode the slice already at 224 — from its own random stream).
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ from training.hu_shift import hu_change, shift_windowed
 JITTER = 0.10  # largest outward move of one box edge, as a fraction of the box side
 MIN_JITTER_SIDE = 16.0  # px: tiny lesions still get a few pixels of jitter, as detector boxes are never exact
 NEGATIVE_FRACTION = 0.2  # whole-slice mode: share of hemorrhage-free training slices kept
-NOISE_STREAM = 1  # the noise draws come from their own stream, so the other augmentations stay as they were
+NOISE_STREAM = 1  # the noise draws come from a stream of their own, so the other augmentations stay as they were;
+# not 0: default_rng([s, e, i, 0]) draws what default_rng([s, e, i]) draws
 
 
 @dataclass(frozen=True)

@@ -124,6 +124,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[
         value, flag = getattr(args, key), "--" + key.replace("_", "-")
         if value is not None and not 0.0 <= value <= largest:
             parser.error(f"{flag} must be between 0 and {largest:g} HU, got {value}")
+        if value and (args.tune or args.export_only):
+            parser.error(f"{flag} is a training augmentation: --tune does not apply it, --export-only reads the run's")
+        if value and args.mosaic > 0 and not args.resume:  # Mosaic loads its other three images past the transforms
+            parser.error(f"{flag} reaches only one image of four in a mosaic: train with --mosaic 0")
         if args.resume and value is not None and value != run_hu_changes(args.project / args.name)[key]:
             parser.error(f"{flag} {value:g}: {args.project / args.name} was trained with {flag} "
                          f"{run_hu_changes(args.project / args.name)[key]:g}, which --resume keeps")

@@ -98,7 +98,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "higher or lower (training.hu_shift; 0: off)")
     parser.add_argument("--hu-noise", type=float, default=0.0, metavar="HU",
                         help="noise augmentation: correlated noise of a standard deviation up to this added to each "
-                             "training crop's HU at the slice's own scale (training.hu_shift; 0: off)")
+                             "training image's HU before cropping (training.hu_shift; 0: off)")
     parser.add_argument("--epochs", type=int, default=300, help="planned epochs; the lr decays to 0 over them")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="adamw",
