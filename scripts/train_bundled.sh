@@ -20,6 +20,9 @@
 # (H=<v0.6.0 folder>): NEG_RATIO=2.0 NEG_SEED=2 HARD_FROM=$H data; HARD_FROM=$H more-data; MORE=data/synthetic_more2
 # MORE_SEED=4 MORE_YOLO=data/yolo_more2 MORE_SETS="data/yolo_more data/yolo_more2" HARD_FROM=$H more-data; then
 # DET_INIT=$H/model.pt polish.
+# Detector v0.7.0 (bundled) is v0.6.0 polished on its own two sets with the noise augmentation: NEG_RATIO=2.0 NEG_SEED=2
+# HARD_FROM=$H data; HARD_FROM=$H more-data; then DET_INIT=$H/model.pt DET_EPOCHS=3 DET_HU_NOISE=10 polish, and
+# --export-only --checkpoint epoch2.pt (its last epoch), operating point 0.4 continued >= 0.1 set in its manifest.
 #   bash scripts/train_bundled.sh evaluate    # the README table, results/evaluation.{md,json}
 # Budgets (minutes/hours) and sizes come from the environment: STUDIES, SEG_MINUTES, SEG_EPOCHS, DET_HOURS, DET_EPOCHS,
 # NEG_RATIO, NEG_SEED, HARD_FROM, DET_INIT, DET_DATA, DET_LR, MORE, MORE_SEED, MORE_NEG_RATIO, MORE_YOLO, MORE_SETS,
