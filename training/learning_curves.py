@@ -74,7 +74,7 @@ def plot(curves: dict[str, Any], png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, len(STAGES), figsize=(12, 6))
+    figure, axes = plt.subplots(len(STAGES), 1, figsize=(15, 4.5 * len(STAGES)))  # one row per stage, legend beside
     for axis, (stage, (metric, target, label)) in zip(axes, STAGES.items(), strict=True):
         start = 0.0
         for leg in curves.get(stage, []):
@@ -89,13 +89,13 @@ def plot(curves: dict[str, Any], png: Path) -> None:
         axis.set_xlim(left=0.0)
         axis.set(title=f"{stage}: {metric}", xlabel="training hours on a 2-core CPU, legs in the order they ran",
                  ylim=(0.0, 1.0))
-        axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.14))
+        axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         axis.grid(alpha=0.3)
     figure.suptitle("Synthetic phantoms, demonstration weights (not for clinical use); solid = bundled leg",
                     fontsize=9)
-    figure.tight_layout()
+    figure.subplots_adjust(left=0.05, right=0.5, hspace=0.3)  # the right half holds the legends
     png.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(png, dpi=110)
+    figure.savefig(png, dpi=110, bbox_inches="tight")  # the legends lie outside the axes
     plt.close(figure)
 
 
