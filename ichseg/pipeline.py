@@ -75,9 +75,9 @@ class WindowedSeries:
 def window_series(series: CTSeries, calibrate: bool = True) -> WindowedSeries:
     """Each slice windowed with its own header window (paper), and resized to 512 for the detector; the fixed
     windows follow when a network that takes them asks (``WindowedSeries.source_input``). With ``calibrate`` the
-    series' calibration offset is taken off its HU first (``ichseg.calibration``; as every window moved up by it, so
-    no calibrated copy of the volume is held): training, evaluation and the app all window here, so the networks see
-    every scanner at the calibration they were trained at."""
+    series' calibration offset is taken off its HU first (``ichseg.calibration``; done by moving every window up by
+    it, so no calibrated copy of the volume is held): training, evaluation and the app all window here, so the
+    networks see every scanner at the calibration they were trained at."""
     offset = series_offset(series.hu) if calibrate else 0.0
     source = window_volume(series.hu, [(centre + offset, width) for centre, width in series.windows])
     native = source.shape[1:] == (INPUT_SIZE, INPUT_SIZE)
