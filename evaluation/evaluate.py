@@ -575,8 +575,7 @@ def markdown(results: dict) -> str:
                if d.get("product_extend_confidence") not in (None, d["product_confidence"]) else "."),
         ]
         if d.get("test_recall_by_box_size"):
-            at = d.get("recall_by_box_size_confidence") or d["product_confidence"] or KEEP_EVERY_BOX  # older results
-            lines[-1] += " " + box_size_markdown(d["test_recall_by_box_size"], at)
+            lines[-1] += " " + box_size_markdown(d["test_recall_by_box_size"], d["recall_by_box_size_confidence"])
     if "guard" in results:
         g = results["guard"]
         lines += ["", f"Guard (`+ guard` rows): inside the skull at least {g['cavity_margin_mm']:g} mm from bone, "

@@ -30,6 +30,7 @@ from ichseg.windowing import BRAIN_WINDOW, CHANNELS, HEADER_INPUT
 MAX_HU_SHIFT = 40.0  # HU: beyond this it is no longer a calibration (the brain window is 80 HU wide)
 MAX_HU_NOISE = 30.0  # HU standard deviation: beyond this a head CT is no longer read
 NOISE_CORRELATION_PX = (0.0, 1.5)  # Gaussian smoothing of the white noise: sharp (0) to soft-kernel grain
+HU_CHANGES = {"hu_shift": MAX_HU_SHIFT, "hu_noise": MAX_HU_NOISE}  # each training option and its largest value
 
 
 def channel_widths(kind: str) -> tuple[float, ...]:

@@ -30,7 +30,7 @@ from ichseg.windowing import HEADER_INPUT
 from training.bf16_trainer import with_hu_changes
 from training.detector_dataset import dataset_input, training_size
 from training.detector_operating_point import store as store_operating_point
-from training.hu_shift import MAX_HU_NOISE, MAX_HU_SHIFT
+from training.hu_shift import HU_CHANGES
 from training.ultralytics_results import epoch_rows, run_seconds
 
 # isort: split
@@ -38,7 +38,6 @@ from ultralytics.utils.torch_utils import strip_optimizer  # after ichseg.ultral
 
 MODEL_NAME = "ich-yolov5-detector"
 HU_SHIFT_FILE = "hu_shift.json"  # in the run folder: --hu-shift and --hu-noise of the run, for --resume, --export-only
-HU_CHANGES = {"hu_shift": MAX_HU_SHIFT, "hu_noise": MAX_HU_NOISE}  # the HU augmentations (training.hu_shift), largest
 RECIPE_KEYS = ("model", "optimizer", "lr0", "lrf", "momentum", "weight_decay", "hsv_h", "hsv_s", "hsv_v",
                "translate", "scale", "fliplr", "bgr", "mosaic", "close_mosaic", "seed", "amp", "nbs", "warmup_epochs")
 NOT_RECIPE = ("save_period",)  # hyperparameters that say when checkpoints are kept, not how the weights were made
@@ -120,6 +119,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[
             parser.error(f"--imgsz {args.imgsz}: {args.data}'s images are trained at {native} px (their own scale; "
                          f"the app detects on {INPUT_SIZE} px slices at that scale)")
         args.imgsz = native
+    recorded = run_hu_changes(args.project / args.name) if args.resume else {}
     for key, largest in HU_CHANGES.items():
         value, flag = getattr(args, key), "--" + key.replace("_", "-")
         if value is not None and not 0.0 <= value <= largest:
@@ -128,9 +128,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[
             parser.error(f"{flag} is a training augmentation: --tune does not apply it, --export-only reads the run's")
         if value and args.mosaic > 0 and not args.resume:  # Mosaic loads its other three images past the transforms
             parser.error(f"{flag} reaches only one image of four in a mosaic: train with --mosaic 0")
-        if args.resume and value is not None and value != run_hu_changes(args.project / args.name)[key]:
-            parser.error(f"{flag} {value:g}: {args.project / args.name} was trained with {flag} "
-                         f"{run_hu_changes(args.project / args.name)[key]:g}, which --resume keeps")
+        if args.resume and value is not None and value != recorded[key]:
+            parser.error(f"{flag} {value:g}: {args.project / args.name} was trained with {flag} {recorded[key]:g}, "
+                         "which --resume keeps")
     if args.data is not None and dataset_input(args.data) != HEADER_INPUT:
         if args.tune:
             parser.error("--tune mutates colour augmentations (hsv, bgr) that would mix window channels: tune on a "

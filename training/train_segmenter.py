@@ -43,7 +43,7 @@ from ichseg.networks import TransDeepLab
 from ichseg.runtime import PRECISIONS, autocast, autocast_dtype, configure_threads, default_device
 from ichseg.segmenter import ARCHITECTURES, CLASSES, CROP_MODE, MODES, WHOLE_SLICE_MODE, build_network
 from ichseg.windowing import INPUT_KINDS, MULTI_WINDOW_INPUT
-from training.hu_shift import MAX_HU_NOISE, MAX_HU_SHIFT, channel_widths
+from training.hu_shift import HU_CHANGES, channel_widths
 from training.lr_schedule import LrPlan
 from training.segmenter_data import (
     JITTER,
@@ -139,10 +139,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--negative-share must be between 0 and 10, got {args.negative_share}")
     if not 0.0 <= args.jitter <= 1.0:
         parser.error(f"--jitter must be between 0 and 1, got {args.jitter}")
-    if not 0.0 <= args.hu_shift <= MAX_HU_SHIFT:
-        parser.error(f"--hu-shift must be between 0 and {MAX_HU_SHIFT:g} HU, got {args.hu_shift}")
-    if not 0.0 <= args.hu_noise <= MAX_HU_NOISE:
-        parser.error(f"--hu-noise must be between 0 and {MAX_HU_NOISE:g} HU, got {args.hu_noise}")
+    for key, largest in HU_CHANGES.items():
+        if not 0.0 <= getattr(args, key) <= largest:
+            parser.error(f"--{key.replace('_', '-')} must be between 0 and {largest:g} HU, got {getattr(args, key)}")
     lr, weight_decay, warmup, _ = OPTIMIZERS[args.optimizer]
     args.lr = lr if args.lr is None else args.lr
     args.weight_decay = weight_decay if args.weight_decay is None else args.weight_decay
