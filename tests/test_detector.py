@@ -540,3 +540,30 @@ def test_transfer_to_a_p2_head_keeps_every_trained_level(ultralytics_config: Pat
     torch.testing.assert_close(after[..., p2_anchors:], before, rtol=0, atol=0)
     with pytest.raises(ModelError, match="no place in the new architecture"):
         transfer(old, "yolov5s.yaml")
+
+
+def test_widening_keeps_the_trained_detector_and_breaks_the_symmetry(ultralytics_config: Path, tmp_path: Path) -> None:
+    """The bundled yolov5n widened to yolov5s: every layer has twice the channels, the predictions stay those of the
+    trained model, and the two copies of a channel read their inputs with different weights (or they would learn
+    alike forever); an architecture with other layers is refused."""
+    import torch
+
+    from training.transfer_detector import load_detection_model, main, widen
+
+    models, out = Path(__file__).resolve().parents[1] / "models" / "detector" / "model.pt", tmp_path / "s_init.pt"
+    main(["--source", str(models), "--model", "yolov5s.yaml", "--widen", "--out", str(out)])
+    old, new = load_detection_model(models).eval(), load_detection_model(out).eval()
+    assert sum(p.numel() for p in new.parameters()) > 3 * sum(p.numel() for p in old.parameters())
+    assert new.names == old.names
+    image = torch.rand(2, 3, 128, 128)
+    with torch.no_grad():
+        before, after = old(image)[0], new(image)[0]
+    torch.testing.assert_close(after[:, 4:], before[:, 4:], rtol=0, atol=1e-4)  # class scores
+    torch.testing.assert_close(after[:, :4], before[:, :4], rtol=1e-4, atol=1e-2)  # boxes, in pixels
+    first, second = new.model[0].conv.weight, new.model[1].conv.weight  # the second reads the first's 2 × 16 channels
+    assert torch.equal(first[0], first[1]), "the first layer's output channels 0 and 1 are copies of one channel"
+    pairs = second.reshape(second.shape[0], -1, 2, *second.shape[2:])
+    torch.testing.assert_close(pairs.sum(2)[0], old.model[1].conv.weight[0])  # what reads a pair sums to the old weight
+    assert not torch.equal(pairs[0, :, 0], pairs[0, :, 1]), "the copies of a channel are read with other weights"
+    with pytest.raises(ModelError, match="not the same layers|cannot widen"):
+        widen(old, str(Path(__file__).resolve().parents[1] / "training" / "yolov5n-p2.yaml"))

@@ -83,14 +83,48 @@ def transfer(source: DetectionModel, architecture: str) -> DetectionModel:
     return target
 
 
+def widened_tensor(value: torch.Tensor, shape: torch.Size, rng: torch.Generator) -> torch.Tensor:
+    """``value`` at ``shape``: each dimension the same or twice as large. Output channel c (dimension 0) copies
+    channel c // 2; a convolution's input channel pair (2k, 2k + 1) shares the weight of input k at fractions f and
+    1 - f (f uniform in 0.3–0.7 per weight), so that reading two equal duplicates gives the old sum."""
+    if value.dim() != len(shape) or any(new not in (old, 2 * old) for old, new in zip(value.shape, shape, strict=True)):
+        raise ModelError(f"cannot widen a weight of shape {tuple(value.shape)} to {tuple(shape)}")
+    if value.dim() and shape[0] != value.shape[0]:
+        value = value[torch.arange(shape[0]) // 2]
+    if value.dim() == 4 and shape[1] != value.shape[1]:
+        out, pairs, *kernel = value.shape[0], value.shape[1], *value.shape[2:]
+        share = 0.3 + 0.4 * torch.rand((out, pairs, 1, *kernel), generator=rng, dtype=value.dtype)
+        value = (value[:, :, None] * torch.cat([share, 1 - share], dim=2)).reshape(out, 2 * pairs, *kernel)
+    elif value.dim() > 1 and value.shape[1:] != shape[1:]:
+        raise ModelError(f"cannot widen a weight of shape {tuple(value.shape)} to {tuple(shape)}")
+    return value.clone()
+
+
+def widen(source: DetectionModel, architecture: str, seed: int = 0) -> DetectionModel:
+    """A model of ``architecture`` (the same layers, up to twice the channels) computing what ``source`` computes."""
+    target = DetectionModel(architecture, nc=len(source.names), verbose=False)
+    source_state, rng = source.state_dict(), torch.Generator().manual_seed(seed)
+    state: dict[str, torch.Tensor] = {}
+    for name, like in target.state_dict().items():
+        if name not in source_state:
+            raise ModelError(f"{name} of {architecture} has no counterpart in the trained model: not the same layers")
+        state[name] = widened_tensor(source_state[name], like.shape, rng)
+    target.load_state_dict(state)
+    target.names = dict(source.names)
+    return target
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m training.transfer_detector", description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", type=Path, default=Path("models/detector/model.pt"), help="trained detector")
     parser.add_argument("--model", default="training/yolov5n-p2.yaml", help="architecture YAML to carry it to")
+    parser.add_argument("--widen", action="store_true",
+                        help="--model has the same layers, up to twice the channels (e.g. yolov5s.yaml from yolov5n)")
+    parser.add_argument("--seed", type=int, default=0, help="--widen: seed of the fractions that split the weights")
     parser.add_argument("--out", type=Path, required=True, help="checkpoint to write (for --pretrained)")
     args = parser.parse_args(argv)
     source = load_detection_model(args.source)
-    model = transfer(source, args.model)
+    model = widen(source, args.model, args.seed) if args.widen else transfer(source, args.model)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": model, "epoch": -1, "train_args": {}}, args.out)
     carried = len(source.state_dict())
