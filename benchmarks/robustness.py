@@ -26,7 +26,7 @@ import pydicom
 from scipy import ndimage
 
 from benchmarks.common import cpu_model
-from evaluation.evaluate import _json_ready, configure_threads, evaluate, parse_args, wrong_studies
+from evaluation.evaluate import configure_threads, evaluate, json_ready, parse_args, wrong_studies
 from ichseg.labelled_study import LABELS_FILE, SERIES_FOLDER, STUDIES_CSV, study_ids
 
 #: Figures kept per row of the evaluation.
@@ -96,7 +96,7 @@ def run_evaluation(data: Path, detector: Path, segmenter: Path, extra: list[str]
     """The evaluation's rows, the studies each gets wrong, and the detector figures for one folder."""
     configure_threads()
     argv = ["--data", str(data), "--detector", str(detector), "--segmenter", str(segmenter), "--merge", "slice", *extra]
-    results = _json_ready(evaluate(parse_args(argv)))
+    results = json_ready(evaluate(parse_args(argv)))
     assert isinstance(results, dict)
     rows = {key: {name: results["rows"][key].get(name) for name in FIGURES} for key in ROWS if key in results["rows"]}
     for key in rows:  # which studies flip is what to open in a viewer

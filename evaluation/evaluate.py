@@ -677,14 +677,14 @@ def wrong_studies_markdown(results: dict) -> list[str]:
             + ". Every study's volumes: `studies` in the JSON."]
 
 
-def _json_ready(value: object) -> object:
-    """NaN → null (strict JSON)."""
+def json_ready(value: object) -> object:
+    """NaN → null, recursively: the evaluation's results as strict JSON (every results file goes through it)."""
     if isinstance(value, float) and math.isnan(value):
         return None
     if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
+        return {k: json_ready(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
+        return [json_ready(v) for v in value]
     return value
 
 
@@ -775,13 +775,13 @@ def main(argv: list[str] | None = None) -> None:
         from evaluation.guard_choice import choose_guard, guard_choice_markdown
 
         choice = choose_guard(args)
-        (args.out / "guard_choice.json").write_text(json.dumps(_json_ready(choice), indent=2) + "\n")
+        (args.out / "guard_choice.json").write_text(json.dumps(json_ready(choice), indent=2) + "\n")
         table = guard_choice_markdown(choice)
         (args.out / "guard_choice.md").write_text(table)
         print(table)
         return
     results = evaluate(args)
-    (args.out / "evaluation.json").write_text(json.dumps(_json_ready(results), indent=2) + "\n")
+    (args.out / "evaluation.json").write_text(json.dumps(json_ready(results), indent=2) + "\n")
     table = markdown(results)
     (args.out / "evaluation.md").write_text(table)
     print(table)
