@@ -23,10 +23,14 @@
 # Detector v0.7.0 (bundled) is v0.6.0 polished on its own two sets with the noise augmentation: NEG_RATIO=2.0 NEG_SEED=2
 # HARD_FROM=$H data; HARD_FROM=$H more-data; then DET_INIT=$H/model.pt DET_EPOCHS=3 DET_HU_NOISE=10 polish, and
 # --export-only --checkpoint epoch2.pt (its last epoch), operating point 0.4 continued >= 0.1 set in its manifest.
+# A wider detector from a trained one (measured, not bundled: models/README.md, "A wider detector"): yolov5n's weights
+# carried function-preserving to yolov5s, then the polish step on it: .venv/bin/python -m training.transfer_detector
+# --widen --model yolov5s.yaml --out data/train/s_init.pt; DET_MODEL=yolov5s.yaml DET_INIT=data/train/s_init.pt
+# DET_EPOCHS=5 DET_HU_NOISE=10 polish.
 #   bash scripts/train_bundled.sh evaluate    # the README table, results/evaluation.{md,json}
 # Budgets (minutes/hours) and sizes come from the environment: STUDIES, SEG_MINUTES, SEG_EPOCHS, DET_HOURS, DET_EPOCHS,
-# NEG_RATIO, NEG_SEED, HARD_FROM, DET_INIT, DET_DATA, DET_LR, MORE, MORE_SEED, MORE_NEG_RATIO, MORE_YOLO, MORE_SETS,
-# COMBINED, TILES, SEG_MORE (further phantom folders whose training studies the segmenter also trains on, e.g.
+# NEG_RATIO, NEG_SEED, HARD_FROM, DET_INIT, DET_MODEL (polish's architecture), DET_DATA, DET_LR, MORE, MORE_SEED,
+# MORE_NEG_RATIO, MORE_YOLO, MORE_SETS, COMBINED, TILES, SEG_MORE (further phantom folders whose training studies the segmenter also trains on, e.g.
 # SEG_MORE="data/synthetic_more"), SEG_NEGATIVES (a detector folder: the segmenter also trains on the boxes it draws on
 # hemorrhage-free training slices, empty masks), DET_HU_SHIFT / SEG_HU_SHIFT (calibration-shift augmentation, HU:
 # training.hu_shift), DET_HU_NOISE / SEG_HU_NOISE (noise augmentation, HU standard deviation: training.hu_shift).
@@ -74,7 +78,7 @@ case "${1:?step: data | more-data | tiles | segmenter | detector | polish | eval
     ;;
   polish)
     $PY -m training.train_detector --data "${DET_DATA:-data/yolo_combined/data.yaml}" --out "$WORK/detector_polish" \
-        --model yolov5n.yaml --pretrained "${DET_INIT:-models/detector/model.pt}" --optimizer AdamW \
+        --model "${DET_MODEL:-yolov5n.yaml}" --pretrained "${DET_INIT:-models/detector/model.pt}" --optimizer AdamW \
         --lr0 "${DET_LR:-0.0002}" --lrf 0.1 --batch 8 --epochs "${DET_EPOCHS:-4}" --mosaic 0 --close-mosaic 0 \
         --cache ram --workers 1 --project runs/detector --name polish --no-plots --hyp training/cpu_polish.yaml \
         ${DET_HU_SHIFT:+--hu-shift "$DET_HU_SHIFT"} ${DET_HU_NOISE:+--hu-noise "$DET_HU_NOISE"}
