@@ -32,8 +32,9 @@
 # NEG_RATIO, NEG_SEED, HARD_FROM, DET_INIT, DET_MODEL (polish's architecture), DET_DATA, DET_LR, MORE, MORE_SEED,
 # MORE_NEG_RATIO, MORE_YOLO, MORE_SETS, COMBINED, TILES, SEG_MORE (further phantom folders whose training studies the
 # segmenter also trains on, e.g. SEG_MORE="data/synthetic_more"), SEG_NEGATIVES (a detector folder: the segmenter
-# also trains on the boxes it draws on hemorrhage-free training slices, empty masks), DET_HU_SHIFT / SEG_HU_SHIFT (calibration-shift augmentation, HU:
-# training.hu_shift), DET_HU_NOISE / SEG_HU_NOISE (noise augmentation, HU standard deviation: training.hu_shift).
+# also trains on the boxes it draws on hemorrhage-free training slices, empty masks), DET_HU_SHIFT / SEG_HU_SHIFT
+# (calibration-shift augmentation, HU: training.hu_shift), DET_HU_NOISE / SEG_HU_NOISE (noise augmentation, HU
+# standard deviation: training.hu_shift).
 # Everything is trained on synthetic phantoms: demonstration and testing only, not clinical use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
