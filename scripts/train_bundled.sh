@@ -26,7 +26,9 @@
 # A wider detector from a trained one (measured, not bundled: models/README.md, "A wider detector"): yolov5n's weights
 # carried function-preserving to yolov5s, then the polish step on it: .venv/bin/python -m training.transfer_detector
 # --widen --model yolov5s.yaml --out data/train/s_init.pt; DET_MODEL=yolov5s.yaml DET_INIT=data/train/s_init.pt
-# DET_EPOCHS=5 DET_HU_NOISE=10 polish.
+# DET_EPOCHS=5 DET_HU_NOISE=10 polish; then on its own mined negatives (W: its exported folder): NEG_RATIO=2.0
+# NEG_SEED=2 HARD_FROM=$W data; HARD_FROM=$W more-data; DET_MODEL=yolov5s.yaml DET_INIT=$W/model.pt DET_EPOCHS=5
+# DET_HU_NOISE=10 polish.
 #   bash scripts/train_bundled.sh evaluate    # the README table, results/evaluation.{md,json}
 # Budgets (minutes/hours) and sizes come from the environment: STUDIES, SEG_MINUTES, SEG_EPOCHS, DET_HOURS, DET_EPOCHS,
 # NEG_RATIO, NEG_SEED, HARD_FROM, DET_INIT, DET_MODEL (polish's architecture), DET_DATA, DET_LR, MORE, MORE_SEED,
